@@ -1,0 +1,1 @@
+"""Shared building blocks for every training step (config, data, models, losses, loop)."""

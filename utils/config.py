@@ -1,0 +1,199 @@
+"""Config dataclasses: shared parts written once, one composed dataclass per step.
+
+Parsed with `transformers.HfArgumentParser` from flags, or from a `.yaml`/`.json` file given
+as the first argument (flags after it override the file). Cross-field checks live in
+`__post_init__` and name the flags at fault.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with help text (the help is what `--help` prints)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+class ConfigError(ValueError):
+    """A bad flag value; printed as one line by the entry point."""
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: Optional[str] = _f(None, "Local folder or hub name of a causal LM to start from.")
+    tokenizer_name_or_path: Optional[str] = _f(None, "Tokenizer to use; defaults to --model_name_or_path.")
+    trust_remote_code: bool = _f(False, "Allow model code from the hub (only when you trust it).")
+    dtype: str = _f("fp32", "Training precision: fp32, bf16 or fp16 (mixed precision through DeepSpeed).",
+                    choices=["fp32", "bf16", "fp16"])
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    disable_dropout: bool = _f(False, "Set every dropout probability in the model to 0.")
+    lora_dim: int = _f(0, "LoRA rank; 0 disables LoRA.")
+    lora_alpha: Optional[float] = _f(None, "LoRA scaling numerator (scale = alpha / rank); defaults to the rank.")
+    lora_module_name: str = _f("layers.", "LoRA wraps every nn.Linear whose qualified name contains this string.")
+    only_optimize_lora: bool = _f(False, "With LoRA, train only the adapters (the base model stays frozen).")
+
+    def check_model(self) -> None:
+        if not self.model_name_or_path:
+            raise ConfigError("--model_name_or_path is required")
+        if self.lora_dim < 0:
+            raise ConfigError(f"--lora_dim must be >= 0, got {self.lora_dim}")
+        if self.only_optimize_lora and self.lora_dim == 0:
+            raise ConfigError("--only_optimize_lora needs --lora_dim > 0")
+
+
+@dataclass
+class DataArgs:
+    data_path: list[str] = _f([], "One or more files, folders (train.* / test.*) or dataset names; several blend.")
+    data_split: Optional[str] = _f(None, "Weights a,b,c splitting every dataset between steps 1, 2 and 3 "
+                                         "(seeded, disjoint). Unset: this step uses every row.")
+    data_format: str = _f("auto", "Record format: auto (detected per file), sft, chat or text.",
+                          choices=["auto", "sft", "chat", "text"])
+    max_seq_len: int = _f(512, "Maximum tokens per training sequence (prompt + response).")
+    data_seed: Optional[int] = _f(None, "Seed of the --data_split permutation; defaults to --seed.")
+
+    def check_data(self) -> None:
+        if not self.data_path:
+            raise ConfigError("--data_path is required")
+        if self.max_seq_len < 2:
+            raise ConfigError(f"--max_seq_len must be >= 2, got {self.max_seq_len}")
+        if self.data_split is not None:
+            from .data.split import parse_split
+
+            try:
+                parse_split(self.data_split)
+            except ValueError as e:
+                raise ConfigError(str(e))
+
+
+@dataclass
+class OptimArgs:
+    per_device_train_batch_size: int = _f(8, "Micro-batch size per process.")
+    per_device_eval_batch_size: int = _f(16, "Evaluation batch size per process.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norm weights).")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.95, "AdamW beta2.")
+    gradient_clipping: float = _f(1.0, "Clip the global gradient norm to this value (0 disables).")
+    num_train_epochs: int = _f(1, "Passes over the training data.")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0: run all epochs).")
+    lr_scheduler_type: str = _f("cosine", "Schedule: linear, cosine, cosine_with_restarts, polynomial, "
+                                          "constant, constant_with_warmup.",
+                                choices=["linear", "cosine", "cosine_with_restarts", "polynomial",
+                                         "constant", "constant_with_warmup"])
+    num_warmup_steps: int = _f(0, "Linear warmup steps.")
+    seed: int = _f(1234, "Seed for initialisation, data order and sampling.")
+
+    def check_optim(self) -> None:
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps", "num_train_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps < 0 or self.num_warmup_steps < 0:
+            raise ConfigError("--max_steps and --num_warmup_steps must be >= 0")
+
+
+@dataclass
+class DeepSpeedArgs:
+    zero_stage: int = _f(0, "ZeRO stage 0-3 for the trained model.", choices=[0, 1, 2, 3])
+    offload: bool = _f(False, "Offload optimizer state (and ZeRO-3 parameters) to CPU memory.")
+    local_rank: int = _f(-1, "Set by the deepspeed launcher; leave it alone.")
+
+    def check_deepspeed(self) -> None:
+        if self.offload and self.zero_stage == 0:
+            raise ConfigError("--offload needs --zero_stage 1, 2 or 3")
+
+
+@dataclass
+class LoggingArgs:
+    enable_tensorboard: bool = _f(False, "Write TensorBoard scalars.")
+    tensorboard_path: Optional[str] = _f(None, "TensorBoard folder; defaults to <output_dir>/tensorboard.")
+    logging_steps: int = _f(10, "Log training metrics every N optimizer steps.")
+    eval_steps: int = _f(0, "Evaluate every N optimizer steps (0: at the end of each epoch only).")
+    disable_tqdm: bool = _f(False, "Hide the progress bar.")
+
+
+@dataclass
+class CheckpointArgs:
+    output_dir: Optional[str] = _f(None, "Where the final model, metrics.jsonl and checkpoints/ go.")
+    save_steps: int = _f(0, "Write a resumable DeepSpeed checkpoint every N optimizer steps (0: never).")
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest deleted first).")
+    resume: bool = _f(False, "Continue from the latest checkpoint in <output_dir>/checkpoints.")
+
+    def check_checkpoint(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("--output_dir is required")
+        if self.save_total_limit < 1:
+            raise ConfigError("--save_total_limit must be >= 1")
+
+
+@dataclass
+class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, CheckpointArgs):
+    """Everything a supervised-style step (SFT, reward model, DPO) shares."""
+
+    def __post_init__(self) -> None:
+        self.check_model()
+        self.check_data()
+        self.check_optim()
+        self.check_deepspeed()
+        self.check_checkpoint()
+        if self.data_seed is None:
+            self.data_seed = self.seed
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Step 1: supervised fine-tuning (instruction, chat) or continued pretraining (text)."""
+
+    eval_generation_prompts: int = _f(0, "At the end, print greedy answers for this many held-out prompts.")
+
+
+def _read_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml and json raise different types; both are user mistakes
+        raise ConfigError(f"{path}: cannot parse config ({str(e).splitlines()[0]})")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: config must be a mapping of flag names to values")
+    return data
+
+
+def parse_config(cls, argv: list[str] | None = None):
+    """Flags (and an optional leading .yaml/.json file) -> a `cls` instance.
+
+    A user mistake prints one line and exits with code 2.
+    """
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(cls, description=(cls.__doc__ or "").strip())
+    try:
+        if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+            data = _read_config_file(argv.pop(0))
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+            parser.set_defaults(**data)
+        (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+        return cfg
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,58 @@
+"""Batches as typed containers, the padding collator, and the per-rank batch order."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .sft import IGNORE_INDEX, Example
+
+
+@dataclass
+class LMBatch:
+    input_ids: torch.Tensor       # [B, T] long, right-padded with pad_id
+    attention_mask: torch.Tensor  # [B, T] long, 1 on real tokens
+    labels: torch.Tensor          # [B, T] long, IGNORE_INDEX on prompt, context and padding
+
+    def to(self, device) -> "LMBatch":
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def pad_right(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
+    """[len(seqs), length] long tensor; `length` defaults to the longest sequence."""
+    length = length or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def collate_lm(examples: list[Example], pad_id: int, pad_to_multiple_of: int = 1) -> LMBatch:
+    """Right-pad to the longest example (rounded up to a multiple, for tensor cores)."""
+    longest = max(len(e.input_ids) for e in examples)
+    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    ids = pad_right([e.input_ids for e in examples], pad_id, length)
+    mask = pad_right([[1] * len(e.input_ids) for e in examples], 0, length)
+    labels = pad_right([e.labels for e in examples], IGNORE_INDEX, length)
+    return LMBatch(ids, mask, labels)
+
+
+def epoch_batches(n: int, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
+                  shuffle: bool = True, drop_last: bool = False) -> list[list[int]]:
+    """This rank's micro-batches of example indices for one epoch.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches. Like
+    DistributedSampler, indices wrap around so every rank gets the same number of batches.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    per_rank = -(-n // world_size)
+    if drop_last:
+        per_rank = n // world_size
+    total = per_rank * world_size
+    order = np.concatenate([order, order[: total - n]]) if total > n else order[:total]
+    mine = order[rank::world_size].tolist()
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches

@@ -1,0 +1,188 @@
+"""Tokenizer and model loading, dropout control, LoRA through peft."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .distributed import print_rank0
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, padding_side: str = "right"):
+    """AutoTokenizer with a pad token.
+
+    When the tokenizer has none, the EOS token pads (and the model config is told the same
+    id by `load_causal_lm`); our collators mark padding by length, never by token id, so an
+    EOS that ends an answer is still trained on.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ValueError(f"{name_or_path}: tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+        print_rank0(f"[models] {name_or_path}: no pad token, padding with EOS ({tok.eos_token!r})")
+    if tok.eos_token_id is None:
+        raise ValueError(f"{name_or_path}: tokenizer has no EOS token, so answers cannot end")
+    tok.padding_side = padding_side
+    return tok
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    for key in ("dropout", "attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop",
+                "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout"):
+        if hasattr(model.config, key) and isinstance(getattr(model.config, key), float):
+            setattr(model.config, key, 0.0)
+
+
+def load_causal_lm(name_or_path: str, tokenizer, *, trust_remote_code: bool = False,
+                   disable_dropout_: bool = False, gradient_checkpointing: bool = False,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+    """AutoModelForCausalLM whose config agrees with the tokenizer on pad/EOS ids.
+
+    Under ZeRO-3 call this while an `HfDeepSpeedConfig` is alive, on every rank, so the
+    weights are partitioned at load time.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
+    )
+    _align_special_ids(model, tokenizer)
+    if disable_dropout_:
+        disable_dropout(model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def _align_special_ids(model: nn.Module, tokenizer) -> None:
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    gc = getattr(model, "generation_config", None)
+    if gc is not None:
+        gc.pad_token_id = tokenizer.pad_token_id
+        gc.eos_token_id = tokenizer.eos_token_id
+    emb = model.get_input_embeddings()
+    rows = emb.weight.shape[0] if emb.weight.dim() == 2 and emb.weight.numel() else model.config.vocab_size
+    if len(tokenizer) > rows:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows")
+
+
+def lora_target_modules(model: nn.Module, name_filter: str) -> list[str]:
+    """Qualified names of the nn.Linear modules that LoRA wraps (lm_head never)."""
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and name_filter in n and not n.endswith("lm_head")]
+    if not names:
+        raise ValueError(f"--lora_module_name {name_filter!r} matches no nn.Linear in the model")
+    return names
+
+
+def apply_lora(model: nn.Module, *, rank: int, alpha: float | None, module_filter: str,
+               only_optimize_lora: bool) -> nn.Module:
+    """Wrap matching linears with LoRA adapters (peft). Without `only_optimize_lora` the base
+    weights keep training too, as in DeepSpeed-Chat."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=0.0,
+                        target_modules=lora_target_modules(model, module_filter), bias="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, config)
+    if not only_optimize_lora:
+        for name, p in model.named_parameters():
+            if "lora_" not in name:
+                p.requires_grad_(True)
+    if getattr(model, "is_gradient_checkpointing", False) or getattr(
+            model.base_model.model, "is_gradient_checkpointing", False):
+        model.enable_input_require_grads()
+    return model
+
+
+def is_lora(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def merge_lora_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """peft state dict -> plain model state dict with W' = W + scaling * B @ A.
+
+    Works on gathered tensors, so any ZeRO stage exports the same merged weights.
+    Keys: `base_model.model.<m>.base_layer.weight`, `...<m>.lora_A.default.weight` [r, in],
+    `...<m>.lora_B.default.weight` [out, r] -> `<m>.weight`.
+    """
+    prefix = "base_model.model."
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        plain = key[len(prefix):] if key.startswith(prefix) else key
+        if ".base_layer." in plain:
+            module = key.split(".base_layer.")[0]
+            plain = plain.replace(".base_layer.", ".")
+            if plain.endswith(".weight"):
+                a = state[f"{module}.lora_A.default.weight"].float()
+                b = state[f"{module}.lora_B.default.weight"].float()
+                value = (value.float() + scaling * (b @ a)).to(value.dtype)
+        out[plain] = value
+    return out
+
+
+def lora_scaling(model: nn.Module) -> float:
+    cfg = model.peft_config["default"]
+    return cfg.lora_alpha / cfg.r
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), counting ZeRO-3 partitioned parameters at full size."""
+    def numel(p):
+        return getattr(p, "ds_numel", p.numel())
+    params = list(model.parameters())
+    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
+
+
+_ZERO3_CONTEXT: list = []  # keeps HfDeepSpeedConfig alive: transformers reads it at load time
+
+
+def zero3_init_context(ds_config: dict) -> None:
+    """Make the next `from_pretrained` calls partition weights across ranks (ZeRO-3)."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    if ds_config["zero_optimization"]["stage"] == 3:
+        _ZERO3_CONTEXT.append(HfDeepSpeedConfig(ds_config))
+
+
+def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None) -> nn.Module:
+    """The trained causal LM of a step: ZeRO-3 aware load, dropout, checkpointing, LoRA."""
+    from .config import ConfigError
+
+    path = path or cfg.model_name_or_path
+    zero3_init_context(ds_config)
+    try:
+        model = load_causal_lm(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
+                               disable_dropout_=cfg.disable_dropout,
+                               gradient_checkpointing=cfg.gradient_checkpointing)
+    except OSError as e:
+        raise ConfigError(f"cannot load model {path!r}: {str(e).splitlines()[0]}")
+    if cfg.lora_dim > 0:
+        try:
+            model = apply_lora(model, rank=cfg.lora_dim, alpha=cfg.lora_alpha,
+                               module_filter=cfg.lora_module_name, only_optimize_lora=cfg.only_optimize_lora)
+        except ValueError as e:
+            raise ConfigError(str(e))
+    return model
+
+
+def load_tokenizer_for(cfg) -> object:
+    from .config import ConfigError
+
+    path = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    try:
+        return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load tokenizer {path!r}: {str(e).splitlines()[0]}")

@@ -1,0 +1,38 @@
+"""What every entry point does around its own work: start, report user errors, finish."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from . import distributed as dist
+
+
+def start(cfg) -> None:
+    """Environment defaults, process group, seeds."""
+    dist.set_env_defaults()
+    dist.init_distributed()
+    from .trainer import seed_everything
+
+    seed_everything(cfg.seed)
+
+
+@contextmanager
+def user_errors():
+    """A DataError or ConfigError becomes one line on stderr and exit code 1.
+
+    Used around config checks, data loading and model loading, which all run before the
+    output folder is created, so a bad input leaves nothing behind.
+    """
+    from .config import ConfigError
+    from .data.errors import DataError
+
+    try:
+        yield
+    except (DataError, ConfigError) as e:
+        if dist.rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
+def finish() -> None:
+    dist.teardown()

@@ -1,0 +1,270 @@
+"""The training loop every supervised-style step shares (SFT, reward model, DPO).
+
+A step supplies its examples, a collator and a loss function returning sums; this module
+owns the DeepSpeed engine, the batch order, exact loss normalisation over accumulation
+windows, evaluation, logging, checkpoints and resume.
+
+Normalisation: a step's loss is the sum over every counted item (token, pair) in the whole
+accumulation window on every rank, divided by their number. Each micro-batch's sum is
+scaled by gas * world / total before `engine.backward`, which undoes DeepSpeed's 1/gas
+scaling and its mean over ranks, so batch 8 equals batch 4 x 2 accumulation exactly, even
+when micro-batches hold different numbers of tokens.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import distributed as dist
+from .checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .ds_config import train_ds_config
+from .logging import MetricsLogger, progress
+
+
+@dataclass
+class LossOutput:
+    loss_sum: torch.Tensor                 # [] loss summed over the counted items
+    count: float                           # number of counted items (tokens, pairs) in loss_sum
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # [] sums over the same items
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on biases and normalisation weights (1-d tensors)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+
+def make_optimizer(model, *, lr: float, weight_decay: float, betas: tuple[float, float], offload: bool):
+    groups = optimizer_groups(model, weight_decay)
+    if offload and dist.on_gpu():
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=dist.on_gpu())
+
+
+def init_engine(model, cfg, total_steps: int, *, lr: float | None = None, ds_config: dict | None = None):
+    """deepspeed.initialize with our optimizer and an HF learning-rate schedule."""
+    import deepspeed
+    from transformers import get_scheduler
+
+    ds_config = ds_config or train_ds_config(
+        micro_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        world_size=dist.world_size(), zero_stage=cfg.zero_stage, offload=cfg.offload,
+        dtype=cfg.dtype, gradient_clipping=cfg.gradient_clipping,
+    )
+    opt = make_optimizer(model, lr=lr or cfg.learning_rate, weight_decay=cfg.weight_decay,
+                         betas=(cfg.adam_beta1, cfg.adam_beta2), offload=cfg.offload)
+    sched = get_scheduler(cfg.lr_scheduler_type, optimizer=opt, num_warmup_steps=cfg.num_warmup_steps,
+                          num_training_steps=max(total_steps, 1))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_config)
+    return engine
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    window: int = 0        # next accumulation window within the epoch
+    global_step: int = 0   # optimizer steps done
+
+
+class Trainer:
+    """Runs `loss_fn` over `train` with DeepSpeed; evaluates with the same function on `test`.
+
+    Args:
+        engine: a DeepSpeed engine (see `init_engine`).
+        collate: list of examples -> batch (with `.to(device)`).
+        loss_fn: (engine, batch) -> LossOutput.
+        count_fn: batch -> number of items its loss counts (known before the forward).
+        empty_example: example -> a copy that counts 0 items, used to keep ZeRO-3 ranks in
+            step when one rank runs out of evaluation data.
+    """
+
+    def __init__(self, cfg, engine, train: Sequence, test: Sequence, *, collate: Callable,
+                 loss_fn: Callable, count_fn: Callable, empty_example: Callable, name: str = "train"):
+        self.cfg, self.engine = cfg, engine
+        self.train_data, self.test_data = train, test
+        self.collate, self.loss_fn, self.count_fn, self.empty_example = collate, loss_fn, count_fn, empty_example
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.gas = cfg.gradient_accumulation_steps
+        self.ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+        self.state = TrainState()
+        self.logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
+                                    tensorboard_path=cfg.tensorboard_path, name=name)
+        self.device = dist.device()
+        self.history: list[dict] = []
+
+    # -- batch order ---------------------------------------------------------------------
+    def windows(self, epoch: int) -> list[list[list[int]]]:
+        """Accumulation windows (lists of micro-batches of indices) of one epoch; a trailing
+        incomplete window is dropped so every optimizer step sees gas micro-batches."""
+        from .data import epoch_batches
+
+        batches = epoch_batches(len(self.train_data), self.cfg.per_device_train_batch_size,
+                                rank=self.rank, world_size=self.world, seed=self.cfg.seed, epoch=epoch)
+        n = len(batches) // self.gas
+        return [batches[i * self.gas:(i + 1) * self.gas] for i in range(n)]
+
+    def total_steps(self) -> int:
+        return total_steps(len(self.train_data), self.cfg, self.world)
+
+    # -- resume --------------------------------------------------------------------------
+    def maybe_resume(self) -> None:
+        if not self.cfg.resume:
+            return
+        tag = latest_tag(self.ckpt_dir)
+        if tag is None:
+            dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
+            return
+        client = load_checkpoint({"model": self.engine}, self.ckpt_dir, tag)
+        self.state = TrainState(**client["train_state"])
+        set_rng_state(client["rng"][self.rank])
+        dist.print_rank0(f"[resume] {self.ckpt_dir / tag}: epoch {self.state.epoch}, "
+                         f"step {self.state.global_step}")
+
+    def checkpoint(self) -> None:
+        # DeepSpeed keeps rank 0's client state only, so every rank's RNG travels in it.
+        client = {"train_state": vars(self.state).copy(), "rng": dist.all_gather_object(rng_state())}
+        save_checkpoint({"model": self.engine}, self.ckpt_dir, f"step{self.state.global_step}",
+                        client, self.cfg.save_total_limit)
+
+    # -- one optimizer step ------------------------------------------------------------------
+    def train_window(self, window: list[list[int]]) -> dict[str, float]:
+        batches = [self.collate([self.train_data[i] for i in b]) for b in window]
+        total = dist.all_reduce_sum(sum(float(self.count_fn(b)) for b in batches))
+        scale = self.gas * self.world / max(total, 1.0)
+        loss_sum, sums, tokens = 0.0, {}, 0
+        for batch in batches:
+            batch = batch.to(self.device)
+            out = self.loss_fn(self.engine, batch)
+            self.engine.backward(out.loss_sum * scale)
+            self.engine.step()
+            loss_sum += float(out.loss_sum.detach())
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            tokens += int(batch.attention_mask.sum()) if hasattr(batch, "attention_mask") else 0
+        metrics = {"loss": dist.all_reduce_sum(loss_sum) / max(total, 1.0)}
+        for k, v in sums.items():
+            metrics[k] = dist.all_reduce_sum(v) / max(total, 1.0)
+        metrics["tokens"] = dist.all_reduce_sum(tokens)
+        return metrics
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Exact mean over the test set: each rank takes a contiguous slice; ranks with fewer
+        batches run zero-count batches so ZeRO-3's collective forwards stay matched."""
+        if not self.test_data:
+            return {}
+        self.engine.eval()
+        n, bs = len(self.test_data), self.cfg.per_device_eval_batch_size
+        per_rank = -(-n // self.world)
+        mine = list(range(self.rank * per_rank, min(n, (self.rank + 1) * per_rank)))
+        loss_sum, count, sums = 0.0, 0.0, {}
+        for b in range(-(-per_rank // bs)):
+            idx = mine[b * bs:(b + 1) * bs]
+            examples = [self.test_data[i] for i in idx] or [self.empty_example(self.test_data[0])]
+            batch = self.collate(examples).to(self.device)
+            out = self.loss_fn(self.engine, batch)
+            loss_sum += float(out.loss_sum)
+            count += float(out.count)
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        self.engine.train()
+        count = dist.all_reduce_sum(count)
+        metrics = {"loss": dist.all_reduce_sum(loss_sum) / max(count, 1.0)}
+        for k, v in sums.items():
+            metrics[k] = dist.all_reduce_sum(v) / max(count, 1.0)
+        return metrics
+
+    def log_eval(self, extra: Callable[[dict], dict] | None = None) -> dict[str, float]:
+        m = self.evaluate()
+        if not m:
+            return m
+        if extra:
+            m.update(extra(m))
+        row = {f"eval/{k}": v for k, v in m.items()}
+        self.logger.log(self.state.global_step, row)
+        self.history.append({"step": self.state.global_step, **row})
+        dist.print_rank0(f"[eval] step {self.state.global_step}: " +
+                         ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        return m
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, eval_extra: Callable[[dict], dict] | None = None) -> dict[str, float]:
+        """Train to the end (resuming when asked); returns the last evaluation metrics."""
+        cfg = self.cfg
+        total = self.total_steps()
+        self.maybe_resume()
+        self.engine.train()
+        bar = progress(total, self.state.global_step, disable=cfg.disable_tqdm)
+        last_eval: dict[str, float] = {}
+        if self.state.global_step == 0:
+            last_eval = self.log_eval(eval_extra)
+        t0, tok0, done = time.perf_counter(), 0.0, False
+        for epoch in range(self.state.epoch, cfg.num_train_epochs):
+            windows = self.windows(epoch)
+            for w in range(self.state.window, len(windows)):
+                m = self.train_window(windows[w])
+                self.state = TrainState(epoch, w + 1, self.state.global_step + 1)
+                step = self.state.global_step
+                tok0 += m.pop("tokens")
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4f}")
+                if step % cfg.logging_steps == 0 or step == total:
+                    dt = time.perf_counter() - t0
+                    row = {f"train/{k}": v for k, v in m.items()}
+                    row.update({"train/lr": self.engine.get_lr()[0], "train/epoch": epoch,
+                                "train/tokens_per_s": tok0 / dt if dt > 0 else 0.0})
+                    gn = self.engine.get_global_grad_norm()
+                    if gn is not None:
+                        row["train/grad_norm"] = float(gn)
+                    self.logger.log(step, row)
+                    self.history.append({"step": step, **row})
+                    t0, tok0 = time.perf_counter(), 0.0
+                if cfg.eval_steps and step % cfg.eval_steps == 0:
+                    last_eval = self.log_eval(eval_extra)
+                if cfg.save_steps and step % cfg.save_steps == 0:
+                    self.checkpoint()
+                if step >= total:
+                    done = True
+                    break
+            if not cfg.eval_steps or (self.state.global_step % cfg.eval_steps):
+                last_eval = self.log_eval(eval_extra)
+            self.state = TrainState(epoch + 1, 0, self.state.global_step)
+            if done:
+                break
+        bar.close()
+        self.logger.close()
+        return last_eval
+
+
+def total_steps(n_examples: int, cfg, world_size: int) -> int:
+    """Optimizer steps of a whole run (what the LR schedule spans)."""
+    per_rank = -(-n_examples // world_size)
+    windows = (-(-per_rank // cfg.per_device_train_batch_size)) // cfg.gradient_accumulation_steps
+    total = windows * cfg.num_train_epochs
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def perplexity(metrics: dict) -> dict:
+    return {"perplexity": math.exp(min(metrics["loss"], 50.0))}
