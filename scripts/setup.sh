@@ -15,16 +15,17 @@ fi
 python="${PYTHON:-python3}"
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 torch_pin="$(grep -E '^torch==' requirements.txt)"
 
 echo "[setup] installing $torch_pin into $venv"
-"${pip[@]}" "$torch_pin"
+quiet "${pip[@]}" "$torch_pin"
 # Pin torch for the rest (and for DeepSpeed's own build environment) so nothing upgrades it.
 constraint="$(mktemp)"
 trap 'rm -f "$constraint"' EXIT
 echo "$torch_pin" > "$constraint"
 echo "[setup] installing requirements.txt"
-PIP_CONSTRAINT="$constraint" "${pip[@]}" -r requirements.txt
+PIP_CONSTRAINT="$constraint" quiet "${pip[@]}" -r requirements.txt
 "$venv/bin/python" -m pip check
 mkdir -p "$root/.cache/torch_extensions" "$root/.cache/hf_datasets"
 echo "$want" > "$stamp"

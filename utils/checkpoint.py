@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .distributed import barrier, is_main, print_rank0
-from .models import is_lora, lora_scaling, merge_lora_state_dict
+from .models import is_lora, lora_scaling, merge_lora_state_dict, zero3_disabled
 
 LATEST = "latest"
 
@@ -74,28 +74,32 @@ def save_hf_model(module: nn.Module, tokenizer, output_dir: str | Path, model_cl
     model_cls = model_cls or AutoModelForCausalLM
     sd = plain_state_dict(module)
     if is_main():
-        out = Path(output_dir)
-        tmp = out / ".tmp-export"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        config = base_config(module)
-        with torch.device("meta"):
-            model = model_cls.from_config(config)
-        dtype = next(iter(sd.values())).dtype
-        model.load_state_dict(sd, strict=False, assign=True)
-        model.tie_weights()
-        left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-        if left:
-            raise RuntimeError(f"export: weights missing from the trained model: {left[:5]}")
-        model.config.torch_dtype = dtype
-        gen = getattr(module, "generation_config", None)
-        if gen is not None and hasattr(model, "generation_config"):
-            model.generation_config = gen
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _move_into(tmp, out)
-        print_rank0(f"[save] model and tokenizer written to {out}")
+        with zero3_disabled():
+            _export(sd, module, tokenizer, Path(output_dir), model_cls)
     barrier()
+
+
+def _export(sd: dict, module: nn.Module, tokenizer, out: Path, model_cls) -> None:
+    tmp = out / ".tmp-export"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    config = base_config(module)
+    with torch.device("meta"):
+        model = model_cls.from_config(config)
+    dtype = next(iter(sd.values())).dtype
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.tie_weights()
+    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"export: weights missing from the trained model: {left[:5]}")
+    model.config.torch_dtype = dtype
+    gen = getattr(module, "generation_config", None)
+    if gen is not None and hasattr(model, "generation_config"):
+        model.generation_config = gen
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _move_into(tmp, out)
+    print_rank0(f"[save] model and tokenizer written to {out}")
 
 
 def rng_state() -> dict:

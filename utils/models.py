@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -155,6 +156,20 @@ def zero3_init_context(ds_config: dict) -> None:
 
     if ds_config["zero_optimization"]["stage"] == 3:
         _ZERO3_CONTEXT.append(HfDeepSpeedConfig(ds_config))
+
+
+@contextmanager
+def zero3_disabled():
+    """Plain (unpartitioned) model construction inside, even while ZeRO-3 training runs:
+    rank 0 alone builds the export model, so no collective may happen there."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None) -> nn.Module:

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole pipeline on the bundled demo task, offline, on CPU or GPU:
+# build the tiny model (once), then run each step and print held-out task accuracy.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+DEMO="${DEMO_DIR:-output/demo}"
+export DEMO
+
+if [[ ! -f "$DEMO/tiny-llama/model.safetensors" ]]; then
+  python -m examples.demo.build_model --output_dir "$DEMO/tiny-llama"
+fi
+
+acc() { python -m examples.demo.evaluate --model "$1" --json 2>/dev/null | tail -n 1; }
+field() { python -c "import json,sys; print(f\"{json.loads(sys.argv[1])['$2']:.3f}\")" "$1"; }
+
+start=$SECONDS
+untrained="$(acc "$DEMO/tiny-llama")"
+
+t=$SECONDS
+bash scripts/sft.sh --output_dir "$DEMO/sft" --disable_tqdm
+sft_time=$(( SECONDS - t ))
+sft="$(acc "$DEMO/sft")"
+
+echo
+echo "== demo: held-out accuracy on 'repeat after me' (200 unseen prompts, greedy) =="
+printf '%-10s %8s %16s %14s %8s\n' model accuracy "animal-first" "colour-first" "time"
+printf '%-10s %8s %16s %14s %8s\n' untrained "$(field "$untrained" accuracy)" "$(field "$untrained" subset_accuracy)" "$(field "$untrained" other_accuracy)" "-"
+printf '%-10s %8s %16s %14s %7ss\n' sft "$(field "$sft" accuracy)" "$(field "$sft" subset_accuracy)" "$(field "$sft" other_accuracy)" "$sft_time"
+echo "total demo time: $(( SECONDS - start ))s"
