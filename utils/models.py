@@ -154,6 +154,7 @@ def zero3_init_context(ds_config: dict) -> None:
     """Make the next `from_pretrained` calls partition weights across ranks (ZeRO-3)."""
     from transformers.integrations import HfDeepSpeedConfig
 
+    _ZERO3_CONTEXT.clear()
     if ds_config["zero_optimization"]["stage"] == 3:
         _ZERO3_CONTEXT.append(HfDeepSpeedConfig(ds_config))
 

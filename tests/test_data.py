@@ -1,0 +1,182 @@
+"""Readers, validation (one-line errors), splits, tokenization and the collator."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import write_jsonl
+from utils.data import (IGNORE_INDEX, DataError, Example, collate_lm, epoch_batches, load_step_records,
+                        read_dataset, tokenize_records)
+from utils.data.readers import Record
+from utils.data.sft import chat_segments, encode_prompts, sft_prompt
+from utils.data.split import parse_split, split_indices
+
+SFT = {"instruction": "User: Repeat after me: fox red owl\nAssistant: ", "input": "", "output": "fox red owl"}
+
+
+# -- reading -------------------------------------------------------------------------------
+def test_folder_with_train_and_test(tmp_path):
+    write_jsonl(tmp_path / "d" / "train.txt", [SFT] * 3)
+    write_jsonl(tmp_path / "d" / "test.txt", [SFT])
+    raw = read_dataset(str(tmp_path / "d"))
+    assert len(raw.train) == 3 and len(raw.test) == 1
+    assert raw.train[1].where == f"{tmp_path / 'd' / 'train.txt'}:2"
+
+
+def test_plain_text_file_is_text(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text("first line\n\nsecond line\n")
+    raw = read_dataset(str(p))
+    assert [r.data["text"] for r in raw.train] == ["first line", "second line"]
+    assert all(r.plain_line for r in raw.train)
+
+
+BAD_CASES = [
+    ("invalid_json", b'{"instruction": "a", "output": "b"}\n{"instruction": "a", \n', ":2: invalid JSON"),
+    ("missing_output", b'{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n', ':2: field "output" is missing'),
+    ("mistyped", b'{"instruction": "a", "output": 5}\n', ':1: field "output" must be a string, got int'),
+    ("empty_output", b'{"instruction": "a", "output": "  "}\n', ':1: field "output" is empty'),
+    ("not_object", b'{"instruction": "a", "output": "b"}\n[1, 2]\n', ":2: expected a JSON object, got list"),
+    ("non_utf8", b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff", "output": "b"}\n',
+     ":2: not valid UTF-8 (byte 0xff at column 18)"),
+    ("empty_file", b"\n\n", ": file is empty"),
+    ("bad_history", b'{"instruction": "a", "output": "b", "history": [["q"]]}\n', ':1: field "history" must be'),
+    ("unknown_format", b'{"question": "a", "answer": "b"}\n', ":1: cannot tell the format"),
+    ("mixed_formats", b'{"instruction": "a", "output": "b"}\n{"text": "plain"}\n',
+     ":2: record is text format but earlier records are sft"),
+]
+
+
+@pytest.mark.parametrize("name,content,expected", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_input_names_file_line_and_field(tmp_path, tokenizer, name, content, expected):
+    p = tmp_path / f"{name}.jsonl"
+    p.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        data = load_step_records([str(p)], None, 0, 0)
+        tokenize_records(data.train, tokenizer, 64)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(p)) and expected in msg, msg
+
+
+def test_prompt_longer_than_limit(tmp_path, tokenizer):
+    p = write_jsonl(tmp_path / "long.jsonl", [SFT, {**SFT, "instruction": "User: " + "fox " * 40}])
+    with pytest.raises(DataError, match=r"long.jsonl:2: prompt is \d+ tokens, not shorter than --max_seq_len 32"):
+        tokenize_records(read_dataset(str(p)).train, tokenizer, 32)
+
+
+def test_missing_path_and_missing_train_file(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        read_dataset(str(tmp_path / "nope.txt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="folder has no training file"):
+        read_dataset(str(tmp_path / "empty"))
+
+
+# -- splits and blending -------------------------------------------------------------------------
+def test_split_is_disjoint_covering_and_seeded():
+    f = parse_split("2,4,4")
+    parts = [split_indices(100, f, s, seed=3) for s in range(3)]
+    assert [len(p) for p in parts] == [20, 40, 40]
+    assert sorted(sum(parts, [])) == list(range(100))
+    assert parts[1] == split_indices(100, f, 1, seed=3)
+    assert parts[1] != split_indices(100, f, 1, seed=4)
+
+
+def test_blend_two_datasets_with_split(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{**SFT, "output": f"a{i}"} for i in range(10)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{**SFT, "output": f"b{i}"} for i in range(20)])
+    data = load_step_records([str(a), str(b)], "1,1,0", step=0, seed=0)
+    outs = [r.data["output"] for r in data.train]
+    assert len(outs) == 15 and sum(o.startswith("a") for o in outs) == 5
+    other = load_step_records([str(a), str(b)], "1,1,0", step=1, seed=0)
+    assert not set(outs) & {r.data["output"] for r in other.train}
+    with pytest.raises(DataError, match="leaves no rows for step 3"):
+        load_step_records([str(a)], "1,1,0", step=2, seed=0)
+
+
+# -- tokenization ----------------------------------------------------------------------------
+def test_sft_prompt_rule():
+    r = Record("f", ":1", {"instruction": "User: translate {input}\nAssistant: ", "input": "hallo", "output": "x"})
+    assert sft_prompt(r) == "User: translate hallo\nAssistant: "
+    r = Record("f", ":1", {"instruction": "Translate: ", "input": "hallo", "output": "x",
+                          "history": [["User: hi\nAssistant: ", "hello"]]})
+    assert sft_prompt(r) == "User: hi\nAssistant: hello\nTranslate: hallo"
+
+
+def test_sft_ids_are_prompt_ids_then_response_ids(tokenizer):
+    rec = Record("f", ":1", dict(SFT))
+    (ex,), _ = tokenize_records([rec], tokenizer, 64)
+    prompt = tokenizer(SFT["instruction"])["input_ids"]  # what generation feeds the model
+    answer = tokenizer(SFT["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert ex.input_ids == prompt + answer
+    assert ex.labels == [IGNORE_INDEX] * len(prompt) + answer
+    assert encode_prompts(tokenizer, [SFT["instruction"]]) == [prompt]
+
+
+def test_response_truncated_to_max_len(tokenizer):
+    rec = Record("f", ":1", {**SFT, "output": "fox " * 30})
+    (ex,), truncated = tokenize_records([rec], tokenizer, 24)
+    assert truncated == 1 and len(ex.input_ids) == 24 and len(ex.labels) == 24
+
+
+def test_chat_loss_only_on_assistant_turns(tokenizer):
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "fox"},
+            {"role": "assistant", "content": "owl"}]
+    segs = chat_segments(tokenizer, msgs)
+    assert segs == [("<s>System: be brief\nUser: hi\nAssistant: ", False), ("hello</s>\n", True),
+                    ("User: fox\nAssistant: ", False), ("owl</s>\n", True)]
+    (ex,), _ = tokenize_records([Record("f", ":1", {"messages": msgs})], tokenizer, 128)
+    trained = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "hello</s>\nowl</s>\n"
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    assert tokenizer.decode(ex.input_ids) == full
+
+
+def test_text_is_packed_into_blocks(tmp_path, tokenizer):
+    p = write_jsonl(tmp_path / "t.jsonl", [{"text": "fox red owl " * 10}, {"text": "cat"}])
+    examples, _ = tokenize_records(read_dataset(str(p)).train, tokenizer, 16)
+    stream = sum((e.input_ids for e in examples), [])
+    ids1 = tokenizer("fox red owl " * 10, add_special_tokens=False)["input_ids"]
+    ids2 = tokenizer("cat", add_special_tokens=False)["input_ids"]
+    assert stream == ids1 + [tokenizer.eos_token_id] + ids2 + [tokenizer.eos_token_id]
+    assert all(len(e.input_ids) == 16 for e in examples[:-1])
+    assert all(e.labels == e.input_ids for e in examples)
+
+
+# -- collator and batch order ----------------------------------------------------------------------
+def test_collator_exact_tensors():
+    batch = collate_lm([Example([1, 5, 6, 2], [-100, -100, 6, 2]), Example([1, 7], [-100, 7])], pad_id=3)
+    assert torch.equal(batch.input_ids, torch.tensor([[1, 5, 6, 2], [1, 7, 3, 3]]))
+    assert torch.equal(batch.attention_mask, torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    assert torch.equal(batch.labels, torch.tensor([[-100, -100, 6, 2], [-100, 7, -100, -100]]))
+    padded = collate_lm([Example([1, 7], [-100, 7])], pad_id=3, pad_to_multiple_of=8)
+    assert padded.input_ids.shape == (1, 8)
+
+
+def test_epoch_batches_shard_the_same_global_batches():
+    one = epoch_batches(10, 4, rank=0, world_size=1, seed=1, epoch=0)
+    two = [epoch_batches(10, 2, rank=r, world_size=2, seed=1, epoch=0) for r in range(2)]
+    for k in range(2):
+        assert sorted(one[k]) == sorted(two[0][k] + two[1][k])
+    assert epoch_batches(10, 4, rank=0, world_size=1, seed=1, epoch=1) != one
+
+
+def test_reads_fork_parquet_fixture():
+    from tests.conftest import FIXTURES
+
+    folder = FIXTURES / "fork-parquet" / "dpo"
+    if not folder.exists():
+        pytest.skip("shared fixtures not present")
+    raw = read_dataset(str(folder))
+    assert len(raw.train) > 0 and {"prompt", "chosen", "rejected"} <= set(raw.train[0].data)
+
+
+def test_parquet_rows_named_in_errors(tmp_path, tokenizer):
+    pq.write_table(pa.Table.from_pylist([{"instruction": "a", "output": "b"}, {"instruction": "a", "output": None}]),
+                   tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=r'train.parquet row 1: field "output" is missing'):
+        tokenize_records(read_dataset(str(tmp_path)).train, tokenizer, 32)
