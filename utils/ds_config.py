@@ -48,6 +48,8 @@ def train_ds_config(
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "train_batch_size": micro_batch_size * gradient_accumulation_steps * world_size,
         "zero_optimization": zero,
+        # Offload works with any torch optimizer; DeepSpeedCPUAdam is picked on GPUs only.
+        "zero_force_ds_cpu_optimizer": False,
         "gradient_clipping": gradient_clipping,
         "steps_per_print": steps_per_print,
         "wall_clock_breakdown": False,
