@@ -153,8 +153,6 @@ class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, Ch
 class SFTConfig(TrainConfig):
     """Step 1: supervised fine-tuning (instruction, chat) or continued pretraining (text)."""
 
-    eval_generation_prompts: int = _f(0, "At the end, print greedy answers for this many held-out prompts.")
-
 
 def _read_config_file(path: str) -> dict:
     p = Path(path)

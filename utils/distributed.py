@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def set_env_defaults() -> None:
     """Environment every entry point wants before torch/deepspeed/datasets are imported."""
     cache = REPO_ROOT / ".cache"
+    # The op cache is keyed by ninja's log: a different ninja on PATH (system vs venv)
+    # rebuilds every op (~30 s) at each start, so always use the interpreter's own.
+    bindir = os.path.dirname(sys.executable)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     # DeepSpeed compiles C++ ops on first use (~30-45 s each); keep them across runs.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions"))
     os.environ.setdefault("HF_DATASETS_CACHE", str(cache / "hf_datasets"))
