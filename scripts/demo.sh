@@ -21,9 +21,21 @@ bash scripts/sft.sh --output_dir "$DEMO/sft" --disable_tqdm
 sft_time=$(( SECONDS - t ))
 sft="$(acc "$DEMO/sft")"
 
+t=$SECONDS
+bash scripts/reward.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/reward" --disable_tqdm
+rm_time=$(( SECONDS - t ))
+rm_acc="$(python -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; print(f\"{[r for r in rows if 'eval/accuracy' in r][-1]['eval/accuracy']:.3f}\")" "$DEMO/reward/metrics.jsonl")"
+
+t=$SECONDS
+bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/dpo" --disable_tqdm
+dpo_time=$(( SECONDS - t ))
+dpo="$(acc "$DEMO/dpo")"
+
 echo
 echo "== demo: held-out accuracy on 'repeat after me' (200 unseen prompts, greedy) =="
 printf '%-10s %8s %16s %14s %8s\n' model accuracy "animal-first" "colour-first" "time"
 printf '%-10s %8s %16s %14s %8s\n' untrained "$(field "$untrained" accuracy)" "$(field "$untrained" subset_accuracy)" "$(field "$untrained" other_accuracy)" "-"
 printf '%-10s %8s %16s %14s %7ss\n' sft "$(field "$sft" accuracy)" "$(field "$sft" subset_accuracy)" "$(field "$sft" other_accuracy)" "$sft_time"
+printf '%-10s %8s %16s %14s %7ss\n' dpo "$(field "$dpo" accuracy)" "$(field "$dpo" subset_accuracy)" "$(field "$dpo" other_accuracy)" "$dpo_time"
+echo "reward model: held-out pairwise accuracy $rm_acc (${rm_time}s)"
 echo "total demo time: $(( SECONDS - start ))s"

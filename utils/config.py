@@ -195,3 +195,64 @@ def parse_config(cls, argv: list[str] | None = None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """Step 2: reward model (causal-LM backbone + scalar head) from preference pairs and/or scores."""
+
+    rm_loss: str = _f("pairwise", "pairwise: -log sigmoid(r_chosen - r_rejected); score: MSE to annotated "
+                                  "scores; mixed: pairwise + --score_loss_weight * MSE.",
+                      choices=["pairwise", "score", "mixed"])
+    pairwise_reduction: str = _f("end", "end: compare the scores at the last token (default); divergence: "
+                                        "DeepSpeed-Chat's mean over the tokens after the answers diverge.",
+                                 choices=["end", "divergence"])
+    score_loss_weight: float = _f(1.0, "Weight of the MSE term in --rm_loss mixed.")
+    gpt_annotated_score: bool = _f(False, "Train from the score columns (chosen_gpt_score/rejected_gpt_score or "
+                                          "chosen_score/rejected_score); same as --rm_loss score.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gpt_annotated_score:
+            if self.rm_loss == "pairwise":
+                self.rm_loss = "score"
+        if self.score_loss_weight < 0:
+            raise ConfigError("--score_loss_weight must be >= 0")
+        if self.pairwise_reduction == "divergence" and self.rm_loss == "score":
+            raise ConfigError("--pairwise_reduction divergence needs --rm_loss pairwise or mixed")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """Step 2 (alternative): DPO and relatives against a frozen reference model."""
+
+    loss_type: str = _f("sigmoid", "sigmoid (DPO; with --label_smoothing, cDPO), ipo, simpo (reference-free), "
+                                   "orpo (reference-free).", choices=["sigmoid", "ipo", "simpo", "orpo"])
+    beta: float = _f(0.1, "Inverse temperature of the implicit reward (DPO, IPO, SimPO); lambda for ORPO.")
+    label_smoothing: float = _f(0.0, "cDPO: assumed probability that a preference label is flipped (0-0.5).")
+    simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma.")
+    rpo_alpha: float = _f(0.0, "Add rpo_alpha x the length-averaged NLL of the chosen answer (RPO, Pang et "
+                               "al. 2024): keeps DPO from lowering the chosen answers' likelihood.")
+    reference_model_name_or_path: Optional[str] = _f(None, "Frozen reference; defaults to --model_name_or_path.")
+    reference_zero_stage: int = _f(0, "ZeRO stage of the reference (3 shards its weights).", choices=[0, 1, 2, 3])
+    offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (needs "
+                                              "--reference_zero_stage 3).")
+    precompute_ref_log_probs: bool = _f(False, "Score every pair with the reference once before training, "
+                                               "then free it.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta <= 0:
+            raise ConfigError(f"--beta must be > 0, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"--label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ConfigError("--label_smoothing applies to --loss_type sigmoid only")
+        if self.rpo_alpha < 0:
+            raise ConfigError("--rpo_alpha must be >= 0")
+        if self.offload_reference_model and self.reference_zero_stage != 3:
+            raise ConfigError("--offload_reference_model needs --reference_zero_stage 3")
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss_type in ("sigmoid", "ipo")

@@ -173,16 +173,17 @@ def zero3_disabled():
         hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
-def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None) -> nn.Module:
-    """The trained causal LM of a step: ZeRO-3 aware load, dropout, checkpointing, LoRA."""
+def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, reward: bool = False) -> nn.Module:
+    """The trained model of a step (a causal LM, or with `reward` a scalar-head model):
+    ZeRO-3 aware load, dropout, gradient checkpointing, LoRA."""
     from .config import ConfigError
 
     path = path or cfg.model_name_or_path
     zero3_init_context(ds_config)
+    loader = load_reward_model if reward else load_causal_lm
     try:
-        model = load_causal_lm(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
-                               disable_dropout_=cfg.disable_dropout,
-                               gradient_checkpointing=cfg.gradient_checkpointing)
+        model = loader(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
+                       disable_dropout_=cfg.disable_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
     except OSError as e:
         raise ConfigError(f"cannot load model {path!r}: {str(e).splitlines()[0]}")
     if cfg.lora_dim > 0:
@@ -191,6 +192,10 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None) 
                                module_filter=cfg.lora_module_name, only_optimize_lora=cfg.only_optimize_lora)
         except ValueError as e:
             raise ConfigError(str(e))
+        if reward:  # the new scalar head always trains
+            for name, p in model.named_parameters():
+                if ".score." in name or ".classifier." in name:
+                    p.requires_grad_(True)
     return model
 
 
@@ -202,3 +207,50 @@ def load_tokenizer_for(cfg) -> object:
         return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load tokenizer {path!r}: {str(e).splitlines()[0]}")
+
+
+# -- reward model / critic ---------------------------------------------------------------------
+def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool = False,
+                      disable_dropout_: bool = False, gradient_checkpointing: bool = False) -> nn.Module:
+    """AutoModelForSequenceClassification with one output: a causal-LM backbone plus a scalar
+    head (`score`), newly initialised when starting from a causal LM. Saved with
+    `save_hf_model(..., model_cls=AutoModelForSequenceClassification)` it reloads in stock
+    transformers and gives the same scores."""
+    from transformers import AutoModelForSequenceClassification
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    _align_special_ids(model, tokenizer)
+    if disable_dropout_:
+        disable_dropout(model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under a DeepSpeed engine and/or a peft wrapper."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if is_lora(model) else model
+
+
+def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scalar head applied at every position: [B, T] ids -> [B, T] float values.
+
+    `model` may be a DeepSpeed engine (the forward goes through it, so its hooks run). Stock
+    `*ForSequenceClassification` computes the same head output and pools it at the last
+    token; the reward is that value (`end_scores`), a critic uses every position.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    m = unwrap(model)
+    head = getattr(m, "score", None) or getattr(m, "classifier")
+    return head(out.hidden_states[-1]).squeeze(-1).float()
+
+
+def end_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] per-token values -> [B] value at the last real token (right padding)."""
+    last = attention_mask.sum(-1).clamp_min(1) - 1
+    return values.gather(1, last.unsqueeze(1)).squeeze(1)

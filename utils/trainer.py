@@ -32,7 +32,8 @@ from .logging import MetricsLogger, progress
 class LossOutput:
     loss_sum: torch.Tensor                 # [] loss summed over the counted items
     count: float                           # number of counted items (tokens, pairs) in loss_sum
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # [] sums over the same items
+    # name -> (sum, number of items it sums over); reported as sum / number over all ranks
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -95,15 +96,13 @@ class Trainer:
         collate: list of examples -> batch (with `.to(device)`).
         loss_fn: (engine, batch) -> LossOutput.
         count_fn: batch -> number of items its loss counts (known before the forward).
-        empty_example: example -> a copy that counts 0 items, used to keep ZeRO-3 ranks in
-            step when one rank runs out of evaluation data.
     """
 
     def __init__(self, cfg, engine, train: Sequence, test: Sequence, *, collate: Callable,
-                 loss_fn: Callable, count_fn: Callable, empty_example: Callable, name: str = "train"):
+                 loss_fn: Callable, count_fn: Callable, name: str = "train"):
         self.cfg, self.engine = cfg, engine
         self.train_data, self.test_data = train, test
-        self.collate, self.loss_fn, self.count_fn, self.empty_example = collate, loss_fn, count_fn, empty_example
+        self.collate, self.loss_fn, self.count_fn = collate, loss_fn, count_fn
         self.rank, self.world = dist.rank(), dist.world_size()
         self.gas = cfg.gradient_accumulation_steps
         self.ckpt_dir = Path(cfg.output_dir) / "checkpoints"
@@ -159,20 +158,17 @@ class Trainer:
             self.engine.backward(out.loss_sum * scale)
             self.engine.step()
             loss_sum += float(out.loss_sum.detach())
-            for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            tokens += int(batch.attention_mask.sum()) if hasattr(batch, "attention_mask") else 0
-        metrics = {"loss": dist.all_reduce_sum(loss_sum) / max(total, 1.0)}
-        for k, v in sums.items():
-            metrics[k] = dist.all_reduce_sum(v) / max(total, 1.0)
+            _accumulate(sums, out.metrics)
+            tokens += int(batch.attention_mask.sum())
+        metrics = {"loss": dist.all_reduce_sum(loss_sum) / max(total, 1.0), **_reduce(sums)}
         metrics["tokens"] = dist.all_reduce_sum(tokens)
         return metrics
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Exact mean over the test set: each rank takes a contiguous slice; ranks with fewer
-        batches run zero-count batches so ZeRO-3's collective forwards stay matched."""
+        """Exact mean over the test set: each rank takes a contiguous slice; a rank with fewer
+        batches repeats a forward and discards it, so ZeRO-3's collective forwards stay matched."""
         if not self.test_data:
             return {}
         self.engine.eval()
@@ -182,19 +178,16 @@ class Trainer:
         loss_sum, count, sums = 0.0, 0.0, {}
         for b in range(-(-per_rank // bs)):
             idx = mine[b * bs:(b + 1) * bs]
-            examples = [self.test_data[i] for i in idx] or [self.empty_example(self.test_data[0])]
-            batch = self.collate(examples).to(self.device)
+            batch = self.collate([self.test_data[i] for i in (idx or [0])]).to(self.device)
             out = self.loss_fn(self.engine, batch)
+            if not idx:
+                continue
             loss_sum += float(out.loss_sum)
             count += float(out.count)
-            for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            _accumulate(sums, out.metrics)
         self.engine.train()
         count = dist.all_reduce_sum(count)
-        metrics = {"loss": dist.all_reduce_sum(loss_sum) / max(count, 1.0)}
-        for k, v in sums.items():
-            metrics[k] = dist.all_reduce_sum(v) / max(count, 1.0)
-        return metrics
+        return {"loss": dist.all_reduce_sum(loss_sum) / max(count, 1.0), **_reduce(sums)}
 
     def log_eval(self, extra: Callable[[dict], dict] | None = None) -> dict[str, float]:
         m = self.evaluate()
@@ -256,6 +249,22 @@ class Trainer:
         bar.close()
         self.logger.close()
         return last_eval
+
+
+def _accumulate(sums: dict, metrics: dict) -> None:
+    for k, (v, n) in metrics.items():
+        s, c = sums.get(k, (0.0, 0.0))
+        sums[k] = (s + float(v), c + float(n))
+
+
+def _reduce(sums: dict) -> dict[str, float]:
+    """Global (over ranks) sum / count per metric; keys in a fixed order on every rank."""
+    out = {}
+    for k in sorted(sums):
+        s, n = sums[k]
+        n = dist.all_reduce_sum(n)
+        out[k] = dist.all_reduce_sum(s) / n if n else float("nan")
+    return out
 
 
 def total_steps(n_examples: int, cfg, world_size: int) -> int:

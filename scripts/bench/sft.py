@@ -37,7 +37,7 @@ def main() -> None:
     from utils.losses import causal_lm_loss
     from utils.tiny import build_tiny
     from utils.trainer import Trainer, init_engine
-    from training.step1_sft.main import label_count, masked, sft_loss
+    from training.step1_sft.main import label_count, sft_loss
 
     tmp = tempfile.mkdtemp()
     texts = [f"User: item {i} is number {i * 7 % 101}\nAssistant: noted {i}" for i in range(400)]
@@ -73,7 +73,7 @@ def main() -> None:
     ours_model = AutoModelForCausalLM.from_pretrained(f"{tmp}/m")
     engine = init_engine(ours_model, cfg, total_steps=10**6)
     trainer = Trainer(cfg, engine, examples, [], collate=lambda ex: collate_lm(ex, pad_id=3),
-                      loss_fn=sft_loss, count_fn=label_count, empty_example=masked)
+                      loss_fn=sft_loss, count_fn=label_count)
     windows = [[list(range(i, i + a.batch))] for i in range(0, len(examples), a.batch)]
 
     def block(fn, items):

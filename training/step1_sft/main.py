@@ -15,7 +15,7 @@ from functools import partial
 from utils import distributed as dist
 from utils.checkpoint import save_hf_model
 from utils.config import SFTConfig, parse_config
-from utils.data import IGNORE_INDEX, Example, collate_lm, load_step_records, tokenize_step_data
+from utils.data import IGNORE_INDEX, collate_lm, load_step_records, tokenize_step_data
 from utils.ds_config import train_ds_config
 from utils.losses import causal_lm_loss
 from utils.models import count_parameters, load_tokenizer_for, load_trainable_lm
@@ -31,10 +31,6 @@ def sft_loss(model, batch) -> LossOutput:
 
 def label_count(batch) -> int:
     return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
-
-
-def masked(example: Example) -> Example:
-    return Example(example.input_ids, [IGNORE_INDEX] * len(example.labels))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     engine = init_engine(model, cfg, total_steps(len(train), cfg, dist.world_size()), ds_config=ds_config)
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_lm, pad_id=tokenizer.pad_token_id),
-                      loss_fn=sft_loss, count_fn=label_count, empty_example=masked)
+                      loss_fn=sft_loss, count_fn=label_count)
     result = trainer.fit(eval_extra=perplexity)
 
     save_hf_model(engine.module, tokenizer, cfg.output_dir)

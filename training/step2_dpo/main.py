@@ -1,0 +1,154 @@
+"""Step 2 (alternative to a reward model): DPO, cDPO, IPO, SimPO or ORPO on preference pairs.
+
+    python -m training.step2_dpo.main --model_name_or_path SFT_DIR --data_path PAIRS_DIR --output_dir O
+    python -m training.step2_dpo.main ... --loss_type ipo --beta 0.5
+    python -m training.step2_dpo.main ... --precompute_ref_log_probs   # reference scored once, then freed
+    deepspeed --num_gpus 8 --module training.step2_dpo.main --zero_stage 3 --reference_zero_stage 3 ...
+
+Chosen and rejected answers go through the policy in one concatenated forward; only answer
+tokens count. The reference (sigmoid, ipo) is a frozen DeepSpeed engine with its own ZeRO
+stage. The result is saved as an HF causal LM.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from utils import distributed as dist
+from utils.checkpoint import save_hf_model
+from utils.config import DPOConfig, parse_config
+from utils.data import IGNORE_INDEX, load_step_records
+from utils.data.preference import PreferenceBatch, collate_preferences, tokenize_preference_data
+from utils.ds_config import eval_ds_config, train_ds_config
+from utils.losses import dpo_loss, ipo_loss, orpo_loss, sequence_logprobs, simpo_loss
+from utils.models import count_parameters, load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
+from utils.run import finish, start, user_errors
+from utils.trainer import LossOutput, Trainer, init_engine, total_steps
+
+
+def response_logps(model, batch: PreferenceBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """([2P] summed or length-averaged answer log-probs, [2P] length-averaged ones);
+    rows [0, P) chosen, [P, 2P) rejected."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    total = sequence_logprobs(logits, batch.labels)
+    mean = total / (batch.labels[:, 1:] != IGNORE_INDEX).sum(-1).clamp_min(1)
+    return (mean if average else total), mean
+
+
+class DPOObjective:
+    """(policy engine, batch) -> LossOutput; the reference is a live engine or precomputed."""
+
+    def __init__(self, cfg: DPOConfig, reference=None):
+        self.cfg, self.reference = cfg, reference
+
+    def ref_logps(self, batch: PreferenceBatch) -> torch.Tensor:
+        if not torch.isnan(batch.ref_logps).any():
+            return batch.ref_logps
+        with torch.no_grad():
+            return response_logps(self.reference, batch, average=False)[0]
+
+    def __call__(self, policy, batch: PreferenceBatch) -> LossOutput:
+        cfg, P = self.cfg, batch.n_pairs
+        average = cfg.loss_type in ("simpo", "orpo")
+        logps, mean_logps = response_logps(policy, batch, average)
+        chosen, rejected = logps[:P], logps[P:2 * P]
+        metrics = {"logps/chosen": (float(chosen.detach().sum()), P),
+                   "logps/rejected": (float(rejected.detach().sum()), P)}
+        if cfg.uses_reference:
+            ref = self.ref_logps(batch)
+            ref_chosen, ref_rejected = ref[:P], ref[P:2 * P]
+            if cfg.loss_type == "sigmoid":
+                losses = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta, cfg.label_smoothing)
+            else:
+                losses = ipo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta)
+            r_chosen = cfg.beta * (chosen - ref_chosen).detach()
+            r_rejected = cfg.beta * (rejected - ref_rejected).detach()
+        elif cfg.loss_type == "simpo":
+            losses = simpo_loss(chosen, rejected, cfg.beta, cfg.simpo_gamma)
+            r_chosen, r_rejected = cfg.beta * chosen.detach(), cfg.beta * rejected.detach()
+        else:
+            losses, ratio = orpo_loss(chosen, rejected, cfg.beta)
+            r_chosen, r_rejected = cfg.beta * chosen.detach(), cfg.beta * rejected.detach()
+            metrics["log_odds_ratio"] = (float(ratio.detach().sum()), P)
+        if cfg.rpo_alpha:
+            nll = -mean_logps[:P]
+            losses = losses + cfg.rpo_alpha * nll
+            metrics["nll/chosen"] = (float(nll.detach().sum()), P)
+        metrics.update({
+            "rewards/chosen": (float(r_chosen.sum()), P),
+            "rewards/rejected": (float(r_rejected.sum()), P),
+            "rewards/accuracy": (float((r_chosen > r_rejected).sum()), P),
+            "rewards/margin": (float((r_chosen - r_rejected).sum()), P),
+        })
+        return LossOutput(losses.sum(), float(P), metrics)
+
+
+def build_reference(cfg: DPOConfig, tokenizer):
+    """The frozen reference as a DeepSpeed engine without optimizer (own ZeRO stage)."""
+    import deepspeed
+
+    ds = eval_ds_config(micro_batch_size=cfg.per_device_train_batch_size, world_size=dist.world_size(),
+                        zero_stage=cfg.reference_zero_stage, offload=cfg.offload_reference_model, dtype=cfg.dtype)
+    zero3_init_context(ds)
+    ref = load_causal_lm(cfg.reference_model_name_or_path or cfg.model_name_or_path, tokenizer,
+                         trust_remote_code=cfg.trust_remote_code, disable_dropout_=True)
+    ref.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=ref, config=ds)
+    engine.eval()
+    return engine
+
+
+@torch.no_grad()
+def precompute_reference(reference, examples: list, pad_id: int, batch_size: int) -> None:
+    """Store the reference's answer log-probs on every example (each rank scores all of them)."""
+    device = dist.device()
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        lp = response_logps(reference, collate_preferences(chunk, pad_id).to(device), average=False)[0].cpu()
+        P = len(chunk)
+        for j, e in enumerate(chunk):
+            e.ref_chosen, e.ref_rejected = float(lp[j]), float(lp[P + j])
+
+
+def pair_count(batch: PreferenceBatch) -> int:
+    return batch.n_pairs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(DPOConfig, argv)
+    start(cfg)
+    with user_errors():
+        tokenizer = load_tokenizer_for(cfg)
+        data = load_step_records(cfg.data_path, cfg.data_split, step=1, seed=cfg.data_seed)
+        train, test, truncated = tokenize_preference_data(data, tokenizer, cfg.max_seq_len, pairs_only=True)
+        if truncated:
+            dist.print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
+        dist.print_rank0(f"[data] {len(train)} training and {len(test)} held-out pairs")
+        reference = build_reference(cfg, tokenizer) if cfg.uses_reference else None
+        ds_config = train_ds_config(
+            micro_batch_size=cfg.per_device_train_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=dist.world_size(),
+            zero_stage=cfg.zero_stage, offload=cfg.offload, dtype=cfg.dtype,
+            gradient_clipping=cfg.gradient_clipping)
+        model = load_trainable_lm(cfg, tokenizer, ds_config)
+    trainable, total = count_parameters(model)
+    dist.print_rank0(f"[model] policy {cfg.model_name_or_path}: {total:,} parameters, {trainable:,} trained; "
+                     f"loss {cfg.loss_type}, beta {cfg.beta}")
+    if reference is not None and cfg.precompute_ref_log_probs:
+        precompute_reference(reference, train + test, tokenizer.pad_token_id, cfg.per_device_eval_batch_size)
+        reference = None
+        dist.print_rank0(f"[dpo] reference log-probs precomputed for {len(train) + len(test)} pairs")
+
+    engine = init_engine(model, cfg, total_steps(len(train), cfg, dist.world_size()), ds_config=ds_config)
+    trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
+                      loss_fn=DPOObjective(cfg, reference), count_fn=pair_count, name="dpo")
+    result = trainer.fit()
+
+    save_hf_model(engine.module, tokenizer, cfg.output_dir)
+    finish()
+    return {"eval": result, "history": trainer.history, "reference": reference}
+
+
+if __name__ == "__main__":
+    main()

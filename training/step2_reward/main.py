@@ -1,0 +1,108 @@
+"""Step 2: reward model from preference pairs (Bradley-Terry) and/or annotated scores (MSE).
+
+    python -m training.step2_reward.main --model_name_or_path SFT_DIR --data_path PAIRS_DIR --output_dir O
+    deepspeed --num_gpus 8 --module training.step2_reward.main --zero_stage 3 ...
+    python -m training.step2_reward.main ... --rm_loss mixed --score_loss_weight 0.5
+
+The score of prompt+answer is the scalar head at the answer's last token (its EOS). The model
+is saved as an HF sequence-classification folder (AutoModelForSequenceClassification).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from utils import distributed as dist
+from utils.checkpoint import save_hf_model
+from utils.config import RewardConfig, parse_config
+from utils.data import load_step_records
+from utils.data.preference import collate_preferences, has_scores, tokenize_preference_data
+from utils.ds_config import train_ds_config
+from utils.losses import divergence_pairwise_loss, pairwise_loss, score_mse
+from utils.models import count_parameters, end_scores, load_tokenizer_for, load_trainable_lm, token_values
+from utils.run import finish, start, user_errors
+from utils.trainer import LossOutput, Trainer, init_engine, total_steps
+
+
+def reward_loss(cfg: RewardConfig):
+    """(engine, PreferenceBatch) -> LossOutput summed over examples (pairs and scored rows)."""
+    def loss(model, batch) -> LossOutput:
+        values = token_values(model, batch.input_ids, batch.attention_mask)
+        scores = end_scores(values, batch.attention_mask)
+        P = batch.n_pairs
+        chosen, rejected = scores[:P], scores[P:2 * P]
+        total = scores.new_zeros(())
+        if cfg.rm_loss in ("pairwise", "mixed") and P:
+            if cfg.pairwise_reduction == "end":
+                total = total + pairwise_loss(chosen, rejected).sum()
+            else:
+                lens = batch.lengths
+                total = total + divergence_pairwise_loss(values[:P], values[P:2 * P], batch.input_ids[:P],
+                                                         batch.input_ids[P:2 * P], lens[:P], lens[P:2 * P]).sum()
+        scored = ~torch.isnan(batch.score_target)
+        mse = score_mse(scores[scored], batch.score_target[scored]).sum()
+        if cfg.rm_loss in ("score", "mixed"):
+            total = total + (cfg.score_loss_weight if cfg.rm_loss == "mixed" else 1.0) * mse
+        n_rows = scores.shape[0]
+        metrics = {
+            "accuracy": (float((chosen > rejected).sum()), P),
+            "chosen_score": (float(chosen.sum()), P),
+            "rejected_score": (float(rejected.sum()), P),
+            "score_mean": (float(scores.sum()), n_rows),
+            "score_sq": (float((scores.float() ** 2).sum()), n_rows),
+        }
+        if scored.any():
+            metrics["mse"] = (float(mse), int(scored.sum()))
+        return LossOutput(total, float(P + n_rows - 2 * P), metrics)
+    return loss
+
+
+def example_count(batch) -> int:
+    return batch.n_pairs + batch.input_ids.shape[0] - 2 * batch.n_pairs
+
+
+def score_std(metrics: dict) -> dict:
+    var = metrics.pop("score_sq") - metrics["score_mean"] ** 2
+    return {"score_std": math.sqrt(max(var, 0.0))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(RewardConfig, argv)
+    start(cfg)
+    with user_errors():
+        tokenizer = load_tokenizer_for(cfg)
+        data = load_step_records(cfg.data_path, cfg.data_split, step=1, seed=cfg.data_seed)
+        train, test, truncated = tokenize_preference_data(data, tokenizer, cfg.max_seq_len,
+                                                          need_scores=cfg.rm_loss != "pairwise")
+        if truncated:
+            dist.print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
+        if cfg.rm_loss == "pairwise" and not all(e.is_pair for e in train):
+            from utils.config import ConfigError
+            raise ConfigError("pointwise rows (prompt, response, score) need --rm_loss score or mixed")
+        dist.print_rank0(f"[data] {len(train)} training and {len(test)} held-out examples"
+                         f"{' with scores' if has_scores(train) else ''}")
+        ds_config = train_ds_config(
+            micro_batch_size=cfg.per_device_train_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=dist.world_size(),
+            zero_stage=cfg.zero_stage, offload=cfg.offload, dtype=cfg.dtype,
+            gradient_clipping=cfg.gradient_clipping)
+        model = load_trainable_lm(cfg, tokenizer, ds_config, reward=True)
+    trainable, total = count_parameters(model)
+    dist.print_rank0(f"[model] reward model from {cfg.model_name_or_path}: {total:,} parameters, "
+                     f"{trainable:,} trained")
+
+    engine = init_engine(model, cfg, total_steps(len(train), cfg, dist.world_size()), ds_config=ds_config)
+    trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
+                      loss_fn=reward_loss(cfg), count_fn=example_count, name="reward")
+    result = trainer.fit(eval_extra=score_std)
+
+    save_hf_model(engine.module, tokenizer, cfg.output_dir, model_cls=AutoModelForSequenceClassification)
+    finish()
+    return {"eval": result, "history": trainer.history}
+
+
+if __name__ == "__main__":
+    main()
