@@ -77,3 +77,17 @@ def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def sft_dir(tiny_dir, tmp_path_factory) -> Path:
+    """The tiny model after a short SFT run on demo data: the starting point of steps 2 and 3."""
+    root = tmp_path_factory.mktemp("sft")
+    lines = (DEMO_DATA / "sft" / "train.txt").read_text().splitlines()
+    write_jsonl(root / "data" / "train.txt", lines[:800])
+    out = root / "model"
+    run_module("training.step1_sft.main", [
+        "--model_name_or_path", str(tiny_dir), "--data_path", str(root / "data"), "--output_dir", str(out),
+        "--max_seq_len", "48", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
+        "--num_train_epochs", "3", "--num_warmup_steps", "10", "--disable_tqdm", "--seed", "11"])
+    return out

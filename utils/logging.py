@@ -12,7 +12,7 @@ class MetricsLogger:
     """`log(step, metrics)` appends a JSON line and TensorBoard scalars (rank 0 only)."""
 
     def __init__(self, output_dir: str, *, tensorboard: bool = False, tensorboard_path: str | None = None,
-                 name: str = "train"):
+                 name: str = "train", append: bool = False):
         self.enabled = is_main()
         self.writer = None
         self.file = None
@@ -20,7 +20,8 @@ class MetricsLogger:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        # A resumed run continues the file; a fresh run in the same folder starts it anew.
+        self.file = open(out / "metrics.jsonl", "a" if append else "w", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

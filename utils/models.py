@@ -216,19 +216,46 @@ def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool =
     head (`score`), newly initialised when starting from a causal LM. Saved with
     `save_hf_model(..., model_cls=AutoModelForSequenceClassification)` it reloads in stock
     transformers and gives the same scores."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
     _align_special_ids(model, tokenizer)
+    archs = getattr(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
+                    "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        init_value_head(model)
     if disable_dropout_:
         disable_dropout(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def value_head(model: nn.Module) -> nn.Linear:
+    m = unwrap(model)
+    return getattr(m, "score", None) or getattr(m, "classifier")
+
+
+def init_value_head(model: nn.Module, seed: int = 0) -> None:
+    """N(0, 1/(hidden+1)) weights, zero bias, from a fixed seed, on every ZeRO stage.
+
+    Done here rather than by transformers because under ZeRO-3 its initialisation of the
+    new head is skipped (the head was seen holding uninitialised memory)."""
+    import deepspeed
+
+    head = value_head(model)
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(head.weight.shape, generator=g) / (head.weight.shape[1] + 1)
+        with torch.no_grad():
+            head.weight.copy_(w.to(head.weight.dtype))
+            if head.bias is not None:
+                head.bias.zero_()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -245,9 +272,7 @@ def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     token; the reward is that value (`end_scores`), a critic uses every position.
     """
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-    m = unwrap(model)
-    head = getattr(m, "score", None) or getattr(m, "classifier")
-    return head(out.hidden_states[-1]).squeeze(-1).float()
+    return value_head(model)(out.hidden_states[-1]).squeeze(-1).float()
 
 
 def end_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

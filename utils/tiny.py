@@ -63,7 +63,7 @@ def build_tokenizer(texts: list[str], output_dir: str | Path, vocab_size: int = 
             f.write(model.getvalue())
         tok = LlamaTokenizerFast(
             vocab_file=sp_path, from_slow=True, legacy=False, add_prefix_space=False,
-            pad_token="<pad>", add_bos_token=True, add_eos_token=False,
+            pad_token="<pad>", add_bos_token=True, add_eos_token=False, padding_side="right",
         )
         tok.init_kwargs.pop("from_slow", None)
         tok.chat_template = CHAT_TEMPLATE

@@ -108,7 +108,7 @@ class Trainer:
         self.ckpt_dir = Path(cfg.output_dir) / "checkpoints"
         self.state = TrainState()
         self.logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
-                                    tensorboard_path=cfg.tensorboard_path, name=name)
+                                    tensorboard_path=cfg.tensorboard_path, name=name, append=cfg.resume)
         self.device = dist.device()
         self.history: list[dict] = []
 

@@ -1,0 +1,244 @@
+"""Step 2: preference data validation, reward model scoring, RM and DPO training end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import DEMO_DATA, FIXTURES, load_weights, read_metrics, run_module
+from utils.data import DataError, read_dataset
+from utils.data.preference import collate_preferences, tokenize_preferences
+
+PROMPT = "User: Repeat after me: fox red owl\nAssistant: "
+
+
+def write_parquet(folder, rows, split="train"):
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pref_data(tmp_path_factory):
+    """600 training and 40 held-out demo pairs."""
+    out = tmp_path_factory.mktemp("pref") / "pairs"
+    train = pq.read_table(DEMO_DATA / "preference" / "train.parquet").to_pylist()
+    write_parquet(out, train[:600])
+    write_parquet(out, train[600:640], "test")
+    return out
+
+
+# -- data -----------------------------------------------------------------------------------------
+BAD = [
+    ("missing_column", [{"prompt": "p", "chosen": "a"}], "row 0: missing column(s) rejected"),
+    ("nan_score", [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": 1.0, "rejected_score": math.nan}],
+     'row 0: field "rejected_score" is nan'),
+    ("unknown_column", [{"prompt": "p", "good": "a", "bad": "b"}], "row 0: unknown column(s) bad, good"),
+    ("string_score", [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_gpt_score": "high",
+                       "rejected_gpt_score": 0.1}], 'field "chosen_gpt_score" must be a number, got str'),
+]
+
+
+@pytest.mark.parametrize("name,rows,expected", BAD, ids=[b[0] for b in BAD])
+def test_bad_preference_rows(tmp_path, tokenizer, name, rows, expected):
+    folder = write_parquet(tmp_path / name, rows)
+    with pytest.raises(DataError) as e:
+        tokenize_preferences(read_dataset(str(folder)).train, tokenizer, 64)
+    assert str(e.value).startswith(str(folder / "train.parquet")) and expected in str(e.value), str(e.value)
+
+
+def test_empty_split_is_an_error(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "chosen": pa.array([], pa.string()),
+                             "rejected": pa.array([], pa.string())}), folder / "train.parquet")
+    with pytest.raises(DataError, match=r"train.parquet: file is empty \(no rows\)"):
+        read_dataset(str(folder))
+
+
+def test_fork_files_read_unchanged(tokenizer):
+    folder = FIXTURES / "fork-parquet" / "training_reward_with_scores"
+    if not folder.exists():
+        pytest.skip("shared fixtures not present")
+    ex, _ = tokenize_preferences(read_dataset(str(folder)).train, tokenizer, 4096, need_scores=True)
+    assert len(ex) == 250 and ex[0].chosen_score == 0.9 and ex[0].rejected_score == 0.2
+
+
+def test_preference_collator_exact_tensors():
+    from utils.data.preference import PreferenceExample
+
+    b = collate_preferences([PreferenceExample([1, 9], [5, 2], [6, 7, 2], 0.5, 0.25),
+                             PreferenceExample([1], [8, 2], None, 3.0)], pad_id=3)
+    assert b.n_pairs == 1
+    assert torch.equal(b.input_ids, torch.tensor([[1, 9, 5, 2, 3], [1, 9, 6, 7, 2], [1, 8, 2, 3, 3]]))
+    assert torch.equal(b.labels, torch.tensor([[-100, -100, 5, 2, -100], [-100, -100, 6, 7, 2],
+                                               [-100, 8, 2, -100, -100]]))
+    assert b.score_target.tolist() == [0.5, 0.25, 3.0]
+    assert b.lengths.tolist() == [4, 5, 3]
+
+
+def test_chat_pairs_share_the_prompt(tokenizer):
+    from utils.data.readers import Record
+
+    user = {"role": "user", "content": "Repeat after me: fox red"}
+    rec = Record("f", ":1", {"chosen": [user, {"role": "assistant", "content": "fox red"}],
+                             "rejected": [user, {"role": "assistant", "content": "fox"}]})
+    (ex,), _ = tokenize_preferences([rec], tokenizer, 64)
+    prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(ex.prompt_ids) == prompt
+    assert tokenizer.decode(ex.chosen_ids) == "fox red</s>\n" and tokenizer.decode(ex.rejected_ids) == "fox</s>\n"
+
+
+# -- reward model scoring ---------------------------------------------------------------------------
+def test_score_ignores_right_padding_and_matches_stock_pooling(tiny_dir, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from utils.models import end_scores, token_values
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_dir, num_labels=1).eval()
+    ids = tokenizer([PROMPT + "fox red owl", PROMPT + "fox"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        s = end_scores(token_values(model, ids.input_ids, ids.attention_mask), ids.attention_mask)
+        stock = model(**ids).logits.squeeze(-1)
+        pad = torch.full((2, 7), tokenizer.pad_token_id)
+        longer_ids = torch.cat([ids.input_ids, pad], 1)
+        longer_mask = torch.cat([ids.attention_mask, torch.zeros_like(pad)], 1)
+        s_padded = end_scores(token_values(model, longer_ids, longer_mask), longer_mask)
+    torch.testing.assert_close(s, stock, atol=1e-6, rtol=0)
+    torch.testing.assert_close(s, s_padded, atol=1e-6, rtol=0)
+    assert abs(s[0] - s[1]) > 1e-6
+
+
+def rm_args(tiny_dir, data, out, *extra):
+    return ["--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out),
+            "--max_seq_len", "48", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+            "--learning_rate", "1e-3", "--num_train_epochs", "2", "--logging_steps", "5", "--disable_tqdm",
+            "--seed", "3", *map(str, extra)]
+
+
+def test_reward_model_learns_and_reloads_with_same_scores(sft_dir, pref_data, tmp_path, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from training.step2_reward.rw_eval import score
+
+    out = tmp_path / "rm"
+    run_module("training.step2_reward.main", rm_args(sft_dir, pref_data, out))
+    evals = [m for m in read_metrics(out) if "eval/accuracy" in m]
+    assert evals[-1]["eval/accuracy"] >= max(0.7, evals[0]["eval/accuracy"] + 0.3)
+    assert evals[-1]["eval/loss"] < 0.6 * evals[0]["eval/loss"]
+
+    before, after = load_weights(sft_dir), load_weights(out)
+    backbone = [k for k in before if k != "lm_head.weight"]
+    assert all(not torch.equal(before[k], after[k]) for k in backbone)
+    from utils.models import load_reward_model
+
+    init_head = load_reward_model(str(sft_dir), tokenizer).score.weight.detach()
+    assert init_head.abs().sum() > 0 and not torch.equal(init_head, after["score.weight"])
+
+    # stock reload: mean chosen score over the held-out pairs equals what training logged
+    rm = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    test = pq.read_table(pref_data / "test.parquet").to_pylist()
+    chosen = score(rm, tokenizer, [r["prompt"] for r in test], [r["chosen"] for r in test])
+    ids = tokenizer([r["prompt"] for r in test[:4]])["input_ids"]
+    assert sum(chosen) / len(chosen) == pytest.approx(evals[-1]["eval/chosen_score"], abs=1e-4)
+    with torch.no_grad():  # and stock pooling gives the same number for a single sequence
+        one = tokenizer(test[0]["prompt"], return_tensors="pt").input_ids
+        ans = torch.tensor([tokenizer(test[0]["chosen"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]])
+        assert rm(input_ids=torch.cat([one, ans], 1)).logits.item() == pytest.approx(chosen[0], abs=1e-5)
+    assert ids
+
+
+def test_reward_from_scores_mse_falls(sft_dir, tmp_path):
+    rows = []
+    for r in pq.read_table(DEMO_DATA / "preference" / "train.parquet").to_pylist()[:160]:
+        rows.append({**r, "chosen_gpt_score": 0.9, "rejected_gpt_score": 0.2})
+    data = write_parquet(tmp_path / "scored", rows[:128])
+    write_parquet(data, rows[128:], "test")
+    out = tmp_path / "rm_scores"
+    run_module("training.step2_reward.main", rm_args(sft_dir, data, out, "--gpt_annotated_score"))
+    mse = [m["eval/mse"] for m in read_metrics(out) if "eval/mse" in m]
+    assert mse[-1] < 0.5 * mse[0]
+    out2 = tmp_path / "rm_mixed"
+    run_module("training.step2_reward.main", rm_args(sft_dir, data, out2, "--rm_loss", "mixed",
+                                                     "--pairwise_reduction", "divergence", "--num_train_epochs", 1))
+    m = [r for r in read_metrics(out2) if "eval/mse" in r]
+    assert m[-1]["eval/mse"] < m[0]["eval/mse"] and m[-1]["eval/accuracy"] >= m[0]["eval/accuracy"]
+
+
+def test_reward_cli_bad_column_one_line(tiny_dir, tmp_path):
+    data = write_parquet(tmp_path / "bad", [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": 1.0}])
+    out = tmp_path / "never"
+    p = run_module("training.step2_reward.main", rm_args(tiny_dir, data, out, "--rm_loss", "score"), check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and not out.exists()
+    assert p.stderr.strip().splitlines()[-1] == f'error: {data / "train.parquet"} row 0: field "rejected_score" is missing'
+
+
+# -- DPO ----------------------------------------------------------------------------------------------
+def dpo_args(tiny_dir, data, out, *extra):
+    return ["--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out),
+            "--max_seq_len", "48", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+            "--learning_rate", "5e-4", "--num_train_epochs", "1", "--logging_steps", "5", "--disable_tqdm",
+            "--lr_scheduler_type", "constant", "--seed", "5", *map(str, extra)]
+
+
+def test_dpo_trains_policy_and_leaves_reference_unchanged(sft_dir, pref_data, tmp_path):
+    from training.step2_dpo.main import main
+
+    out = tmp_path / "dpo"
+    result = main(dpo_args(sft_dir, pref_data, out))
+    ref = {n: p.detach().clone() for n, p in result["reference"].module.named_parameters()}
+    initial = load_weights(sft_dir)
+    for n, p in ref.items():
+        assert torch.equal(p, initial[n]), f"reference parameter {n} changed"
+    trained = load_weights(out)
+    assert all(not torch.equal(initial[k], trained[k]) for k in initial)
+    evals = [m for m in read_metrics(out) if "eval/rewards/accuracy" in m]
+    assert evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] - 0.05
+    assert evals[-1]["eval/rewards/accuracy"] > 0.6 and evals[-1]["eval/rewards/margin"] > 0
+
+
+def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_path):
+    live, pre = tmp_path / "live", tmp_path / "pre"
+    run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, live, "--max_steps", 5))
+    p = run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, pre, "--max_steps", 5,
+                                                       "--precompute_ref_log_probs"))
+    assert "reference log-probs precomputed" in p.stdout
+    wl, wp = load_weights(live), load_weights(pre)
+    for k in wl:
+        torch.testing.assert_close(wl[k], wp[k], atol=1e-6, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("loss", ["ipo", "simpo", "orpo"])
+def test_dpo_relatives_learn(sft_dir, pref_data, tmp_path, loss):
+    out = tmp_path / loss
+    beta = {"ipo": "0.5", "simpo": "2.0", "orpo": "0.5"}[loss]
+    run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, out, "--loss_type", loss, "--beta", beta))
+    evals = [m for m in read_metrics(out) if "eval/rewards/accuracy" in m]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert evals[-1]["eval/rewards/margin"] > evals[0]["eval/rewards/margin"]
+
+
+def test_two_process_zero3_reward_and_dpo(tiny_dir, sft_dir, pref_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    rm, dpo = tmp_path / "rm2", tmp_path / "dpo2"
+    run_module("training.step2_reward.main", rm_args(sft_dir, pref_data, rm, "--zero_stage", 3,
+                                                     "--per_device_train_batch_size", 4), nproc=2)
+    evals = [m for m in read_metrics(rm) if "eval/accuracy" in m]
+    assert evals[-1]["eval/accuracy"] >= max(0.7, evals[0]["eval/accuracy"] + 0.3)
+    assert evals[-1]["eval/loss"] < 0.6 * evals[0]["eval/loss"]
+    AutoModelForSequenceClassification.from_pretrained(rm)
+    run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, dpo, "--zero_stage", 3,
+                                                   "--reference_zero_stage", 3, "--per_device_train_batch_size", 4),
+               nproc=2)
+    evals = [m for m in read_metrics(dpo) if "eval/rewards/accuracy" in m]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] and evals[-1]["eval/rewards/margin"] > 0
+    initial, trained = load_weights(sft_dir), load_weights(dpo)
+    assert all(not torch.equal(initial[k], trained[k]) for k in initial)
+    AutoModelForCausalLM.from_pretrained(dpo)
