@@ -1,5 +1,4 @@
 """Readers, validation (one-line errors), splits, tokenization and the collator."""
-import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -1,7 +1,6 @@
 """Step 2: preference data validation, reward model scoring, RM and DPO training end to end."""
 from __future__ import annotations
 
-import json
 import math
 
 import pyarrow as pa

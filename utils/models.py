@@ -54,6 +54,12 @@ def load_causal_lm(name_or_path: str, tokenizer, *, trust_remote_code: bool = Fa
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
     )
+    return _prepare(model, tokenizer, disable_dropout_, gradient_checkpointing)
+
+
+def _prepare(model: nn.Module, tokenizer, disable_dropout_: bool, gradient_checkpointing: bool) -> nn.Module:
+    """What every loaded model gets: pad/EOS ids agreeing with the tokenizer, dropout and
+    activation checkpointing as asked."""
     _align_special_ids(model, tokenizer)
     if disable_dropout_:
         disable_dropout(model)
@@ -222,17 +228,11 @@ def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool =
         warnings.simplefilter("ignore")
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
-    _align_special_ids(model, tokenizer)
     archs = getattr(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
                     "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         init_value_head(model)
-    if disable_dropout_:
-        disable_dropout(model)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    return model
+    return _prepare(model, tokenizer, disable_dropout_, gradient_checkpointing)
 
 
 def value_head(model: nn.Module) -> nn.Linear:

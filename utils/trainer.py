@@ -62,17 +62,37 @@ def make_optimizer(model, *, lr: float, weight_decay: float, betas: tuple[float,
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=dist.on_gpu())
 
 
-def init_engine(model, cfg, total_steps: int, *, lr: float | None = None, ds_config: dict | None = None):
-    """deepspeed.initialize with our optimizer and an HF learning-rate schedule."""
-    import deepspeed
-    from transformers import get_scheduler
-
-    ds_config = ds_config or train_ds_config(
+def ds_config_for(cfg) -> dict:
+    """The DeepSpeed config of a step's trained model, from its config dataclass."""
+    return train_ds_config(
         micro_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         world_size=dist.world_size(), zero_stage=cfg.zero_stage, offload=cfg.offload,
         dtype=cfg.dtype, gradient_clipping=cfg.gradient_clipping,
     )
+
+
+def report_data(train: Sequence, test: Sequence, truncated: int, cfg, unit: str = "sequences") -> None:
+    if truncated:
+        dist.print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
+    dist.print_rank0(f"[data] {len(train)} training and {len(test)} held-out {unit}")
+
+
+def start_engine(model, cfg, n_train: int, ds_config: dict, what: str = "model"):
+    """Report the parameter counts and wrap `model` in a DeepSpeed engine for the whole run."""
+    from .models import count_parameters
+
+    trainable, total = count_parameters(model)
+    dist.print_rank0(f"[model] {what} from {cfg.model_name_or_path}: {total:,} parameters, {trainable:,} trained")
+    return init_engine(model, cfg, total_steps(n_train, cfg, dist.world_size()), ds_config=ds_config)
+
+
+def init_engine(model, cfg, total_steps: int, *, lr: float | None = None, ds_config: dict | None = None):
+    """deepspeed.initialize with our optimizer and an HF learning-rate schedule."""
+    import deepspeed
+    from transformers import get_scheduler
+
+    ds_config = ds_config or ds_config_for(cfg)
     opt = make_optimizer(model, lr=lr or cfg.learning_rate, weight_decay=cfg.weight_decay,
                          betas=(cfg.adam_beta1, cfg.adam_beta2), offload=cfg.offload)
     sched = get_scheduler(cfg.lr_scheduler_type, optimizer=opt, num_warmup_steps=cfg.num_warmup_steps,

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from functools import partial
 
-from utils import distributed as dist
 from utils.checkpoint import save_hf_model
 from utils.config import SFTConfig, parse_config
 from utils.data import IGNORE_INDEX, collate_lm, load_step_records, tokenize_step_data
-from utils.ds_config import train_ds_config
 from utils.losses import causal_lm_loss
-from utils.models import count_parameters, load_tokenizer_for, load_trainable_lm
+from utils.models import load_tokenizer_for, load_trainable_lm
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, init_engine, perplexity, total_steps
+from utils.trainer import LossOutput, Trainer, ds_config_for, perplexity, report_data, start_engine
 
 
 def sft_loss(model, batch) -> LossOutput:
@@ -40,19 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = load_tokenizer_for(cfg)
         data = load_step_records(cfg.data_path, cfg.data_split, step=0, seed=cfg.data_seed)
         train, test, truncated = tokenize_step_data(data, tokenizer, cfg.max_seq_len, cfg.data_format)
-        if truncated:
-            dist.print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
-        dist.print_rank0(f"[data] {len(train)} training and {len(test)} held-out sequences")
-        ds_config = train_ds_config(
-            micro_batch_size=cfg.per_device_train_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=dist.world_size(),
-            zero_stage=cfg.zero_stage, offload=cfg.offload, dtype=cfg.dtype,
-            gradient_clipping=cfg.gradient_clipping)
+        report_data(train, test, truncated, cfg)
+        ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
-    trainable, total = count_parameters(model)
-    dist.print_rank0(f"[model] {cfg.model_name_or_path}: {total:,} parameters, {trainable:,} trained")
-
-    engine = init_engine(model, cfg, total_steps(len(train), cfg, dist.world_size()), ds_config=ds_config)
+    engine = start_engine(model, cfg, len(train), ds_config)
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_lm, pad_id=tokenizer.pad_token_id),
                       loss_fn=sft_loss, count_fn=label_count)
     result = trainer.fit(eval_extra=perplexity)

@@ -20,11 +20,11 @@ from utils.checkpoint import save_hf_model
 from utils.config import DPOConfig, parse_config
 from utils.data import IGNORE_INDEX, load_step_records
 from utils.data.preference import PreferenceBatch, collate_preferences, tokenize_preference_data
-from utils.ds_config import eval_ds_config, train_ds_config
+from utils.ds_config import eval_ds_config
 from utils.losses import dpo_loss, ipo_loss, orpo_loss, sequence_logprobs, simpo_loss
-from utils.models import count_parameters, load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
+from utils.models import load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, init_engine, total_steps
+from utils.trainer import LossOutput, Trainer, ds_config_for, report_data, start_engine
 
 
 def response_logps(model, batch: PreferenceBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,25 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = load_tokenizer_for(cfg)
         data = load_step_records(cfg.data_path, cfg.data_split, step=1, seed=cfg.data_seed)
         train, test, truncated = tokenize_preference_data(data, tokenizer, cfg.max_seq_len, pairs_only=True)
-        if truncated:
-            dist.print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
-        dist.print_rank0(f"[data] {len(train)} training and {len(test)} held-out pairs")
+        report_data(train, test, truncated, cfg, "pairs")
         reference = build_reference(cfg, tokenizer) if cfg.uses_reference else None
-        ds_config = train_ds_config(
-            micro_batch_size=cfg.per_device_train_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=dist.world_size(),
-            zero_stage=cfg.zero_stage, offload=cfg.offload, dtype=cfg.dtype,
-            gradient_clipping=cfg.gradient_clipping)
+        ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
-    trainable, total = count_parameters(model)
-    dist.print_rank0(f"[model] policy {cfg.model_name_or_path}: {total:,} parameters, {trainable:,} trained; "
-                     f"loss {cfg.loss_type}, beta {cfg.beta}")
+    engine = start_engine(model, cfg, len(train), ds_config, f"policy ({cfg.loss_type}, beta {cfg.beta})")
     if reference is not None and cfg.precompute_ref_log_probs:
         precompute_reference(reference, train + test, tokenizer.pad_token_id, cfg.per_device_eval_batch_size)
         reference = None
         dist.print_rank0(f"[dpo] reference log-probs precomputed for {len(train) + len(test)} pairs")
-
-    engine = init_engine(model, cfg, total_steps(len(train), cfg, dist.world_size()), ds_config=ds_config)
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
                       loss_fn=DPOObjective(cfg, reference), count_fn=pair_count, name="dpo")
     result = trainer.fit()

@@ -15,16 +15,14 @@ from functools import partial
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from utils import distributed as dist
 from utils.checkpoint import save_hf_model
 from utils.config import RewardConfig, parse_config
 from utils.data import load_step_records
 from utils.data.preference import collate_preferences, has_scores, tokenize_preference_data
-from utils.ds_config import train_ds_config
 from utils.losses import divergence_pairwise_loss, pairwise_loss, score_mse
-from utils.models import count_parameters, end_scores, load_tokenizer_for, load_trainable_lm, token_values
+from utils.models import end_scores, load_tokenizer_for, load_trainable_lm, token_values
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, init_engine, total_steps
+from utils.trainer import LossOutput, Trainer, ds_config_for, report_data, start_engine
 
 
 def reward_loss(cfg: RewardConfig):
@@ -77,24 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
         data = load_step_records(cfg.data_path, cfg.data_split, step=1, seed=cfg.data_seed)
         train, test, truncated = tokenize_preference_data(data, tokenizer, cfg.max_seq_len,
                                                           need_scores=cfg.rm_loss != "pairwise")
-        if truncated:
-            dist.print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
+        report_data(train, test, truncated, cfg, "examples" + (" with scores" if has_scores(train) else ""))
         if cfg.rm_loss == "pairwise" and not all(e.is_pair for e in train):
             from utils.config import ConfigError
             raise ConfigError("pointwise rows (prompt, response, score) need --rm_loss score or mixed")
-        dist.print_rank0(f"[data] {len(train)} training and {len(test)} held-out examples"
-                         f"{' with scores' if has_scores(train) else ''}")
-        ds_config = train_ds_config(
-            micro_batch_size=cfg.per_device_train_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps, world_size=dist.world_size(),
-            zero_stage=cfg.zero_stage, offload=cfg.offload, dtype=cfg.dtype,
-            gradient_clipping=cfg.gradient_clipping)
+        ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config, reward=True)
-    trainable, total = count_parameters(model)
-    dist.print_rank0(f"[model] reward model from {cfg.model_name_or_path}: {total:,} parameters, "
-                     f"{trainable:,} trained")
-
-    engine = init_engine(model, cfg, total_steps(len(train), cfg, dist.world_size()), ds_config=ds_config)
+    engine = start_engine(model, cfg, len(train), ds_config, "reward model")
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
                       loss_fn=reward_loss(cfg), count_fn=example_count, name="reward")
     result = trainer.fit(eval_extra=score_std)
