@@ -179,3 +179,29 @@ def test_parquet_rows_named_in_errors(tmp_path, tokenizer):
                    tmp_path / "train.parquet")
     with pytest.raises(DataError, match=r'train.parquet row 1: field "output" is missing'):
         tokenize_records(read_dataset(str(tmp_path)).train, tokenizer, 32)
+
+
+def test_dataset_name_goes_through_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(name):
+        calls.append(name)
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list([SFT, SFT]),
+                                     "validation": datasets.Dataset.from_list([SFT])})
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    raw = read_dataset("someone/sft-data")
+    assert calls == ["someone/sft-data"]
+    assert len(raw.train) == 2 and len(raw.test) == 1
+    assert raw.train[1].where == "someone/sft-data[train] row 1" and raw.train[0].data == SFT
+
+
+def test_unreachable_dataset_name_is_one_line(monkeypatch):
+    import datasets
+
+    def fail(name):
+        raise ConnectionError("Couldn't reach 'x/y' on the Hub\nmore detail")
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(DataError, match=r"^x/y: cannot load dataset \(Couldn't reach 'x/y' on the Hub\)$"):
+        read_dataset("x/y")

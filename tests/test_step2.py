@@ -158,8 +158,12 @@ def test_reward_from_scores_mse_falls(sft_dir, tmp_path):
         rows.append({**r, "chosen_gpt_score": 0.9, "rejected_gpt_score": 0.2})
     data = write_parquet(tmp_path / "scored", rows[:128])
     write_parquet(data, rows[128:], "test")
+    points = write_parquet(tmp_path / "points", [{"prompt": r["prompt"], "response": r["chosen"], "score": 0.9}
+                                                 for r in rows[:64]])
     out = tmp_path / "rm_scores"
-    run_module("training.step2_reward.main", rm_args(sft_dir, data, out, "--gpt_annotated_score"))
+    p = run_module("training.step2_reward.main", rm_args(sft_dir, data, out, "--gpt_annotated_score",
+                                                         "--data_path", data, points))
+    assert "[data] 192 training and 32 held-out examples with scores" in p.stdout  # 128 pairs + 64 points
     mse = [m["eval/mse"] for m in read_metrics(out) if "eval/mse" in m]
     assert mse[-1] < 0.5 * mse[0]
     out2 = tmp_path / "rm_mixed"
