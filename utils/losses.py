@@ -140,3 +140,114 @@ def orpo_loss(avg_chosen: torch.Tensor, avg_rejected: torch.Tensor, lam: float) 
         return x - torch.log1p(-torch.exp(x).clamp(max=1 - 1e-6))
     ratio = log_odds(avg_chosen) - log_odds(avg_rejected)
     return -avg_chosen - lam * F.logsigmoid(ratio), ratio
+
+
+# -- PPO (names as in the PPO paper and cleanrl) ----------------------------------------------------
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over entries where mask is 1 (all entries, or along `dim`)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp_min(1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over masked entries (population variance); masked-out entries -> 0.
+
+    With shift_mean=False the mean is added back (rewards keep their sign, as in
+    DeepSpeed-Chat and TRL).
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                         end_rewards: torch.Tensor, kl_ctl: float, clip_reward_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards r_t = -kl_ctl * (log pi - log ref) on every answer token, plus the
+    sequence reward (clipped to +-clip_reward_value) on the last answer token.
+
+    Args:
+        logprobs, ref_logprobs: [B, T] log-probs of the taken tokens (actor at sampling time, reference).
+        mask: [B, T] 1 on answer tokens (each row's answer is contiguous).
+        end_rewards: [B] scalar reward per sequence.
+    Returns:
+        (rewards [B, T], kl [B, T]) with zeros outside the mask.
+    """
+    m = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * m
+    rewards = -kl_ctl * kl
+    last = (m * torch.arange(m.shape[1], device=m.device)).argmax(1)
+    clipped = end_rewards.to(rewards.dtype).clamp(-clip_reward_value, clip_reward_value)
+    rewards = rewards.clone()
+    rewards[torch.arange(m.shape[0], device=m.device), last] += clipped * (m.sum(1) > 0)
+    return rewards, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over answer tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t; A_t = delta_t + gamma * lam * A_{t+1}; V after the
+    last answer token is 0 (the episode ends there).
+
+    Args: rewards, values, mask: [B, T] (mask 1 on answer tokens, contiguous per row).
+    Returns: (advantages [B, T], returns = advantages + values [B, T]); zeros outside the mask.
+    """
+    m = mask.to(values.dtype)
+    values = values * m
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = a * m[:, t]
+        # outside the answer the recursion restarts (nothing flows across padding)
+        next_value = values[:, t] * m[:, t]
+        next_adv = adv[:, t]
+    return adv, (adv + values) * m
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise.
+
+    pg_loss = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1-eps, 1+eps)), ratio = exp(logp - old_logp).
+    Args: [B, T] tensors; mask 1 on answer tokens.
+    Returns: (pg_loss [], {"clipfrac", "approx_kl", "ratio"}) where approx_kl = mean((ratio - 1) - log ratio).
+    """
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    pg_losses = -advantages * ratio
+    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((pg_losses2 > pg_losses).float(), mask),
+            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return pg_loss, stats
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                   cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: 0.5 * mean max((V - R)^2, (clip(V, V_old +- eps) - R)^2).
+
+    Args: [B, T] tensors. Returns: (vf_loss [], vf_clipfrac []).
+    """
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    l1, l2 = (values - returns) ** 2, (clipped - returns) ** 2
+    vf_loss = 0.5 * masked_mean(torch.max(l1, l2), mask)
+    return vf_loss, masked_mean((l2 > l1).float(), mask).detach()
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of the next-token distribution. [B, T, V] -> [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
