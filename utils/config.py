@@ -25,9 +25,8 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ModelArgs:
-    model_name_or_path: Optional[str] = _f(None, "Local folder or hub name of a causal LM to start from.")
-    tokenizer_name_or_path: Optional[str] = _f(None, "Tokenizer to use; defaults to --model_name_or_path.")
+class ModelOptions:
+    """How models are loaded and trained (every step; step 3 applies them to actor and critic)."""
     trust_remote_code: bool = _f(False, "Allow model code from the hub (only when you trust it).")
     dtype: str = _f("fp32", "Training precision: fp32, bf16 or fp16 (mixed precision through DeepSpeed).",
                     choices=["fp32", "bf16", "fp16"])
@@ -38,13 +37,22 @@ class ModelArgs:
     lora_module_name: str = _f("layers.", "LoRA wraps every nn.Linear whose qualified name contains this string.")
     only_optimize_lora: bool = _f(False, "With LoRA, train only the adapters (the base model stays frozen).")
 
-    def check_model(self) -> None:
-        if not self.model_name_or_path:
-            raise ConfigError("--model_name_or_path is required")
+    def check_model_options(self) -> None:
         if self.lora_dim < 0:
             raise ConfigError(f"--lora_dim must be >= 0, got {self.lora_dim}")
         if self.only_optimize_lora and self.lora_dim == 0:
             raise ConfigError("--only_optimize_lora needs --lora_dim > 0")
+
+
+@dataclass
+class ModelArgs(ModelOptions):
+    model_name_or_path: Optional[str] = _f(None, "Local folder or hub name of a causal LM to start from.")
+    tokenizer_name_or_path: Optional[str] = _f(None, "Tokenizer to use; defaults to --model_name_or_path.")
+
+    def check_model(self) -> None:
+        if not self.model_name_or_path:
+            raise ConfigError("--model_name_or_path is required")
+        self.check_model_options()
 
 
 @dataclass
@@ -72,11 +80,8 @@ class DataArgs:
 
 
 @dataclass
-class OptimArgs:
-    per_device_train_batch_size: int = _f(8, "Micro-batch size per process.")
-    per_device_eval_batch_size: int = _f(16, "Evaluation batch size per process.")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    learning_rate: float = _f(1e-4, "Peak learning rate.")
+class ScheduleArgs:
+    """Optimizer and schedule settings every step shares."""
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norm weights).")
     adam_beta1: float = _f(0.9, "AdamW beta1.")
     adam_beta2: float = _f(0.95, "AdamW beta2.")
@@ -90,22 +95,38 @@ class OptimArgs:
     num_warmup_steps: int = _f(0, "Linear warmup steps.")
     seed: int = _f(1234, "Seed for initialisation, data order and sampling.")
 
-    def check_optim(self) -> None:
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "num_train_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
+    def check_schedule(self) -> None:
+        if self.num_train_epochs < 1:
+            raise ConfigError(f"--num_train_epochs must be >= 1, got {self.num_train_epochs}")
         if self.max_steps < 0 or self.num_warmup_steps < 0:
             raise ConfigError("--max_steps and --num_warmup_steps must be >= 0")
 
 
 @dataclass
-class DeepSpeedArgs:
+class OptimArgs(ScheduleArgs):
+    per_device_train_batch_size: int = _f(8, "Micro-batch size per process.")
+    per_device_eval_batch_size: int = _f(16, "Evaluation batch size per process.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    learning_rate: float = _f(1e-4, "Peak learning rate.")
+
+    def check_optim(self) -> None:
+        self.check_schedule()
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class LauncherArgs:
+    local_rank: int = _f(-1, "Set by the deepspeed launcher; leave it alone.")
+
+
+@dataclass
+class DeepSpeedArgs(LauncherArgs):
     zero_stage: int = _f(0, "ZeRO stage 0-3 for the trained model.", choices=[0, 1, 2, 3])
     offload: bool = _f(False, "Offload optimizer state (and ZeRO-3 parameters) to CPU memory.")
-    local_rank: int = _f(-1, "Set by the deepspeed launcher; leave it alone.")
 
     def check_deepspeed(self) -> None:
         if self.offload and self.zero_stage == 0:
@@ -256,3 +277,99 @@ class DPOConfig(TrainConfig):
     @property
     def uses_reference(self) -> bool:
         return self.loss_type in ("sigmoid", "ipo")
+
+
+@dataclass
+class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs, CheckpointArgs):
+    """Step 3: PPO with actor, critic, frozen reference and reward sources."""
+
+    actor_model_name_or_path: Optional[str] = _f(None, "The SFT model: initialises actor and reference.")
+    critic_model_name_or_path: Optional[str] = _f(None, "The reward model: initialises the critic.")
+    reward_model_name_or_path: Optional[str] = _f(None, "Reward model; defaults to --critic_model_name_or_path.")
+    reward_tokenizer_name_or_path: Optional[str] = _f(None, "Reward model tokenizer when it differs from the "
+                                                           "actor's (answers are decoded and re-encoded).")
+    use_reward_model: bool = _f(True, "Use the reward model as a reward source (off: rule rewards only).")
+    reward_model_weight: float = _f(1.0, "Weight of the reward model in the summed reward.")
+    reward_functions: list[str] = _f([], "Rule rewards as module:function, called with prompts=, answers=, "
+                                         "references= and returning one float per answer.")
+    reward_function_weights: list[float] = _f([], "Weights of --reward_functions (default 1 each).")
+    actor_zero_stage: int = _f(0, "ZeRO stage of actor and reference.", choices=[0, 1, 2, 3])
+    critic_zero_stage: int = _f(0, "ZeRO stage of critic and reward model.", choices=[0, 1, 2, 3])
+    offload: bool = _f(False, "Offload actor/critic optimizer state (and ZeRO-3 parameters) to CPU.")
+    offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (ZeRO-3).")
+    offload_reward_model: bool = _f(False, "Keep the reward model's weights in CPU memory (ZeRO-3).")
+    enable_hybrid_engine: bool = _f(False, "Generate with DeepSpeed's hybrid engine (GPU only; switched off "
+                                           "with a warning on CPU).")
+    enable_ema: bool = _f(False, "Keep an exponential moving average of the actor and save it too.")
+    ema_decay: float = _f(0.992, "EMA decay per actor step.")
+    per_device_generation_batch_size: int = _f(16, "Prompts per generation batch per process.")
+    per_device_training_batch_size: int = _f(16, "Sequences per PPO minibatch per process.")
+    generation_batches: int = _f(1, "Generation batches collected before each round of PPO updates.")
+    ppo_epochs: int = _f(1, "Passes of PPO updates over each round of experience.")
+    max_prompt_seq_len: int = _f(256, "Prompts longer than this are an error.")
+    max_answer_seq_len: int = _f(256, "Maximum new tokens per answer.")
+    actor_learning_rate: float = _f(1e-5, "Actor peak learning rate.")
+    critic_learning_rate: float = _f(1e-5, "Critic peak learning rate.")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold (1: off).")
+    top_k: int = _f(0, "Top-k sampling (0: off).")
+    missing_eos_penalty: Optional[float] = _f(None, "Added to the reward of answers that end without EOS.")
+    kl_ctl: float = _f(0.1, "Coefficient of the per-token KL penalty to the reference.")
+    adaptive_kl: bool = _f(False, "Adapt kl_ctl towards --target_kl (Ziegler et al. 2019).")
+    target_kl: float = _f(6.0, "Target KL per sequence for --adaptive_kl.")
+    kl_horizon: int = _f(10000, "Horizon (in sequences) of the adaptive KL controller.")
+    clip_reward_value: float = _f(5.0, "Clip the sequence reward to +-this value.")
+    gamma: float = _f(1.0, "GAE discount.")
+    lam: float = _f(0.95, "GAE lambda.")
+    cliprange: float = _f(0.2, "PPO policy ratio clip epsilon.")
+    cliprange_value: float = _f(0.2, "Value clip epsilon.")
+    reward_normalization: str = _f("none", "Whiten sequence rewards: none, batch, or queue (running over the last "
+                                           "--reward_queue_size rewards).", choices=["none", "batch", "queue"])
+    reward_queue_size: int = _f(1024, "FIFO size for --reward_normalization queue.")
+    whiten_advantages: bool = _f(True, "Whiten advantages per experience round.")
+    add_sft_loss: bool = _f(False, "Add an LM loss on the RLHF file's reference answers (`output`).")
+    add_pretrained_loss: bool = _f(False, "Add an LM loss on pretraining text (--unsupervised_dataset_name).")
+    unsupervised_dataset_name: Optional[str] = _f(None, "Pretraining text: a local file/folder or dataset name.")
+    factor_rl_loss: Optional[float] = _f(None, "Weight of the PPO loss (0.7 when an extra loss is on, else 1).")
+    factor_sft_loss: float = _f(0.15, "Weight of the SFT loss.")
+    factor_pretrained_loss: float = _f(0.15, "Weight of the pretraining loss.")
+
+    def __post_init__(self) -> None:
+        if not self.actor_model_name_or_path:
+            raise ConfigError("--actor_model_name_or_path is required")
+        if self.use_reward_model and not (self.reward_model_name_or_path or self.critic_model_name_or_path):
+            raise ConfigError("--critic_model_name_or_path (or --reward_model_name_or_path) is required")
+        if not self.critic_model_name_or_path:
+            self.critic_model_name_or_path = self.reward_model_name_or_path
+        if not self.critic_model_name_or_path:
+            raise ConfigError("--critic_model_name_or_path is required (it initialises the critic)")
+        self.reward_model_name_or_path = self.reward_model_name_or_path or self.critic_model_name_or_path
+        if not self.use_reward_model and not self.reward_functions:
+            raise ConfigError("no reward source: keep the reward model or give --reward_functions")
+        if self.reward_function_weights and len(self.reward_function_weights) != len(self.reward_functions):
+            raise ConfigError(f"--reward_function_weights has {len(self.reward_function_weights)} values for "
+                              f"{len(self.reward_functions)} --reward_functions")
+        self.reward_function_weights = self.reward_function_weights or [1.0] * len(self.reward_functions)
+        if self.add_pretrained_loss and not self.unsupervised_dataset_name:
+            raise ConfigError("--add_pretrained_loss needs --unsupervised_dataset_name")
+        if self.factor_rl_loss is None:
+            self.factor_rl_loss = 0.7 if (self.add_sft_loss or self.add_pretrained_loss) else 1.0
+        for name in ("per_device_generation_batch_size", "per_device_training_batch_size", "generation_batches",
+                     "ppo_epochs", "max_answer_seq_len", "max_prompt_seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1")
+        if self.offload_reference_model and self.actor_zero_stage != 3:
+            raise ConfigError("--offload_reference_model needs --actor_zero_stage 3")
+        if self.offload_reward_model and self.critic_zero_stage != 3:
+            raise ConfigError("--offload_reward_model needs --critic_zero_stage 3")
+        if self.offload and 0 in (self.actor_zero_stage, self.critic_zero_stage):
+            raise ConfigError("--offload needs --actor_zero_stage and --critic_zero_stage >= 1")
+        if not 0 < self.temperature:
+            raise ConfigError("--temperature must be > 0")
+        self.check_model_options()
+        self.check_schedule()
+        self.check_checkpoint()
+        if not self.data_path:
+            raise ConfigError("--data_path is required")
+        if self.data_seed is None:
+            self.data_seed = self.seed

@@ -274,11 +274,19 @@ def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     `*ForSequenceClassification` computes the same head output and pools it at the last
     token; the reward is that value (`end_scores`), a critic uses every position.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                output_hidden_states=True, use_cache=False)
     return value_head(model)(out.hidden_states[-1]).squeeze(-1).float()
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded sequence is scored exactly
+    like the same tokens without padding. [B, T] -> [B, T]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 def end_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] per-token values -> [B] value at the last real token (right padding)."""
-    last = attention_mask.sum(-1).clamp_min(1) - 1
+    """[B, T] per-token values -> [B] value at the last real token (any padding side)."""
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * pos).argmax(-1)
     return values.gather(1, last.unsqueeze(1)).squeeze(1)

@@ -1,0 +1,137 @@
+"""Step 3: RLHF with PPO (actor, critic, frozen reference and reward sources).
+
+    python -m training.step3_rlhf.main --actor_model_name_or_path SFT_DIR --critic_model_name_or_path RM_DIR \\
+        --data_path PROMPTS --output_dir O
+    deepspeed --num_gpus 8 --module training.step3_rlhf.main --actor_zero_stage 3 --critic_zero_stage 3 \\
+        --enable_hybrid_engine ...
+    ... --reward_functions examples.demo.task:reward --use_reward_model false   # rule reward only
+
+Prompts use the SFT format (`output` = reference answer, used by --add_sft_loss). Saves
+`actor/` (and `critic/`, `actor_ema/`) as HF folders; `--save_steps` + `--resume` continue
+a run exactly.
+"""
+from __future__ import annotations
+
+import itertools
+
+from transformers import AutoModelForSequenceClassification
+
+from training.step3_rlhf.ppo_trainer import PPOTrainer
+from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
+from utils import distributed as dist
+from utils.checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, save_hf_model, set_rng_state
+from utils.config import ConfigError, RLHFConfig, parse_config
+from utils.data import collate_lm, epoch_batches, load_step_records, tokenize_records
+from utils.data.readers import read_dataset
+from utils.data.rlhf import tokenize_prompts
+from utils.logging import MetricsLogger, progress
+from utils.models import load_tokenizer
+from utils.rewards import RewardModelSource, RuleSource
+from utils.run import finish, start, user_errors
+
+
+def load_pretraining_batches(cfg, tokenizer):
+    """An endless iterator of packed text batches for --add_pretrained_loss."""
+    raw = read_dataset(cfg.unsupervised_dataset_name)
+    examples, _ = tokenize_records(raw.train, tokenizer, cfg.max_seq_len, "text")
+    if not examples:
+        raise ConfigError(f"--unsupervised_dataset_name {cfg.unsupervised_dataset_name}: no text")
+    bs = cfg.per_device_training_batch_size
+    order = itertools.cycle(range(0, len(examples), bs))
+    return (collate_lm(examples[i:i + bs], tokenizer.pad_token_id) for i in order)
+
+
+def build_sources(cfg, rlhf, tokenizer):
+    sources, weights = {}, {}
+    if cfg.use_reward_model:
+        same = cfg.reward_tokenizer_name_or_path is None
+        sources["reward_model"] = RewardModelSource(rlhf.reward, rlhf.reward_tokenizer, same,
+                                                    cfg.per_device_training_batch_size, dist.device())
+        weights["reward_model"] = cfg.reward_model_weight
+    for spec, w in zip(cfg.reward_functions, cfg.reward_function_weights):
+        try:
+            src = RuleSource(spec)
+        except ValueError as e:
+            raise ConfigError(str(e))
+        sources[src.name], weights[src.name] = src, w
+    return sources, weights
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(RLHFConfig, argv)
+    start(cfg)
+    with user_errors():
+        try:
+            tokenizer = load_tokenizer(cfg.actor_model_name_or_path, trust_remote_code=cfg.trust_remote_code,
+                                       padding_side="left")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load tokenizer {cfg.actor_model_name_or_path!r}: {str(e).splitlines()[0]}")
+        data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
+        prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss)
+        ptx = load_pretraining_batches(cfg, tokenizer) if cfg.add_pretrained_loss else None
+        per_epoch = len(epoch_batches(len(prompts), cfg.per_device_generation_batch_size, rank=0,
+                                      world_size=dist.world_size(), seed=cfg.seed, epoch=0))
+        total = per_epoch * cfg.num_train_epochs // cfg.generation_batches * cfg.ppo_epochs
+        rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, max(total, 1) * 64)
+        sources, weights = build_sources(cfg, rlhf, tokenizer)
+    dist.print_rank0(f"[data] {len(prompts)} prompts; reward sources: " +
+                     ", ".join(f"{k} x {w}" for k, w in weights.items()))
+    trainer = PPOTrainer(cfg, rlhf, tokenizer, sources, weights, ptx)
+    logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
+                           tensorboard_path=cfg.tensorboard_path, name="rlhf", append=cfg.resume)
+    ckpt_dir = f"{cfg.output_dir}/checkpoints"
+    engines = {"actor": rlhf.actor, "critic": rlhf.critic}
+    state = {"epoch": 0, "batch": 0, "step": 0}
+    if cfg.resume and (tag := latest_tag(ckpt_dir)):
+        client = load_checkpoint(engines, ckpt_dir, tag)
+        state = dict(client["state"])
+        set_rng_state(client["rng"][dist.rank()])
+        trainer.kl.value = client["kl_ctl"]
+        trainer.normalizer.queue.extend(client["reward_queue"])
+        if rlhf.ema is not None and client.get("ema") is not None:
+            rlhf.ema.load_state_dict(client["ema"])
+        dist.print_rank0(f"[resume] {ckpt_dir}/{tag}: epoch {state['epoch']}, step {state['step']}")
+
+    rounds_per_epoch = per_epoch // cfg.generation_batches
+    bar = progress(rounds_per_epoch * cfg.num_train_epochs, state["step"], desc="ppo", disable=cfg.disable_tqdm)
+    history = []
+    for epoch in range(state["epoch"], cfg.num_train_epochs):
+        batches = epoch_batches(len(prompts), cfg.per_device_generation_batch_size, rank=dist.rank(),
+                                world_size=dist.world_size(), seed=cfg.seed, epoch=epoch)
+        for r in range(state["batch"], rounds_per_epoch):
+            exps, stats = [], {}
+            for b in batches[r * cfg.generation_batches:(r + 1) * cfg.generation_batches]:
+                exp, s = trainer.make_experience([prompts[i] for i in b], b)
+                exps.append(exp)
+                for k, v in s.items():
+                    stats[k] = stats.get(k, 0.0) + v / cfg.generation_batches
+            stats.update(trainer.train_on(exps, prompts))
+            state = {"epoch": epoch, "batch": r + 1, "step": state["step"] + 1}
+            stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
+            logger.log(state["step"], stats)
+            history.append({"step": state["step"], **stats})
+            bar.update(1)
+            bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")
+            if cfg.save_steps and state["step"] % cfg.save_steps == 0:
+                client = {"state": state, "rng": dist.all_gather_object(rng_state()), "kl_ctl": trainer.kl.value,
+                          "reward_queue": list(trainer.normalizer.queue),
+                          "ema": rlhf.ema.state_dict() if rlhf.ema is not None else None}
+                save_checkpoint(engines, ckpt_dir, f"step{state['step']}", client, cfg.save_total_limit)
+            if cfg.max_steps and state["step"] >= cfg.max_steps:
+                break
+        state = {"epoch": epoch + 1, "batch": 0, "step": state["step"]}
+        if cfg.max_steps and state["step"] >= cfg.max_steps:
+            break
+    bar.close()
+    logger.close()
+
+    save_hf_model(rlhf.actor.module, tokenizer, f"{cfg.output_dir}/actor")
+    save_hf_model(rlhf.critic.module, tokenizer, f"{cfg.output_dir}/critic", model_cls=AutoModelForSequenceClassification)
+    if rlhf.ema is not None:
+        save_hf_model(rlhf.ema, tokenizer, f"{cfg.output_dir}/actor_ema")
+    finish()
+    return {"history": history, "engine": rlhf}
+
+
+if __name__ == "__main__":
+    main()

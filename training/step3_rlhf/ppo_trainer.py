@@ -1,0 +1,225 @@
+"""PPO for language models: experience generation (sample, cut at EOS, score) and updates.
+
+One round: sample answers with no autograd graph -> reward sources -> one teacher-forced
+forward each of actor (old log-probs), reference and critic -> per-token KL penalty and
+clipped end reward -> GAE -> `ppo_epochs` passes of clipped policy + clipped value loss,
+plus the optional SFT and pretraining losses. Every formula is in `utils/losses.py`.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, fields
+
+import torch
+
+from utils import distributed as dist
+from utils.data import collate_lm
+from utils.data.rlhf import PromptExample
+from utils.generation import left_pad
+from utils.losses import (causal_lm_loss, entropy_from_logits, gae, kl_penalized_rewards, masked_mean,
+                          ppo_policy_loss, ppo_value_loss, token_logprobs, whiten)
+from utils.models import position_ids, token_values
+from utils.rewards import RewardInputs, combine
+
+
+@dataclass
+class Experience:
+    """One generation batch. S = prompt length (left-padded) + answer length (right-padded);
+    position t of the [B, S-1] tensors is the prediction of token t+1."""
+    sequences: torch.Tensor       # [B, S] long
+    attention_mask: torch.Tensor  # [B, S] long
+    action_mask: torch.Tensor     # [B, S-1] float, 1 where token t+1 is an answer token (EOS included)
+    logprobs: torch.Tensor        # [B, S-1] actor log-probs when sampled ("old")
+    ref_logprobs: torch.Tensor    # [B, S-1] reference log-probs
+    values: torch.Tensor          # [B, S-1] critic values when sampled
+    rewards: torch.Tensor         # [B, S-1] KL-penalised per-token rewards
+    advantages: torch.Tensor      # [B, S-1]
+    returns: torch.Tensor         # [B, S-1]
+    end_rewards: torch.Tensor     # [B] combined sequence reward, before clipping
+    prompt_index: list[int]       # which PromptExample each row came from
+
+    def rows(self, idx: list[int]) -> "Experience":
+        return Experience(**{f.name: ([getattr(self, f.name)[i] for i in idx] if f.name == "prompt_index"
+                                      else getattr(self, f.name)[idx]) for f in fields(self)})
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019: kl_ctl <- kl_ctl * (1 + clip(KL/target - 1, -0.2, 0.2) * n / horizon)."""
+
+    def __init__(self, init: float, target: float | None, horizon: int):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target is None:
+            return
+        error = max(min(kl / self.target - 1, 0.2), -0.2)
+        self.value *= 1 + error * n / self.horizon
+
+
+class RewardNormalizer:
+    """Whiten sequence rewards per batch, or with the mean/std of a FIFO of recent rewards."""
+
+    def __init__(self, mode: str, size: int):
+        self.mode, self.queue = mode, deque(maxlen=size)
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return r
+        if self.mode == "batch":
+            ref = r
+        else:
+            self.queue.extend(r.tolist())
+            ref = torch.tensor(list(self.queue))
+        return (r - ref.mean()) / (ref.std(unbiased=False) + 1e-8)
+
+
+class PPOTrainer:
+    def __init__(self, cfg, engine, tokenizer, sources: dict, weights: dict, ptx=None):
+        self.cfg, self.rlhf, self.tok = cfg, engine, tokenizer
+        self.sources, self.weights, self.ptx = sources, weights, ptx
+        self.device = dist.device()
+        self.kl = AdaptiveKLController(cfg.kl_ctl, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon)
+        self.normalizer = RewardNormalizer(cfg.reward_normalization, cfg.reward_queue_size)
+        self.synced = cfg.actor_zero_stage == 3 and dist.world_size() > 1
+
+    # -- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[PromptExample]):
+        """Sample one answer per prompt. Returns (sequences [B,S], attention_mask [B,S],
+        answer ids per row (EOS kept when generated), prompt length P)."""
+        cfg, tok = self.cfg, self.tok
+        ids, mask = left_pad([p.prompt_ids for p in prompts], tok.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        model = self.rlhf.actor if self.rlhf.hybrid else self.rlhf.actor.module
+        self.rlhf.actor.eval()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_answer_seq_len,
+                             do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             synced_gpus=self.synced, use_cache=True)
+        self.rlhf.actor.train()
+        P = ids.shape[1]
+        answers = []
+        for row in out[:, P:].tolist():
+            cut = row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
+            answers.append(cut)
+        N = max(1, max(len(a) for a in answers))
+        ans = torch.full((len(prompts), N), tok.pad_token_id, dtype=torch.long)
+        amask = torch.zeros((len(prompts), N), dtype=torch.long)
+        for i, a in enumerate(answers):
+            ans[i, :len(a)] = torch.tensor(a, dtype=torch.long)
+            amask[i, :len(a)] = 1
+        seq = torch.cat([ids.cpu(), ans], 1)
+        attn = torch.cat([mask.cpu(), amask], 1)
+        return seq.to(self.device), attn.to(self.device), answers, P
+
+    def forward_logprobs(self, model, seq, attn):
+        logits = model(input_ids=seq, attention_mask=attn, position_ids=position_ids(attn), use_cache=False).logits
+        return logits, token_logprobs(logits, seq)
+
+    # -- experience ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def make_experience(self, prompts: list[PromptExample], prompt_index: list[int]) -> tuple[Experience, dict]:
+        cfg, tok = self.cfg, self.tok
+        t0 = time.perf_counter()
+        seq, attn, answers, P = self.generate(prompts)
+        t_gen = time.perf_counter() - t0
+
+        action_mask = attn[:, 1:].clone().float()
+        action_mask[:, : P - 1] = 0
+        self.rlhf.eval()
+        _, logprobs = self.forward_logprobs(self.rlhf.actor, seq, attn)
+        _, ref_logprobs = self.forward_logprobs(self.rlhf.ref, seq, attn)
+        values = token_values(self.rlhf.critic, seq, attn)[:, :-1]
+        self.rlhf.train()
+
+        texts = [tok.decode([t for t in a if t != tok.eos_token_id], skip_special_tokens=True) for a in answers]
+        inputs = RewardInputs(prompts=[p.prompt for p in prompts], answers=texts,
+                              references=[p.reference for p in prompts], sources=[p.source for p in prompts],
+                              prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers)
+        scores = {name: src(inputs) for name, src in self.sources.items()}
+        end = combine(scores, self.weights)
+        has_eos = torch.tensor([bool(a) and a[-1] == tok.eos_token_id for a in answers])
+        if cfg.missing_eos_penalty is not None:
+            end = end + cfg.missing_eos_penalty * (~has_eos).float()
+        end_norm = self.normalizer(end).to(self.device)
+
+        rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, end_norm, self.kl.value,
+                                           cfg.clip_reward_value)
+        advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, action_mask)
+        exp = Experience(seq, attn, action_mask, logprobs, ref_logprobs, values, rewards, advantages, returns,
+                         end, list(prompt_index))
+        lengths = action_mask.sum(1)
+        stats = {f"reward/{k}": float(v.mean()) for k, v in scores.items()}
+        stats.update({
+            "reward/total": float(end.mean()), "reward/total_std": float(end.std(unbiased=False)),
+            "kl": float((kl.sum(1)).mean()), "kl_ctl": self.kl.value,
+            "response_length": float(lengths.mean()), "eos_rate": float(has_eos.float().mean()),
+            "time/generation": t_gen, "time/experience": time.perf_counter() - t0 - t_gen,
+        })
+        self.kl.update(stats["kl"], len(prompts) * dist.world_size())
+        return exp, stats
+
+    # -- updates ---------------------------------------------------------------------------------
+    def extra_losses(self, exp: Experience, prompts: list[PromptExample]) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.cfg.add_sft_loss:
+            examples = [prompts[i].sft for i in exp.prompt_index if prompts[i].sft is not None]
+            if examples:
+                b = collate_lm(examples, self.tok.pad_token_id).to(self.device)
+                logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+                s, n = causal_lm_loss(logits, b.labels)
+                out["sft"] = s / n.clamp_min(1)
+        if self.cfg.add_pretrained_loss and self.ptx is not None:
+            b = next(self.ptx).to(self.device)
+            logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+            s, n = causal_lm_loss(logits, b.labels)
+            out["ptx"] = s / n.clamp_min(1)
+        return out
+
+    def train_on(self, exps: list[Experience], prompts: list[PromptExample]) -> dict:
+        """`ppo_epochs` passes over the experience, in minibatches; returns mean statistics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n = 0
+        g = torch.Generator().manual_seed(cfg.seed + len(exps))
+        for _ in range(cfg.ppo_epochs):
+            for exp in exps:
+                order = torch.randperm(exp.sequences.shape[0], generator=g).tolist()
+                for i in range(0, len(order), cfg.per_device_training_batch_size):
+                    mb = exp.rows(order[i:i + cfg.per_device_training_batch_size])
+                    for k, v in self.step(mb, prompts).items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n += 1
+        stats = {k: v / max(n, 1) for k, v in sums.items()}
+        stats["time/training"] = time.perf_counter() - t0
+        return stats
+
+    def step(self, mb: Experience, prompts: list[PromptExample]) -> dict[str, float]:
+        cfg, mask = self.cfg, mb.action_mask
+        logits, logprobs = self.forward_logprobs(self.rlhf.actor, mb.sequences, mb.attention_mask)
+        pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask)
+        extras = self.extra_losses(mb, prompts)
+        loss = cfg.factor_rl_loss * pg_loss
+        if "sft" in extras:
+            loss = loss + cfg.factor_sft_loss * extras["sft"]
+        if "ptx" in extras:
+            loss = loss + cfg.factor_pretrained_loss * extras["ptx"]
+        self.rlhf.actor.backward(loss)
+        self.rlhf.actor.step()
+        self.rlhf.update_ema()
+
+        values = token_values(self.rlhf.critic, mb.sequences, mb.attention_mask)[:, :-1]
+        vf_loss, vf_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mask, cfg.cliprange_value)
+        self.rlhf.critic.backward(vf_loss)
+        self.rlhf.critic.step()
+        out = {"pg_loss": float(pg_loss.detach()), "vf_loss": float(vf_loss.detach()), "loss": float(loss.detach()),
+               "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"]), "ratio": float(st["ratio"]),
+               "vf_clipfrac": float(vf_clipfrac), "entropy": float(entropy)}
+        out.update({f"{k}_loss": float(v.detach()) for k, v in extras.items()})
+        return out
