@@ -31,11 +31,18 @@ bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/dpo" --
 dpo_time=$(( SECONDS - t ))
 dpo="$(acc "$DEMO/dpo")"
 
+t=$SECONDS
+bash scripts/rlhf.sh --actor_model_name_or_path "$DEMO/sft" --critic_model_name_or_path "$DEMO/reward" \
+  --output_dir "$DEMO/rlhf" --disable_tqdm
+ppo_time=$(( SECONDS - t ))
+ppo="$(acc "$DEMO/rlhf/actor")"
+
 echo
 echo "== demo: held-out accuracy on 'repeat after me' (200 unseen prompts, greedy) =="
 printf '%-10s %8s %16s %14s %8s\n' model accuracy "animal-first" "colour-first" "time"
 printf '%-10s %8s %16s %14s %8s\n' untrained "$(field "$untrained" accuracy)" "$(field "$untrained" subset_accuracy)" "$(field "$untrained" other_accuracy)" "-"
 printf '%-10s %8s %16s %14s %7ss\n' sft "$(field "$sft" accuracy)" "$(field "$sft" subset_accuracy)" "$(field "$sft" other_accuracy)" "$sft_time"
 printf '%-10s %8s %16s %14s %7ss\n' dpo "$(field "$dpo" accuracy)" "$(field "$dpo" subset_accuracy)" "$(field "$dpo" other_accuracy)" "$dpo_time"
+printf '%-10s %8s %16s %14s %7ss\n' "sft+ppo" "$(field "$ppo" accuracy)" "$(field "$ppo" subset_accuracy)" "$(field "$ppo" other_accuracy)" "$ppo_time"
 echo "reward model: held-out pairwise accuracy $rm_acc (${rm_time}s)"
 echo "total demo time: $(( SECONDS - start ))s"
