@@ -71,8 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
         ptx = load_pretraining_batches(cfg, tokenizer) if cfg.add_pretrained_loss else None
         per_epoch = len(epoch_batches(len(prompts), cfg.per_device_generation_batch_size, rank=0,
                                       world_size=dist.world_size(), seed=cfg.seed, epoch=0))
-        total = per_epoch * cfg.num_train_epochs // cfg.generation_batches * cfg.ppo_epochs
-        rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, max(total, 1) * 64)
+        # optimizer steps the LR schedule spans (independent of --max_steps, so a run stopped
+        # early and resumed follows the same schedule)
+        minibatches = cfg.generation_batches * -(-cfg.per_device_generation_batch_size
+                                                 // cfg.per_device_training_batch_size)
+        total = per_epoch // cfg.generation_batches * cfg.num_train_epochs * cfg.ppo_epochs * minibatches
+        rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, max(total, 1))
         sources, weights = build_sources(cfg, rlhf, tokenizer)
     dist.print_rank0(f"[data] {len(prompts)} prompts; reward sources: " +
                      ", ".join(f"{k} x {w}" for k, w in weights.items()))

@@ -1,0 +1,103 @@
+"""Step 3 end to end on tiny models: parameters, extra losses, 2 processes, resume."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import DEMO_DATA, load_weights, read_metrics, run_module, write_jsonl
+
+MODULE = "training.step3_rlhf.main"
+
+
+@pytest.fixture(scope="module")
+def rm_dir(sft_dir, tokenizer, tmp_path_factory):
+    """An (untrained) reward model: the SFT backbone with a freshly initialised head."""
+    from utils.models import load_reward_model
+
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    load_reward_model(str(sft_dir), tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    lines = (DEMO_DATA / "rlhf" / "train.txt").read_text().splitlines()
+    return write_jsonl(tmp_path_factory.mktemp("rlhf") / "prompts.txt", lines[:64])
+
+
+def rlhf_args(sft_dir, rm_dir, prompts, out, *extra):
+    return ["--actor_model_name_or_path", str(sft_dir), "--critic_model_name_or_path", str(rm_dir),
+            "--data_path", str(prompts), "--output_dir", str(out), "--max_prompt_seq_len", "32",
+            "--max_answer_seq_len", "6", "--per_device_generation_batch_size", "8",
+            "--per_device_training_batch_size", "4", "--actor_learning_rate", "1e-3", "--critic_learning_rate",
+            "1e-3", "--disable_tqdm", "--seed", "9", "--reward_functions", "examples.demo.task:reward",
+            *map(str, extra)]
+
+
+def test_short_run_trains_actor_and_critic_only(sft_dir, rm_dir, prompts, tmp_path):
+    from training.step3_rlhf.main import main
+
+    out = tmp_path / "ppo"
+    # one minibatch per round: the logged ratio is the first minibatch's
+    result = main(rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 3, "--per_device_training_batch_size", 8))
+    engine = result["engine"]
+    sft, rm = load_weights(sft_dir), load_weights(rm_dir)
+    for n, p in engine.ref.module.named_parameters():
+        assert torch.equal(p, sft[n]), f"reference {n} changed"
+    for n, p in engine.reward.module.named_parameters():
+        assert torch.equal(p, rm[n]), f"reward model {n} changed"
+    actor, critic = load_weights(out / "actor"), load_weights(out / "critic")
+    assert all(not torch.equal(sft[k], actor[k]) for k in sft)
+    assert all(not torch.equal(rm[k], critic[k]) for k in rm if k != "lm_head.weight")
+    rows = read_metrics(out)
+    assert len(rows) == 3
+    first = rows[0]
+    assert first["ratio"] == pytest.approx(1.0, abs=1e-6) and first["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    for key in ("reward/reward_model", "reward/reward", "reward/total", "kl", "pg_loss", "vf_loss", "clipfrac",
+                "entropy", "response_length", "time/generation", "time/training"):
+        assert key in first, key
+    assert first["reward/total"] == pytest.approx(first["reward/reward_model"] + first["reward/reward"], abs=1e-5)
+
+
+def test_extra_losses_enter_the_total(sft_dir, rm_dir, prompts, tmp_path):
+    text = tmp_path / "pretrain.txt"
+    text.write_text("the fox is red and the owl is gray\n" * 40)
+    out = tmp_path / "extra"
+    run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 2, "--add_sft_loss",
+                                 "--add_pretrained_loss", "--unsupervised_dataset_name", text))
+    for r in read_metrics(out):
+        want = 0.7 * r["pg_loss"] + 0.15 * r["sft_loss"] + 0.15 * r["ptx_loss"]
+        assert r["loss"] == pytest.approx(want, abs=1e-5)
+        assert r["sft_loss"] > 0 and r["ptx_loss"] > 0
+
+
+def test_resume_equals_uninterrupted(sft_dir, rm_dir, prompts, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, full, "--max_steps", 4, "--save_steps", 2))
+    run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, part, "--max_steps", 2, "--save_steps", 2))
+    run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, part, "--max_steps", 4, "--save_steps", 2, "--resume"))
+    for sub in ("actor", "critic"):
+        a, b = load_weights(full / sub), load_weights(part / sub)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=f"{sub} {k}")
+    assert [r["reward/total"] for r in read_metrics(part)][-2:] == \
+        pytest.approx([r["reward/total"] for r in read_metrics(full)][-2:], abs=1e-6)
+
+
+def test_two_process_zero3(sft_dir, rm_dir, prompts, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "z3"
+    run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 2, "--actor_zero_stage", 3,
+                                 "--critic_zero_stage", 3), nproc=2)
+    sft, actor = load_weights(sft_dir), load_weights(out / "actor")
+    assert all(not torch.equal(sft[k], actor[k]) for k in sft)
+    assert len(read_metrics(out)) == 2
+    AutoModelForCausalLM.from_pretrained(out / "actor")
+
+
+def test_hybrid_engine_switches_off_on_cpu(sft_dir, rm_dir, prompts, tmp_path):
+    p = run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, tmp_path / "he", "--max_steps", 1,
+                                     "--enable_hybrid_engine"))
+    assert "hybrid engine switched off: no GPU" in p.stdout
