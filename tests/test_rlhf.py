@@ -101,3 +101,48 @@ def test_hybrid_engine_switches_off_on_cpu(sft_dir, rm_dir, prompts, tmp_path):
     p = run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, tmp_path / "he", "--max_steps", 1,
                                      "--enable_hybrid_engine"))
     assert "hybrid engine switched off: no GPU" in p.stdout
+
+
+def test_adaptive_kl_and_reward_normalizer_by_hand():
+    from training.step3_rlhf.ppo_trainer import AdaptiveKLController, RewardNormalizer
+
+    kl = AdaptiveKLController(0.1, target=2.0, horizon=100)
+    kl.update(4.0, n=10)   # error clipped to +0.2: 0.1 * (1 + 0.2 * 10/100)
+    assert kl.value == pytest.approx(0.102)
+    kl.update(1.9, n=50)   # error -0.05: 0.102 * (1 - 0.05 * 0.5)
+    assert kl.value == pytest.approx(0.102 * 0.975)
+    q = RewardNormalizer("queue", size=4)
+    q(torch.tensor([0.0, 2.0]))
+    out = q(torch.tensor([4.0, 6.0]))            # queue 0,2,4,6: mean 3, std sqrt(5)
+    assert out.tolist() == pytest.approx([1 / 5 ** 0.5, 3 / 5 ** 0.5], abs=1e-5)
+    assert RewardNormalizer("batch", 4)(torch.tensor([1.0, 3.0])).tolist() == pytest.approx([-1.0, 1.0], abs=1e-5)
+
+
+def test_reward_model_source_reencodes_identically(rm_dir, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from utils.data.sft import encode_prompts, encode_responses
+    from utils.rewards import RewardInputs, RewardModelSource
+
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    prompts = ["User: Repeat after me: fox red owl\nAssistant: ", "User: Repeat after me: cat\nAssistant: "]
+    answers = ["fox red owl", ""]
+    p_ids = encode_prompts(tokenizer, prompts)
+    a_ids = encode_responses(tokenizer, answers)  # the empty answer is just EOS
+    batch = RewardInputs(prompts, answers, ["", ""], prompts, p_ids, a_ids)
+    same = RewardModelSource(rm, tokenizer, True, 8, torch.device("cpu"))(batch)
+    other = RewardModelSource(rm, tokenizer, False, 1, torch.device("cpu"))(batch)
+    torch.testing.assert_close(same, other, atol=1e-5, rtol=0)
+
+
+def test_missing_eos_penalty_and_ema(sft_dir, rm_dir, prompts, tmp_path):
+    out = tmp_path / "noeos"
+    run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 2, "--max_answer_seq_len", 1,
+                                 "--missing_eos_penalty", "-10", "--use_reward_model", "false", "--enable_ema"))
+    rows = read_metrics(out)
+    for r in rows:   # one new token: no answer can be right, and (almost) none ends in EOS
+        assert r["reward/reward"] == 0.0
+        assert r["reward/total"] == pytest.approx(-10 * (1 - r["eos_rate"]), abs=1e-5)
+    sft, actor, ema = load_weights(sft_dir), load_weights(out / "actor"), load_weights(out / "actor_ema")
+    k = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(ema[k], sft[k]) and not torch.equal(ema[k], actor[k])
