@@ -91,3 +91,31 @@ def sft_dir(tiny_dir, tmp_path_factory) -> Path:
         "--max_seq_len", "48", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
         "--num_train_epochs", "3", "--num_warmup_steps", "10", "--disable_tqdm", "--seed", "11"])
     return out
+
+
+def _child(queue, fn, args):
+    try:
+        queue.put(("ok", fn(*args)))
+    except BaseException as e:  # report any failure (SystemExit included) to the parent test
+        import traceback
+
+        queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def in_fresh_process(fn, *args, timeout: int = 600):
+    """Run fn(*args) in a spawned interpreter and return its (picklable) result.
+
+    In-process checks of a training run (e.g. that a frozen engine's weights are untouched)
+    need their own interpreter: DeepSpeed caches process groups across runs in one process.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q, fn, args))
+    p.start()
+    status, value = q.get(timeout=timeout)
+    p.join(timeout=60)
+    if status != "ok":
+        raise AssertionError(value)
+    return value

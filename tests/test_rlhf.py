@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import DEMO_DATA, load_weights, read_metrics, run_module, write_jsonl
+from tests.conftest import DEMO_DATA, in_fresh_process, load_weights, read_metrics, run_module, write_jsonl
 
 MODULE = "training.step3_rlhf.main"
 
@@ -35,18 +35,22 @@ def rlhf_args(sft_dir, rm_dir, prompts, out, *extra):
             *map(str, extra)]
 
 
-def test_short_run_trains_actor_and_critic_only(sft_dir, rm_dir, prompts, tmp_path):
+def changed_frozen_parameters(argv, sft_dir, rm_dir) -> list[str]:
+    """Run PPO (in a fresh process); list reference / reward parameters that moved."""
     from training.step3_rlhf.main import main
 
+    engine = main(argv)["engine"]
+    sft, rm = load_weights(sft_dir), load_weights(rm_dir)
+    return ([f"ref {n}" for n, p in engine.ref.module.named_parameters() if not torch.equal(p, sft[n])]
+            + [f"reward {n}" for n, p in engine.reward.module.named_parameters() if not torch.equal(p, rm[n])])
+
+
+def test_short_run_trains_actor_and_critic_only(sft_dir, rm_dir, prompts, tmp_path):
     out = tmp_path / "ppo"
     # one minibatch per round: the logged ratio is the first minibatch's
-    result = main(rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 3, "--per_device_training_batch_size", 8))
-    engine = result["engine"]
+    argv = rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 3, "--per_device_training_batch_size", 8)
+    assert in_fresh_process(changed_frozen_parameters, argv, sft_dir, rm_dir) == []
     sft, rm = load_weights(sft_dir), load_weights(rm_dir)
-    for n, p in engine.ref.module.named_parameters():
-        assert torch.equal(p, sft[n]), f"reference {n} changed"
-    for n, p in engine.reward.module.named_parameters():
-        assert torch.equal(p, rm[n]), f"reward model {n} changed"
     actor, critic = load_weights(out / "actor"), load_weights(out / "critic")
     assert all(not torch.equal(sft[k], actor[k]) for k in sft)
     assert all(not torch.equal(rm[k], critic[k]) for k in rm if k != "lm_head.weight")

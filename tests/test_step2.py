@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import DEMO_DATA, FIXTURES, load_weights, read_metrics, run_module
+from tests.conftest import DEMO_DATA, FIXTURES, in_fresh_process, load_weights, read_metrics, run_module
 from utils.data import DataError, read_dataset
 from utils.data.preference import collate_preferences, tokenize_preferences
 
@@ -189,15 +189,19 @@ def dpo_args(tiny_dir, data, out, *extra):
             "--lr_scheduler_type", "constant", "--seed", "5", *map(str, extra)]
 
 
-def test_dpo_trains_policy_and_leaves_reference_unchanged(sft_dir, pref_data, tmp_path):
+def changed_reference_parameters(argv, initial_dir) -> list[str]:
+    """Run DPO (in a fresh process) and list reference parameters that differ from the start."""
     from training.step2_dpo.main import main
 
+    result = main(argv)
+    initial = load_weights(initial_dir)
+    return [n for n, p in result["reference"].module.named_parameters() if not torch.equal(p, initial[n])]
+
+
+def test_dpo_trains_policy_and_leaves_reference_unchanged(sft_dir, pref_data, tmp_path):
     out = tmp_path / "dpo"
-    result = main(dpo_args(sft_dir, pref_data, out))
-    ref = {n: p.detach().clone() for n, p in result["reference"].module.named_parameters()}
+    assert in_fresh_process(changed_reference_parameters, dpo_args(sft_dir, pref_data, out), sft_dir) == []
     initial = load_weights(sft_dir)
-    for n, p in ref.items():
-        assert torch.equal(p, initial[n]), f"reference parameter {n} changed"
     trained = load_weights(out)
     assert all(not torch.equal(initial[k], trained[k]) for k in initial)
     evals = [m for m in read_metrics(out) if "eval/rewards/accuracy" in m]
