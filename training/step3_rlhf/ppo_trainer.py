@@ -153,6 +153,7 @@ class PPOTrainer:
                          end, list(prompt_index))
         lengths = action_mask.sum(1)
         stats = {f"reward/{k}": float(v.mean()) for k, v in scores.items()}
+        stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in scores.items()})
         stats.update({
             "reward/total": float(end.mean()), "reward/total_std": float(end.std(unbiased=False)),
             "kl": float((kl.sum(1)).mean()), "kl_ctl": self.kl.value,
