@@ -52,11 +52,13 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, average: bool 
     Returns:
         [B] summed (or averaged) log-probs.
     """
-    lp = token_logprobs(logits, labels)
-    total = lp.sum(-1)
-    if not average:
-        return total
-    return total / (labels[:, 1:] != IGNORE_INDEX).sum(-1).clamp_min(1)
+    total = token_logprobs(logits, labels).sum(-1)
+    return total / response_lengths(labels) if average else total
+
+
+def response_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] labels -> [B] number of predicted (labelled) tokens, at least 1."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(-1).clamp_min(1)
 
 
 # -- reward model ------------------------------------------------------------------------------

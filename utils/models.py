@@ -205,12 +205,14 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
     return model
 
 
-def load_tokenizer_for(cfg) -> object:
+def load_tokenizer_for(cfg, path: str | None = None, padding_side: str = "right") -> object:
+    """The step's tokenizer (--tokenizer_name_or_path, else `path`, else the model's); a
+    missing or broken one is a one-line ConfigError."""
     from .config import ConfigError
 
-    path = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    path = getattr(cfg, "tokenizer_name_or_path", None) or path or cfg.model_name_or_path
     try:
-        return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+        return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load tokenizer {path!r}: {str(e).splitlines()[0]}")
 

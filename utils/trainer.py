@@ -72,12 +72,6 @@ def ds_config_for(cfg) -> dict:
     )
 
 
-def report_data(train: Sequence, test: Sequence, truncated: int, cfg, unit: str = "sequences") -> None:
-    if truncated:
-        dist.print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
-    dist.print_rank0(f"[data] {len(train)} training and {len(test)} held-out {unit}")
-
-
 def start_engine(model, cfg, n_train: int, ds_config: dict, what: str = "model"):
     """Report the parameter counts and wrap `model` in a DeepSpeed engine for the whole run."""
     from .models import count_parameters

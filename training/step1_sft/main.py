@@ -14,11 +14,11 @@ from functools import partial
 
 from utils.checkpoint import save_hf_model
 from utils.config import SFTConfig, parse_config
-from utils.data import IGNORE_INDEX, collate_lm, load_step_records, tokenize_step_data
+from utils.data import IGNORE_INDEX, collate_lm, step_examples, tokenize_records
 from utils.losses import causal_lm_loss
 from utils.models import load_tokenizer_for, load_trainable_lm
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, ds_config_for, perplexity, report_data, start_engine
+from utils.trainer import LossOutput, Trainer, ds_config_for, perplexity, start_engine
 
 
 def sft_loss(model, batch) -> LossOutput:
@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     start(cfg)
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
-        data = load_step_records(cfg.data_path, cfg.data_split, step=0, seed=cfg.data_seed)
-        train, test, truncated = tokenize_step_data(data, tokenizer, cfg.max_seq_len, cfg.data_format)
-        report_data(train, test, truncated, cfg)
+        train, test = step_examples(cfg, 0, partial(tokenize_records, tokenizer=tokenizer,
+                                                    max_len=cfg.max_seq_len, fmt=cfg.data_format))
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
     engine = start_engine(model, cfg, len(train), ds_config)

@@ -18,13 +18,13 @@ import torch
 from utils import distributed as dist
 from utils.checkpoint import save_hf_model
 from utils.config import DPOConfig, parse_config
-from utils.data import IGNORE_INDEX, load_step_records
-from utils.data.preference import PreferenceBatch, collate_preferences, tokenize_preference_data
+from utils.data import step_examples
+from utils.data.preference import PreferenceBatch, collate_preferences, tokenize_preferences
 from utils.ds_config import eval_ds_config
-from utils.losses import dpo_loss, ipo_loss, orpo_loss, sequence_logprobs, simpo_loss
+from utils.losses import dpo_loss, ipo_loss, orpo_loss, response_lengths, sequence_logprobs, simpo_loss
 from utils.models import load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, ds_config_for, report_data, start_engine
+from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
 
 
 def response_logps(model, batch: PreferenceBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def response_logps(model, batch: PreferenceBatch, average: bool) -> tuple[torch.
     rows [0, P) chosen, [P, 2P) rejected."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     total = sequence_logprobs(logits, batch.labels)
-    mean = total / (batch.labels[:, 1:] != IGNORE_INDEX).sum(-1).clamp_min(1)
+    mean = total / response_lengths(batch.labels)
     return (mean if average else total), mean
 
 
@@ -120,9 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     start(cfg)
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
-        data = load_step_records(cfg.data_path, cfg.data_split, step=1, seed=cfg.data_seed)
-        train, test, truncated = tokenize_preference_data(data, tokenizer, cfg.max_seq_len, pairs_only=True)
-        report_data(train, test, truncated, cfg, "pairs")
+        train, test = step_examples(cfg, 1, partial(tokenize_preferences, tokenizer=tokenizer,
+                                                    max_len=cfg.max_seq_len, pairs_only=True), "pairs")
         reference = build_reference(cfg, tokenizer) if cfg.uses_reference else None
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)

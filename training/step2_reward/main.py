@@ -17,12 +17,12 @@ from transformers import AutoModelForSequenceClassification
 
 from utils.checkpoint import save_hf_model
 from utils.config import RewardConfig, parse_config
-from utils.data import load_step_records
-from utils.data.preference import collate_preferences, has_scores, tokenize_preference_data
+from utils.data import step_examples
+from utils.data.preference import collate_preferences, tokenize_preferences
 from utils.losses import divergence_pairwise_loss, pairwise_loss, score_mse
 from utils.models import end_scores, load_tokenizer_for, load_trainable_lm, token_values
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, ds_config_for, report_data, start_engine
+from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
 
 
 def reward_loss(cfg: RewardConfig):
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     start(cfg)
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
-        data = load_step_records(cfg.data_path, cfg.data_split, step=1, seed=cfg.data_seed)
-        train, test, truncated = tokenize_preference_data(data, tokenizer, cfg.max_seq_len,
-                                                          need_scores=cfg.rm_loss != "pairwise")
-        report_data(train, test, truncated, cfg, "examples" + (" with scores" if has_scores(train) else ""))
+        need_scores = cfg.rm_loss != "pairwise"
+        train, test = step_examples(cfg, 1, partial(tokenize_preferences, tokenizer=tokenizer,
+                                                    max_len=cfg.max_seq_len, need_scores=need_scores),
+                                    "examples" + (" with scores" if need_scores else ""))
         if cfg.rm_loss == "pairwise" and not all(e.is_pair for e in train):
             from utils.config import ConfigError
             raise ConfigError("pointwise rows (prompt, response, score) need --rm_loss score or mixed")

@@ -25,7 +25,7 @@ from utils.data import collate_lm, epoch_batches, load_step_records, tokenize_re
 from utils.data.readers import read_dataset
 from utils.data.rlhf import tokenize_prompts
 from utils.logging import MetricsLogger, progress
-from utils.models import load_tokenizer
+from utils.models import load_tokenizer_for
 from utils.rewards import RewardModelSource, RuleSource
 from utils.run import finish, start, user_errors
 
@@ -61,11 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(RLHFConfig, argv)
     start(cfg)
     with user_errors():
-        try:
-            tokenizer = load_tokenizer(cfg.actor_model_name_or_path, trust_remote_code=cfg.trust_remote_code,
-                                       padding_side="left")
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot load tokenizer {cfg.actor_model_name_or_path!r}: {str(e).splitlines()[0]}")
+        tokenizer = load_tokenizer_for(cfg, cfg.actor_model_name_or_path, padding_side="left")
         data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
         prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss)
         ptx = load_pretraining_batches(cfg, tokenizer) if cfg.add_pretrained_loss else None

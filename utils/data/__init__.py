@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .collate import LMBatch, collate_lm, epoch_batches, pad_right
 from .errors import DataError
@@ -30,28 +31,39 @@ def load_step_records(paths: list[str], split: str | None, step: int, seed: int)
     return StepData(train, test)
 
 
-def tokenize_step_data(data: StepData, tokenizer, max_len: int, fmt: str = "auto") -> tuple[list[Example], list[Example], int]:
-    """Tokenize per source file (each file has one format); returns (train, test, truncated)."""
-    def by_source(records):
-        groups: dict[str, list[Record]] = {}
-        for r in records:
-            groups.setdefault(r.source, []).append(r)
-        return groups.values()
-
+def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple[list, int]]) -> tuple[list, list, int]:
+    """Apply `tokenize` (records -> (examples, truncated)) to each source file separately,
+    since a file holds one format; returns (train, test, truncated)."""
     truncated = 0
     out = []
     for records in (data.train, data.test):
+        groups: dict[str, list[Record]] = {}
+        for r in records:
+            groups.setdefault(r.source, []).append(r)
         examples = []
-        for group in by_source(records):
-            ex, t = tokenize_records(group, tokenizer, max_len, fmt)
+        for group in groups.values():
+            ex, t = tokenize(group)
             examples += ex
             truncated += t
         out.append(examples)
     return out[0], out[1], truncated
 
 
+def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list, int]],
+                  unit: str = "sequences") -> tuple[list, list]:
+    """This step's share of every --data_path entry, tokenized and reported; (train, test)."""
+    from ..distributed import print_rank0
+
+    data = load_step_records(cfg.data_path, cfg.data_split, step=step, seed=cfg.data_seed)
+    train, test, truncated = tokenize_per_source(data, tokenize)
+    if truncated:
+        print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
+    print_rank0(f"[data] {len(train)} training and {len(test)} held-out {unit}")
+    return train, test
+
+
 __all__ = [
     "DataError", "Example", "IGNORE_INDEX", "LMBatch", "RawDataset", "Record", "StepData",
     "collate_lm", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
-    "read_dataset", "sft_prompt", "tokenize_records", "tokenize_step_data",
+    "read_dataset", "sft_prompt", "step_examples", "tokenize_per_source", "tokenize_records",
 ]

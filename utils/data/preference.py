@@ -11,7 +11,6 @@ Prompt and answers are tokenized separately, as in SFT; a plain answer ends with
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -140,22 +139,6 @@ def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need
     return out, trunc
 
 
-def tokenize_preference_data(data, tokenizer, max_len: int, **kw):
-    """`StepData` -> (train, test, truncated), tokenizing per source."""
-    res, trunc = [], 0
-    for records in (data.train, data.test):
-        groups: dict[str, list[Record]] = {}
-        for r in records:
-            groups.setdefault(r.source, []).append(r)
-        examples = []
-        for group in groups.values():
-            ex, t = tokenize_preferences(group, tokenizer, max_len, **kw)
-            examples += ex
-            trunc += t
-        res.append(examples)
-    return res[0], res[1], trunc
-
-
 @dataclass
 class PreferenceBatch:
     """Rows [0, P) chosen answers, [P, 2P) the rejected answers of the same pairs,
@@ -193,7 +176,3 @@ def collate_preferences(examples: list[PreferenceExample], pad_id: int) -> Prefe
         ref_logps=torch.tensor([x for _, _, _, x in rows], dtype=torch.float32),
         n_pairs=len(pairs),
     )
-
-
-def has_scores(examples: list[PreferenceExample]) -> bool:
-    return any(not math.isnan(e.chosen_score) for e in examples)
