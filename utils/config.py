@@ -288,11 +288,25 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     reward_model_name_or_path: Optional[str] = _f(None, "Reward model; defaults to --critic_model_name_or_path.")
     reward_tokenizer_name_or_path: Optional[str] = _f(None, "Reward model tokenizer when it differs from the "
                                                            "actor's (answers are decoded and re-encoded).")
-    use_reward_model: bool = _f(True, "Use the reward model as a reward source (off: rule rewards only).")
+    use_reward_model: Optional[bool] = _f(None, "Use the reward model as a reward source (default: on, "
+                                                "unless --use_comet_model).")
     reward_model_weight: float = _f(1.0, "Weight of the reward model in the summed reward.")
     reward_functions: list[str] = _f([], "Rule rewards as module:function, called with prompts=, answers=, "
                                          "references= and returning one float per answer.")
     reward_function_weights: list[float] = _f([], "Weights of --reward_functions (default 1 each).")
+    use_comet_model: bool = _f(False, "Use unbabel-comet model(s) as reward sources (src = the file's `input`, "
+                                      "else the prompt; mt = the answer; ref = the file's `output`).")
+    comet_model_path: list[str] = _f([], "COMET models: local folders (holding checkpoints/model.ckpt), .ckpt "
+                                         "files, or model names to download.")
+    comet_model_batch_size: int = _f(8, "Segments per COMET forward.")
+    weights_comet_model: list[float] = _f([], "Weight of each COMET model in the summed reward (default: 1/N each).")
+    devices_comet_model: list[int] = _f([], "CUDA device per COMET model, or one for all (default: this process's "
+                                            "GPU); ignored on a machine without GPUs.")
+    comet_model_require_reference: bool = _f(False, "Give every COMET model the reference (`ref`), also models "
+                                                    "that can score without one; reference-based models always "
+                                                    "get it.")
+    comet_reward_normalization: bool = _f(False, "Normalise each COMET model's scores with the running mean and "
+                                                 "std of all its scores so far.")
     actor_zero_stage: int = _f(0, "ZeRO stage of actor and reference.", choices=[0, 1, 2, 3])
     critic_zero_stage: int = _f(0, "ZeRO stage of critic and reward model.", choices=[0, 1, 2, 3])
     offload: bool = _f(False, "Offload actor/critic optimizer state (and ZeRO-3 parameters) to CPU.")
@@ -337,6 +351,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     def __post_init__(self) -> None:
         if not self.actor_model_name_or_path:
             raise ConfigError("--actor_model_name_or_path is required")
+        self.check_comet()
+        if self.use_reward_model is None:
+            self.use_reward_model = not self.use_comet_model
         if self.use_reward_model and not (self.reward_model_name_or_path or self.critic_model_name_or_path):
             raise ConfigError("--critic_model_name_or_path (or --reward_model_name_or_path) is required")
         if not self.critic_model_name_or_path:
@@ -344,8 +361,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if not self.critic_model_name_or_path:
             raise ConfigError("--critic_model_name_or_path is required (it initialises the critic)")
         self.reward_model_name_or_path = self.reward_model_name_or_path or self.critic_model_name_or_path
-        if not self.use_reward_model and not self.reward_functions:
-            raise ConfigError("no reward source: keep the reward model or give --reward_functions")
+        if not self.use_reward_model and not self.reward_functions and not self.use_comet_model:
+            raise ConfigError("no reward source: keep the reward model, or give --reward_functions or "
+                              "--use_comet_model")
         if self.reward_function_weights and len(self.reward_function_weights) != len(self.reward_functions):
             raise ConfigError(f"--reward_function_weights has {len(self.reward_function_weights)} values for "
                               f"{len(self.reward_functions)} --reward_functions")
@@ -373,3 +391,20 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             raise ConfigError("--data_path is required")
         if self.data_seed is None:
             self.data_seed = self.seed
+
+    def check_comet(self) -> None:
+        n = len(self.comet_model_path)
+        if self.use_comet_model and not n:
+            raise ConfigError("--use_comet_model needs --comet_model_path")
+        if n and not self.use_comet_model:
+            raise ConfigError("--comet_model_path is given but --use_comet_model is not")
+        if self.weights_comet_model and len(self.weights_comet_model) != n:
+            raise ConfigError(f"--weights_comet_model has {len(self.weights_comet_model)} values for {n} "
+                              f"--comet_model_path")
+        if self.devices_comet_model and len(self.devices_comet_model) not in (1, n):
+            raise ConfigError(f"--devices_comet_model has {len(self.devices_comet_model)} values for {n} "
+                              f"--comet_model_path (give one for all, or one each)")
+        if self.comet_model_batch_size < 1:
+            raise ConfigError("--comet_model_batch_size must be >= 1")
+        if n and not self.weights_comet_model:
+            self.weights_comet_model = [1.0 / n] * n

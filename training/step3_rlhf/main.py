@@ -27,6 +27,7 @@ from utils.data.rlhf import tokenize_prompts
 from utils.logging import MetricsLogger, progress
 from utils.models import load_tokenizer_for
 from utils.rewards import RewardModelSource, RuleSource
+from utils.rewards.comet import build_comet_sources
 from utils.run import finish, start, user_errors
 
 
@@ -41,7 +42,8 @@ def load_pretraining_batches(cfg, tokenizer):
     return (collate_lm(examples[i:i + bs], tokenizer.pad_token_id) for i in order)
 
 
-def build_sources(cfg, rlhf, tokenizer):
+def build_sources(cfg, rlhf, comet: list) -> tuple[dict, dict]:
+    """name -> reward source and name -> weight, in a fixed order on every rank."""
     sources, weights = {}, {}
     if cfg.use_reward_model:
         same = cfg.reward_tokenizer_name_or_path is None
@@ -54,6 +56,8 @@ def build_sources(cfg, rlhf, tokenizer):
         except ValueError as e:
             raise ConfigError(str(e))
         sources[src.name], weights[src.name] = src, w
+    for src, w in zip(comet, cfg.weights_comet_model):
+        sources[src.name], weights[src.name] = src, w
     return sources, weights
 
 
@@ -65,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
         data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
         prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss)
         ptx = load_pretraining_batches(cfg, tokenizer) if cfg.add_pretrained_loss else None
+        # COMET models load before the DeepSpeed engines, so a bad path fails in seconds
+        comet = build_comet_sources(cfg, all(p.reference for p in prompts)) if cfg.use_comet_model else []
         per_epoch = len(epoch_batches(len(prompts), cfg.per_device_generation_batch_size, rank=0,
                                       world_size=dist.world_size(), seed=cfg.seed, epoch=0))
         # optimizer steps the LR schedule spans (independent of --max_steps, so a run stopped
@@ -73,9 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                  // cfg.per_device_training_batch_size)
         total = per_epoch // cfg.generation_batches * cfg.num_train_epochs * cfg.ppo_epochs * minibatches
         rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, max(total, 1))
-        sources, weights = build_sources(cfg, rlhf, tokenizer)
+        sources, weights = build_sources(cfg, rlhf, comet)
     dist.print_rank0(f"[data] {len(prompts)} prompts; reward sources: " +
-                     ", ".join(f"{k} x {w}" for k, w in weights.items()))
+                     ", ".join(f"{k} x {w:g}" for k, w in weights.items()))
+    for src in comet:
+        dist.print_rank0(f"[comet] {src.name} = {src.spec} on {src.device}, "
+                         f"{'src+mt+ref' if src.use_reference else 'src+mt'}")
     trainer = PPOTrainer(cfg, rlhf, tokenizer, sources, weights, ptx)
     logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
                            tensorboard_path=cfg.tensorboard_path, name="rlhf", append=cfg.resume)
@@ -88,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         set_rng_state(client["rng"][dist.rank()])
         trainer.kl.value = client["kl_ctl"]
         trainer.normalizer.queue.extend(client["reward_queue"])
+        for name, st in client.get("reward_sources", {}).items():
+            sources[name].load_state_dict(st)
         if rlhf.ema is not None and client.get("ema") is not None:
             rlhf.ema.load_state_dict(client["ema"])
         dist.print_rank0(f"[resume] {ckpt_dir}/{tag}: epoch {state['epoch']}, step {state['step']}")
@@ -115,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.save_steps and state["step"] % cfg.save_steps == 0:
                 client = {"state": state, "rng": dist.all_gather_object(rng_state()), "kl_ctl": trainer.kl.value,
                           "reward_queue": list(trainer.normalizer.queue),
+                          "reward_sources": {k: v.state_dict() for k, v in sources.items() if hasattr(v, "state_dict")},
                           "ema": rlhf.ema.state_dict() if rlhf.ema is not None else None}
                 save_checkpoint(engines, ckpt_dir, f"step{state['step']}", client, cfg.save_total_limit)
             if cfg.max_steps and state["step"] >= cfg.max_steps:

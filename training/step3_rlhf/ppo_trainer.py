@@ -154,6 +154,9 @@ class PPOTrainer:
         lengths = action_mask.sum(1)
         stats = {f"reward/{k}": float(v.mean()) for k, v in scores.items()}
         stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in scores.items()})
+        # sources that normalise their scores also report them as they came (e.g. COMET)
+        stats.update({f"reward/{k}_raw": float(src.raw.mean()) for k, src in self.sources.items()
+                      if getattr(src, "raw", None) is not None})
         stats.update({
             "reward/total": float(end.mean()), "reward/total_std": float(end.std(unbiased=False)),
             "kl": float((kl.sum(1)).mean()), "kl_ctl": self.kl.value,
