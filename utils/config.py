@@ -344,6 +344,20 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     add_sft_loss: bool = _f(False, "Add an LM loss on the RLHF file's reference answers (`output`).")
     add_pretrained_loss: bool = _f(False, "Add an LM loss on pretraining text (--unsupervised_dataset_name).")
     unsupervised_dataset_name: Optional[str] = _f(None, "Pretraining text: a local file/folder or dataset name.")
+    dynamic_sampling: bool = _f(False, "ESRL dynamic sampling: per-prompt sample counts and temperatures from "
+                                       "the model's estimated capability, and the most confident samples dropped "
+                                       "before scoring (README: ESRL).")
+    esrl_min_samples: int = _f(1, "Fewest samples per prompt (for the most capable prompts).")
+    esrl_max_samples: int = _f(4, "Most samples per prompt (for the least capable prompts).")
+    esrl_temperature_min: float = _f(0.8, "Sampling temperature at capability 0.")
+    esrl_temperature_max: float = _f(1.2, "Sampling temperature at capability 1.")
+    esrl_eliminate_ratio: float = _f(0.3, "Fraction of each round's samples, the most confident, dropped before "
+                                          "the reward, reference and critic passes.")
+    esrl_confidence_weight: float = _f(0.5, "Weight w of token confidence (vs. recent reward) in the capability "
+                                            "estimate.")
+    esrl_capability_decay: float = _f(0.5, "Moving-average decay of the capability estimates across visits.")
+    remove_critic_model: bool = _f(False, "No critic: REINFORCE with a baseline (the other samples of the same "
+                                          "prompt, else a moving average of rewards) instead of GAE.")
     factor_rl_loss: Optional[float] = _f(None, "Weight of the PPO loss (0.7 when an extra loss is on, else 1).")
     factor_sft_loss: float = _f(0.15, "Weight of the SFT loss.")
     factor_pretrained_loss: float = _f(0.15, "Weight of the pretraining loss.")
@@ -358,7 +372,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             raise ConfigError("--critic_model_name_or_path (or --reward_model_name_or_path) is required")
         if not self.critic_model_name_or_path:
             self.critic_model_name_or_path = self.reward_model_name_or_path
-        if not self.critic_model_name_or_path:
+        if not self.critic_model_name_or_path and not self.remove_critic_model:
             raise ConfigError("--critic_model_name_or_path is required (it initialises the critic)")
         self.reward_model_name_or_path = self.reward_model_name_or_path or self.critic_model_name_or_path
         if not self.use_reward_model and not self.reward_functions and not self.use_comet_model:
@@ -384,6 +398,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             raise ConfigError("--offload needs --actor_zero_stage and --critic_zero_stage >= 1")
         if not 0 < self.temperature:
             raise ConfigError("--temperature must be > 0")
+        self.check_esrl()
         self.check_model_options()
         self.check_schedule()
         self.check_checkpoint()
@@ -408,3 +423,13 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             raise ConfigError("--comet_model_batch_size must be >= 1")
         if n and not self.weights_comet_model:
             self.weights_comet_model = [1.0 / n] * n
+
+    def check_esrl(self) -> None:
+        if not 1 <= self.esrl_min_samples <= self.esrl_max_samples:
+            raise ConfigError("--esrl_min_samples and --esrl_max_samples need 1 <= min <= max")
+        if not 0 < self.esrl_temperature_min <= self.esrl_temperature_max:
+            raise ConfigError("--esrl_temperature_min and --esrl_temperature_max need 0 < min <= max")
+        if not 0 <= self.esrl_eliminate_ratio < 1:
+            raise ConfigError("--esrl_eliminate_ratio must be in [0, 1)")
+        if not 0 <= self.esrl_confidence_weight <= 1 or not 0 <= self.esrl_capability_decay < 1:
+            raise ConfigError("--esrl_confidence_weight must be in [0, 1] and --esrl_capability_decay in [0, 1)")

@@ -102,6 +102,18 @@ def all_reduce_sum(value: float) -> float:
     return float(t.item())
 
 
+def all_reduce_max(value: float) -> float:
+    """Max of a Python number over ranks (returns it unchanged in one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_gather_object(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...]; [obj] in one process."""
     import torch.distributed as dist

@@ -253,3 +253,25 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of the next-token distribution. [B, T, V] -> [B, T]."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def group_baseline(rewards: torch.Tensor, groups: list[int], fallback: float) -> torch.Tensor:
+    """Leave-one-out baseline from the other samples of the same prompt (Kool et al. 2019).
+
+    b_i = mean_{j != i, g_j = g_i} r_j when the prompt has at least two samples, else `fallback`.
+    Args: rewards [N]; groups: N prompt ids. Returns: b [N].
+    """
+    g = torch.tensor(groups, device=rewards.device)
+    same = (g[:, None] == g[None, :]).to(rewards.dtype)
+    n = same.sum(1)
+    loo = (same @ rewards - rewards) / (n - 1).clamp_min(1)
+    return torch.where(n > 1, loo, torch.full_like(rewards, fallback))
+
+
+def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """G_t = sum_{t' >= t} gamma^(t'-t) r_t' within each row's answer (REINFORCE's return).
+
+    Args: rewards, mask: [B, T]. Returns: [B, T], zeros outside the mask.
+    """
+    out, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)
+    return out

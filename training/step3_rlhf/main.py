@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
                            tensorboard_path=cfg.tensorboard_path, name="rlhf", append=cfg.resume)
     ckpt_dir = f"{cfg.output_dir}/checkpoints"
-    engines = {"actor": rlhf.actor, "critic": rlhf.critic}
+    engines = {k: v for k, v in (("actor", rlhf.actor), ("critic", rlhf.critic)) if v is not None}
     state = {"epoch": 0, "batch": 0, "step": 0}
     if cfg.resume and (tag := latest_tag(ckpt_dir)):
         client = load_checkpoint(engines, ckpt_dir, tag)
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_rng_state(client["rng"][dist.rank()])
         trainer.kl.value = client["kl_ctl"]
         trainer.normalizer.queue.extend(client["reward_queue"])
+        trainer.load_state_dict(client["trainer"])
         for name, st in client.get("reward_sources", {}).items():
             sources[name].load_state_dict(st)
         if rlhf.ema is not None and client.get("ema") is not None:
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for k, v in s.items():
                     stats[k] = stats.get(k, 0.0) + v / cfg.generation_batches
             stats.update(trainer.train_on(exps, prompts))
+            stats.update({f"count/{k}": v for k, v in trainer.counters.items()})
             state = {"epoch": epoch, "batch": r + 1, "step": state["step"] + 1}
             stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
             logger.log(state["step"], stats)
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                 client = {"state": state, "rng": dist.all_gather_object(rng_state()), "kl_ctl": trainer.kl.value,
                           "reward_queue": list(trainer.normalizer.queue),
                           "reward_sources": {k: v.state_dict() for k, v in sources.items() if hasattr(v, "state_dict")},
+                          "trainer": trainer.state_dict(),
                           "ema": rlhf.ema.state_dict() if rlhf.ema is not None else None}
                 save_checkpoint(engines, ckpt_dir, f"step{state['step']}", client, cfg.save_total_limit)
             if cfg.max_steps and state["step"] >= cfg.max_steps:
@@ -138,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     logger.close()
 
     save_hf_model(rlhf.actor.module, tokenizer, f"{cfg.output_dir}/actor")
-    save_hf_model(rlhf.critic.module, tokenizer, f"{cfg.output_dir}/critic", model_cls=AutoModelForSequenceClassification)
+    if rlhf.critic is not None:
+        save_hf_model(rlhf.critic.module, tokenizer, f"{cfg.output_dir}/critic",
+                      model_cls=AutoModelForSequenceClassification)
     if rlhf.ema is not None:
         save_hf_model(rlhf.ema, tokenizer, f"{cfg.output_dir}/actor_ema")
     finish()

@@ -1,9 +1,12 @@
 """PPO for language models: experience generation (sample, cut at EOS, score) and updates.
 
-One round: sample answers with no autograd graph -> reward sources -> one teacher-forced
-forward each of actor (old log-probs), reference and critic -> per-token KL penalty and
-clipped end reward -> GAE -> `ppo_epochs` passes of clipped policy + clipped value loss,
-plus the optional SFT and pretraining losses. Every formula is in `utils/losses.py`.
+One round: sample answers with no autograd graph (stage 1) -> one teacher-forced forward of
+the actor over all samples (stage 2: the old log-probs, which the policy loss shares) ->
+with --dynamic_sampling, drop the most confident samples -> reward sources -> one
+teacher-forced forward each of reference and critic -> per-token KL penalty and clipped end
+reward -> GAE (or, with --remove_critic_model, reward-to-go minus a baseline) ->
+`ppo_epochs` passes of clipped policy + clipped value loss, plus the optional SFT and
+pretraining losses. Every formula is in `utils/losses.py` and `esrl.py`.
 """
 from __future__ import annotations
 
@@ -12,13 +15,16 @@ from collections import deque
 from dataclasses import dataclass, fields
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
+from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, sample_counts,
+                                     sequence_confidence, temperatures)
 from utils import distributed as dist
 from utils.data import collate_lm
 from utils.data.rlhf import PromptExample
 from utils.generation import left_pad
-from utils.losses import (causal_lm_loss, entropy_from_logits, gae, kl_penalized_rewards, masked_mean,
-                          ppo_policy_loss, ppo_value_loss, token_logprobs, whiten)
+from utils.losses import (causal_lm_loss, entropy_from_logits, gae, group_baseline, kl_penalized_rewards,
+                          masked_mean, ppo_policy_loss, ppo_value_loss, reward_to_go, token_logprobs, whiten)
 from utils.models import position_ids, token_values
 from utils.rewards import RewardInputs, combine
 
@@ -32,7 +38,7 @@ class Experience:
     action_mask: torch.Tensor     # [B, S-1] float, 1 where token t+1 is an answer token (EOS included)
     logprobs: torch.Tensor        # [B, S-1] actor log-probs when sampled ("old")
     ref_logprobs: torch.Tensor    # [B, S-1] reference log-probs
-    values: torch.Tensor          # [B, S-1] critic values when sampled
+    values: torch.Tensor          # [B, S-1] critic values when sampled (zeros without a critic)
     rewards: torch.Tensor         # [B, S-1] KL-penalised per-token rewards
     advantages: torch.Tensor      # [B, S-1]
     returns: torch.Tensor         # [B, S-1]
@@ -74,6 +80,16 @@ class RewardNormalizer:
         return (r - ref.mean()) / (ref.std(unbiased=False) + 1e-8)
 
 
+class RowTemperature(LogitsProcessor):
+    """Divide each row's next-token logits by its own temperature (ESRL's per-prompt temperature)."""
+
+    def __init__(self, temps: torch.Tensor):
+        self.temps = temps
+
+    def __call__(self, input_ids, scores):
+        return scores / self.temps.to(scores.device, scores.dtype)[:, None]
+
+
 class PPOTrainer:
     def __init__(self, cfg, engine, tokenizer, sources: dict, weights: dict, ptx=None):
         self.cfg, self.rlhf, self.tok = cfg, engine, tokenizer
@@ -82,19 +98,37 @@ class PPOTrainer:
         self.kl = AdaptiveKLController(cfg.kl_ctl, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon)
         self.normalizer = RewardNormalizer(cfg.reward_normalization, cfg.reward_queue_size)
         self.synced = cfg.actor_zero_stage == 3 and dist.world_size() > 1
+        self.esrl = (CapabilityEstimator(cfg.esrl_confidence_weight, cfg.esrl_capability_decay)
+                     if cfg.dynamic_sampling else None)
+        self.baseline = None   # moving average of rewards: the REINFORCE baseline of single samples
+        self.counters = {"sampled_sequences": 0, "sampled_tokens": 0, "scored_sequences": 0}
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the engines: ESRL's estimates, the baseline, counters."""
+        return {"esrl": self.esrl.state_dict() if self.esrl is not None else None, "baseline": self.baseline,
+                "counters": dict(self.counters)}
+
+    def load_state_dict(self, s: dict) -> None:
+        if self.esrl is not None and s["esrl"] is not None:
+            self.esrl.load_state_dict(s["esrl"])
+        self.baseline, self.counters = s["baseline"], dict(s["counters"])
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[PromptExample]):
-        """Sample one answer per prompt. Returns (sequences [B,S], attention_mask [B,S],
-        answer ids per row (EOS kept when generated), prompt length P)."""
+    def generate(self, prompts: list[PromptExample], temps: torch.Tensor | None = None):
+        """Sample one answer per row (stage 1 of two-stage sampling: KV cache, no autograd graph).
+        temps: [B] per-row temperatures (default: --temperature for all).
+        Returns (sequences [B,S], attention_mask [B,S], answer ids per row (EOS kept when
+        generated), prompt length P)."""
         cfg, tok = self.cfg, self.tok
         ids, mask = left_pad([p.prompt_ids for p in prompts], tok.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         model = self.rlhf.actor if self.rlhf.hybrid else self.rlhf.actor.module
         self.rlhf.actor.eval()
+        per_row = LogitsProcessorList([RowTemperature(temps)]) if temps is not None else None
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_answer_seq_len,
-                             do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
+                             do_sample=True, temperature=1.0 if per_row else cfg.temperature, top_p=cfg.top_p,
+                             top_k=cfg.top_k or None, logits_processor=per_row,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                              synced_gpus=self.synced, use_cache=True)
         self.rlhf.actor.train()
@@ -118,19 +152,53 @@ class PPOTrainer:
         return logits, token_logprobs(logits, seq)
 
     # -- experience ----------------------------------------------------------------------------
+    def plan_samples(self, prompt_index: list[int]) -> tuple[list[int], torch.Tensor | None, dict]:
+        """Rows to sample (prompt positions, repeated) and their temperatures; ESRL decides both."""
+        cfg = self.cfg
+        if self.esrl is None:
+            return list(range(len(prompt_index))), None, {}
+        cap = self.esrl.capability(prompt_index)
+        counts = sample_counts(cap, cfg.esrl_min_samples, cfg.esrl_max_samples)
+        counts = equalize_counts(counts, cap, int(dist.all_reduce_max(sum(counts))))
+        temps = temperatures(cap, cfg.esrl_temperature_min, cfg.esrl_temperature_max)
+        rows = [i for i, k in enumerate(counts) for _ in range(k)]
+        stats = {"esrl/capability": float(cap.mean()), "esrl/samples_per_prompt": sum(counts) / len(counts),
+                 "esrl/temperature": float(temps.mean())}
+        return rows, temps[rows], stats
+
     @torch.no_grad()
     def make_experience(self, prompts: list[PromptExample], prompt_index: list[int]) -> tuple[Experience, dict]:
         cfg, tok = self.cfg, self.tok
         t0 = time.perf_counter()
-        seq, attn, answers, P = self.generate(prompts)
+        rows, temps, stats = self.plan_samples(prompt_index)
+        prompts = [prompts[r] for r in rows]
+        prompt_index = [prompt_index[r] for r in rows]
+        seq, attn, answers, P = self.generate(prompts, temps)
         t_gen = time.perf_counter() - t0
 
         action_mask = attn[:, 1:].clone().float()
         action_mask[:, : P - 1] = 0
         self.rlhf.eval()
+        # stage 2: one parallel teacher-forced pass gives the log-probs of every sampled token
         _, logprobs = self.forward_logprobs(self.rlhf.actor, seq, attn)
+        self.counters["sampled_sequences"] += len(rows)
+        self.counters["sampled_tokens"] += int(action_mask.sum())
+        if self.esrl is not None:
+            conf = sequence_confidence(logprobs, action_mask).cpu()
+            keep = eliminate(conf, cfg.esrl_eliminate_ratio)
+            round_conf = self._per_prompt(prompt_index, conf.tolist())
+            k = keep.tolist()
+            prompts, prompt_index, answers = [prompts[i] for i in k], [prompt_index[i] for i in k], [answers[i] for i in k]
+            keep = keep.to(self.device)
+            seq, attn, action_mask, logprobs = seq[keep], attn[keep], action_mask[keep], logprobs[keep]
+            stats["esrl/confidence"] = float(conf.mean())
+            stats["esrl/kept"] = len(k) / len(rows)
+        self.counters["scored_sequences"] += len(prompts)
         _, ref_logprobs = self.forward_logprobs(self.rlhf.ref, seq, attn)
-        values = token_values(self.rlhf.critic, seq, attn)[:, :-1]
+        if self.rlhf.critic is not None:
+            values = token_values(self.rlhf.critic, seq, attn)[:, :-1]
+        else:
+            values = torch.zeros_like(logprobs)
         self.rlhf.train()
 
         texts = [tok.decode([t for t in a if t != tok.eos_token_id], skip_special_tokens=True) for a in answers]
@@ -142,17 +210,29 @@ class PPOTrainer:
         has_eos = torch.tensor([bool(a) and a[-1] == tok.eos_token_id for a in answers])
         if cfg.missing_eos_penalty is not None:
             end = end + cfg.missing_eos_penalty * (~has_eos).float()
-        end_norm = self.normalizer(end).to(self.device)
+        end_norm = self.normalizer(end)
+        if self.esrl is not None:
+            self.esrl.update(self._gather(round_conf), self._gather(self._per_prompt(prompt_index, end.tolist())))
+        if self.esrl is not None or self.rlhf.critic is None:
+            # several samples of one prompt are each other's baseline; a lone sample uses the moving average
+            m = dist.all_reduce_sum(float(end_norm.mean())) / dist.world_size()
+            fallback = self.baseline if self.baseline is not None else m
+            end_norm = end_norm - group_baseline(end_norm, prompt_index, fallback)
+            self.baseline = m if self.baseline is None else 0.9 * self.baseline + 0.1 * m
+        end_norm = end_norm.to(self.device)
 
         rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, end_norm, self.kl.value,
                                            cfg.clip_reward_value)
-        advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
+        if self.rlhf.critic is not None:
+            advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
+        else:
+            advantages = returns = reward_to_go(rewards, action_mask, cfg.gamma)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, action_mask)
         exp = Experience(seq, attn, action_mask, logprobs, ref_logprobs, values, rewards, advantages, returns,
                          end, list(prompt_index))
         lengths = action_mask.sum(1)
-        stats = {f"reward/{k}": float(v.mean()) for k, v in scores.items()}
+        stats.update({f"reward/{k}": float(v.mean()) for k, v in scores.items()})
         stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in scores.items()})
         # sources that normalise their scores also report them as they came (e.g. COMET)
         stats.update({f"reward/{k}_raw": float(src.raw.mean()) for k, src in self.sources.items()
@@ -165,6 +245,20 @@ class PPOTrainer:
         })
         self.kl.update(stats["kl"], len(prompts) * dist.world_size())
         return exp, stats
+
+    @staticmethod
+    def _per_prompt(prompt_index: list[int], values: list[float]) -> dict[int, float]:
+        sums: dict[int, list[float]] = {}
+        for i, v in zip(prompt_index, values):
+            sums.setdefault(i, []).append(v)
+        return {i: sum(v) / len(v) for i, v in sums.items()}
+
+    @staticmethod
+    def _gather(d: dict[int, float]) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for part in dist.all_gather_object(d) if dist.world_size() > 1 else [d]:
+            out.update(part)
+        return out
 
     # -- updates ---------------------------------------------------------------------------------
     def extra_losses(self, exp: Experience, prompts: list[PromptExample]) -> dict[str, torch.Tensor]:
@@ -190,11 +284,14 @@ class PPOTrainer:
         sums: dict[str, float] = {}
         n = 0
         g = torch.Generator().manual_seed(cfg.seed + len(exps))
+        # a fixed number of minibatches per generation batch (their size follows the number of
+        # sequences kept), so the LR schedule and every rank's step count are known in advance
+        n_mb = -(-cfg.per_device_generation_batch_size // cfg.per_device_training_batch_size)
         for _ in range(cfg.ppo_epochs):
             for exp in exps:
-                order = torch.randperm(exp.sequences.shape[0], generator=g).tolist()
-                for i in range(0, len(order), cfg.per_device_training_batch_size):
-                    mb = exp.rows(order[i:i + cfg.per_device_training_batch_size])
+                order = torch.randperm(exp.sequences.shape[0], generator=g)
+                for part in torch.tensor_split(order, min(n_mb, len(order))):
+                    mb = exp.rows(part.tolist())
                     for k, v in self.step(mb, prompts).items():
                         sums[k] = sums.get(k, 0.0) + v
                     n += 1
@@ -218,12 +315,14 @@ class PPOTrainer:
         self.rlhf.actor.step()
         self.rlhf.update_ema()
 
-        values = token_values(self.rlhf.critic, mb.sequences, mb.attention_mask)[:, :-1]
-        vf_loss, vf_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mask, cfg.cliprange_value)
-        self.rlhf.critic.backward(vf_loss)
-        self.rlhf.critic.step()
-        out = {"pg_loss": float(pg_loss.detach()), "vf_loss": float(vf_loss.detach()), "loss": float(loss.detach()),
+        out = {"pg_loss": float(pg_loss.detach()), "loss": float(loss.detach()),
                "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"]), "ratio": float(st["ratio"]),
-               "vf_clipfrac": float(vf_clipfrac), "entropy": float(entropy)}
+               "entropy": float(entropy)}
+        if self.rlhf.critic is not None:
+            values = token_values(self.rlhf.critic, mb.sequences, mb.attention_mask)[:, :-1]
+            vf_loss, vf_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mask, cfg.cliprange_value)
+            self.rlhf.critic.backward(vf_loss)
+            self.rlhf.critic.step()
+            out.update({"vf_loss": float(vf_loss.detach()), "vf_clipfrac": float(vf_clipfrac)})
         out.update({f"{k}_loss": float(v.detach()) for k, v in extras.items()})
         return out

@@ -2,7 +2,8 @@
 
 - actor: trained causal LM, from the SFT model (ZeRO --actor_zero_stage, optional LoRA)
 - ref: frozen copy of the SFT model (same stage; --offload_reference_model at stage 3)
-- critic: trained scalar-head model, from the reward model (ZeRO --critic_zero_stage)
+- critic: trained scalar-head model, from the reward model (ZeRO --critic_zero_stage); none with
+  --remove_critic_model
 - reward: frozen reward model (same stage; --offload_reward_model at stage 3), when used
 - ema: optional moving average of the actor (--enable_ema), a plain module on CPU
 """
@@ -60,9 +61,11 @@ class DeepSpeedRLHFEngine:
         self.ref = frozen(load_causal_lm(cfg.actor_model_name_or_path, tokenizer, trust_remote_code=cfg.trust_remote_code,
                                          disable_dropout_=True), cfg.actor_zero_stage, cfg.offload_reference_model)
 
-        critic_ds = train_cfg(cfg.critic_zero_stage)
-        critic = load_trainable_lm(cfg, tokenizer, critic_ds, path=cfg.critic_model_name_or_path, reward=True)
-        self.critic = init_engine(critic, cfg, total_steps, lr=cfg.critic_learning_rate, ds_config=critic_ds)
+        self.critic = None
+        if not cfg.remove_critic_model:
+            critic_ds = train_cfg(cfg.critic_zero_stage)
+            critic = load_trainable_lm(cfg, tokenizer, critic_ds, path=cfg.critic_model_name_or_path, reward=True)
+            self.critic = init_engine(critic, cfg, total_steps, lr=cfg.critic_learning_rate, ds_config=critic_ds)
 
         self.reward = None
         self.reward_tokenizer = tokenizer
@@ -96,9 +99,11 @@ class DeepSpeedRLHFEngine:
             e.mul_(d).add_(p.detach().to(e.device, e.dtype), alpha=1 - d)
 
     def train(self) -> None:
-        self.actor.train()
-        self.critic.train()
+        for m in (self.actor, self.critic):
+            if m is not None:
+                m.train()
 
     def eval(self) -> None:
-        self.actor.eval()
-        self.critic.eval()
+        for m in (self.actor, self.critic):
+            if m is not None:
+                m.eval()
