@@ -344,6 +344,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     add_sft_loss: bool = _f(False, "Add an LM loss on the RLHF file's reference answers (`output`).")
     add_pretrained_loss: bool = _f(False, "Add an LM loss on pretraining text (--unsupervised_dataset_name).")
     unsupervised_dataset_name: Optional[str] = _f(None, "Pretraining text: a local file/folder or dataset name.")
+    eval_steps: int = _f(0, "Every N rounds and at the end, score greedy answers to the held-out prompts with "
+                            "every reward source (eval/reward/<name>); 0: off.")
+    eval_data_path: Optional[str] = _f(None, "Held-out prompts (SFT format); default: the test split of "
+                                             "--data_path folders.")
     dynamic_sampling: bool = _f(False, "ESRL dynamic sampling: per-prompt sample counts and temperatures from "
                                        "the model's estimated capability, and the most confident samples dropped "
                                        "before scoring (README: ESRL).")
@@ -399,6 +403,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if not 0 < self.temperature:
             raise ConfigError("--temperature must be > 0")
         self.check_esrl()
+        if self.eval_steps < 0:
+            raise ConfigError("--eval_steps must be >= 0")
         self.check_model_options()
         self.check_schedule()
         self.check_checkpoint()

@@ -13,6 +13,7 @@ a run exactly.
 from __future__ import annotations
 
 import itertools
+import time
 
 from transformers import AutoModelForSequenceClassification
 
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
         data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
         prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss)
         ptx = load_pretraining_batches(cfg, tokenizer) if cfg.add_pretrained_loss else None
+        held_out = read_dataset(cfg.eval_data_path).train if cfg.eval_data_path else data.test
+        eval_prompts = tokenize_prompts(held_out, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, False)
+        if cfg.eval_steps and not eval_prompts:
+            raise ConfigError("--eval_steps needs held-out prompts: --eval_data_path, or a test split in --data_path")
         # COMET models load before the DeepSpeed engines, so a bad path fails in seconds
         comet = build_comet_sources(cfg, all(p.reference for p in prompts)) if cfg.use_comet_model else []
         per_epoch = len(epoch_batches(len(prompts), cfg.per_device_generation_batch_size, rank=0,
@@ -119,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
                     stats[k] = stats.get(k, 0.0) + v / cfg.generation_batches
             stats.update(trainer.train_on(exps, prompts))
             stats.update({f"count/{k}": v for k, v in trainer.counters.items()})
+            last = state["step"] + 1 == rounds_per_epoch * cfg.num_train_epochs or state["step"] + 1 == cfg.max_steps
+            if cfg.eval_steps and ((state["step"] + 1) % cfg.eval_steps == 0 or last):
+                t = time.perf_counter()
+                stats.update(trainer.evaluate(eval_prompts))
+                stats["time/eval"] = time.perf_counter() - t
             state = {"epoch": epoch, "batch": r + 1, "step": state["step"] + 1}
             stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
             logger.log(state["step"], stats)

@@ -260,6 +260,45 @@ class PPOTrainer:
             out.update(part)
         return out
 
+    # -- held-out evaluation -------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, prompts: list[PromptExample]) -> dict[str, float]:
+        """Greedy answers to held-out prompts (sharded over ranks), scored by every reward source
+        without touching running statistics; returns eval/reward/<name> means over all prompts."""
+        cfg, tok = self.cfg, self.tok
+        rank, world = dist.rank(), dist.world_size()
+        per_rank = -(-len(prompts) // world)
+        mine = list(range(rank * per_rank, min((rank + 1) * per_rank, len(prompts))))
+        # equal work on every rank (ZeRO-3 forwards are collective): pad with a repeat, not counted
+        n_real = len(mine)
+        mine += [mine[-1] if mine else 0] * (per_rank - n_real)
+        model = self.rlhf.actor if self.rlhf.hybrid else self.rlhf.actor.module
+        self.rlhf.actor.eval()
+        sums: dict[str, float] = {}
+        bs = cfg.per_device_generation_batch_size
+        for start in range(0, per_rank, bs):
+            idx = mine[start:start + bs]
+            real = max(0, min(n_real - start, len(idx)))
+            batch = [prompts[i] for i in idx]
+            ids, mask = left_pad([p.prompt_ids for p in batch], tok.pad_token_id)
+            out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                 max_new_tokens=cfg.max_answer_seq_len, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 synced_gpus=self.synced, use_cache=True)
+            answers = []
+            for row in out[:, ids.shape[1]:].tolist():
+                answers.append(row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row)
+            texts = [tok.decode([t for t in a if t != tok.eos_token_id], skip_special_tokens=True) for a in answers]
+            inputs = RewardInputs(prompts=[p.prompt for p in batch], answers=texts,
+                                  references=[p.reference for p in batch], sources=[p.source for p in batch],
+                                  prompt_ids=[p.prompt_ids for p in batch], answer_ids=answers)
+            scores = {name: getattr(src, "raw_scores", src)(inputs).float().cpu() for name, src in self.sources.items()}
+            scores["total"] = combine(scores, self.weights)
+            for k, v in scores.items():
+                sums[k] = sums.get(k, 0.0) + float(v[:real].sum())
+        self.rlhf.actor.train()
+        return {f"eval/reward/{k}": dist.all_reduce_sum(v) / max(len(prompts), 1) for k, v in sums.items()}
+
     # -- updates ---------------------------------------------------------------------------------
     def extra_losses(self, exp: Experience, prompts: list[PromptExample]) -> dict[str, torch.Tensor]:
         out = {}

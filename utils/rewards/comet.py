@@ -159,6 +159,10 @@ class CometSource:
         self.raw = comet_scores(self.model, self.samples(batch), self.batch_size, self.device)
         return self.normalizer(self.raw) if self.normalizer is not None else self.raw
 
+    def raw_scores(self, batch) -> torch.Tensor:
+        """Scores as the model gives them, leaving the running normalisation untouched (evaluation)."""
+        return comet_scores(self.model, self.samples(batch), self.batch_size, self.device)
+
     def state_dict(self) -> dict | None:
         return self.normalizer.state_dict() if self.normalizer is not None else None
 
