@@ -173,3 +173,28 @@ def test_two_process_dynamic_sampling(sft_dir, prompts, tmp_path):
                                  "--actor_zero_stage", 3), nproc=2)
     rows = read_metrics(out)
     assert len(rows) == 2 and all(r["esrl/kept"] == pytest.approx(0.7, abs=0.05) for r in rows)
+
+
+def test_held_out_evaluation_equals_offline_scoring(sft_dir, prompts, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from examples.rlhf_with_comet_reward.chrf import reward
+    from tests.conftest import read_metrics
+    from utils.generation import generate_answers
+
+    held = tmp_path / "held.txt"
+    write_jsonl(held, (DEMO_DATA / "heldout.txt").read_text().splitlines()[:20])
+    out = tmp_path / "ev"
+    run_module(MODULE, esrl_args(sft_dir, prompts, out, "--max_steps", 3, "--eval_steps", 2, "--eval_data_path",
+                                 held, "--per_device_generation_batch_size", 6, "--remove_critic_model"))
+    rows = read_metrics(out)
+    assert [("eval/reward/reward" in r) for r in rows] == [False, True, True]   # every 2 rounds and at the end
+    import json
+
+    recs = [json.loads(line) for line in held.read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(out / "actor")
+    model = AutoModelForCausalLM.from_pretrained(out / "actor")
+    answers = generate_answers(model, tok, [r["instruction"] for r in recs], max_new_tokens=6, batch_size=7)
+    scores = reward(prompts=None, answers=answers, references=[r["output"] for r in recs])
+    assert rows[-1]["eval/reward/reward"] == pytest.approx(sum(scores) / len(scores), abs=1e-5)
+    assert rows[-1]["eval/reward/total"] == pytest.approx(rows[-1]["eval/reward/reward"], abs=1e-5)

@@ -115,9 +115,9 @@ class PPOTrainer:
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[PromptExample], temps: torch.Tensor | None = None):
+    def generate(self, prompts: list[PromptExample], temps: torch.Tensor | None = None, greedy: bool = False):
         """Sample one answer per row (stage 1 of two-stage sampling: KV cache, no autograd graph).
-        temps: [B] per-row temperatures (default: --temperature for all).
+        temps: [B] per-row temperatures (default: --temperature for all); greedy: argmax decoding.
         Returns (sequences [B,S], attention_mask [B,S], answer ids per row (EOS kept when
         generated), prompt length P)."""
         cfg, tok = self.cfg, self.tok
@@ -126,11 +126,11 @@ class PPOTrainer:
         model = self.rlhf.actor if self.rlhf.hybrid else self.rlhf.actor.module
         self.rlhf.actor.eval()
         per_row = LogitsProcessorList([RowTemperature(temps)]) if temps is not None else None
+        sampling = {} if greedy else {"temperature": 1.0 if per_row else cfg.temperature, "top_p": cfg.top_p,
+                                      "top_k": cfg.top_k or None, "logits_processor": per_row}
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_answer_seq_len,
-                             do_sample=True, temperature=1.0 if per_row else cfg.temperature, top_p=cfg.top_p,
-                             top_k=cfg.top_k or None, logits_processor=per_row,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                             synced_gpus=self.synced, use_cache=True)
+                             do_sample=not greedy, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             synced_gpus=self.synced, use_cache=True, **sampling)
         self.rlhf.actor.train()
         P = ids.shape[1]
         answers = []
@@ -201,10 +201,7 @@ class PPOTrainer:
             values = torch.zeros_like(logprobs)
         self.rlhf.train()
 
-        texts = [tok.decode([t for t in a if t != tok.eos_token_id], skip_special_tokens=True) for a in answers]
-        inputs = RewardInputs(prompts=[p.prompt for p in prompts], answers=texts,
-                              references=[p.reference for p in prompts], sources=[p.source for p in prompts],
-                              prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers)
+        inputs = self.reward_inputs(prompts, answers)
         scores = {name: src(inputs) for name, src in self.sources.items()}
         end = combine(scores, self.weights)
         has_eos = torch.tensor([bool(a) and a[-1] == tok.eos_token_id for a in answers])
@@ -246,6 +243,13 @@ class PPOTrainer:
         self.kl.update(stats["kl"], len(prompts) * dist.world_size())
         return exp, stats
 
+    def reward_inputs(self, prompts: list[PromptExample], answers: list[list[int]]) -> RewardInputs:
+        tok = self.tok
+        texts = [tok.decode([t for t in a if t != tok.eos_token_id], skip_special_tokens=True) for a in answers]
+        return RewardInputs(prompts=[p.prompt for p in prompts], answers=texts,
+                            references=[p.reference for p in prompts], sources=[p.source for p in prompts],
+                            prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers)
+
     @staticmethod
     def _per_prompt(prompt_index: list[int], values: list[float]) -> dict[int, float]:
         sums: dict[int, list[float]] = {}
@@ -265,38 +269,23 @@ class PPOTrainer:
     def evaluate(self, prompts: list[PromptExample]) -> dict[str, float]:
         """Greedy answers to held-out prompts (sharded over ranks), scored by every reward source
         without touching running statistics; returns eval/reward/<name> means over all prompts."""
-        cfg, tok = self.cfg, self.tok
+        bs = self.cfg.per_device_generation_batch_size
         rank, world = dist.rank(), dist.world_size()
         per_rank = -(-len(prompts) // world)
         mine = list(range(rank * per_rank, min((rank + 1) * per_rank, len(prompts))))
         # equal work on every rank (ZeRO-3 forwards are collective): pad with a repeat, not counted
         n_real = len(mine)
         mine += [mine[-1] if mine else 0] * (per_rank - n_real)
-        model = self.rlhf.actor if self.rlhf.hybrid else self.rlhf.actor.module
-        self.rlhf.actor.eval()
         sums: dict[str, float] = {}
-        bs = cfg.per_device_generation_batch_size
         for start in range(0, per_rank, bs):
-            idx = mine[start:start + bs]
-            real = max(0, min(n_real - start, len(idx)))
-            batch = [prompts[i] for i in idx]
-            ids, mask = left_pad([p.prompt_ids for p in batch], tok.pad_token_id)
-            out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                 max_new_tokens=cfg.max_answer_seq_len, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                 synced_gpus=self.synced, use_cache=True)
-            answers = []
-            for row in out[:, ids.shape[1]:].tolist():
-                answers.append(row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row)
-            texts = [tok.decode([t for t in a if t != tok.eos_token_id], skip_special_tokens=True) for a in answers]
-            inputs = RewardInputs(prompts=[p.prompt for p in batch], answers=texts,
-                                  references=[p.reference for p in batch], sources=[p.source for p in batch],
-                                  prompt_ids=[p.prompt_ids for p in batch], answer_ids=answers)
+            batch = [prompts[i] for i in mine[start:start + bs]]
+            real = max(0, min(n_real - start, len(batch)))
+            _, _, answers, _ = self.generate(batch, greedy=True)
+            inputs = self.reward_inputs(batch, answers)
             scores = {name: getattr(src, "raw_scores", src)(inputs).float().cpu() for name, src in self.sources.items()}
             scores["total"] = combine(scores, self.weights)
             for k, v in scores.items():
                 sums[k] = sums.get(k, 0.0) + float(v[:real].sum())
-        self.rlhf.actor.train()
         return {f"eval/reward/{k}": dist.all_reduce_sum(v) / max(len(prompts), 1) for k, v in sums.items()}
 
     # -- updates ---------------------------------------------------------------------------------
