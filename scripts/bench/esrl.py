@@ -13,7 +13,7 @@ above it and reports, side by side and as ESRL / PPO ratios:
 - peak resident memory of the whole process (os.wait4's ru_maxrss).
 
     .venv/bin/python -m scripts.bench.esrl [--demo_dir output/demo] [--epochs 2] [--seed 1234]
-        [--esrl "--esrl_max_samples 2 --esrl_eliminate_ratio 0.3"]
+        [--reward model|rule] [--esrl "--esrl_max_samples 3 --esrl_eliminate_ratio 0.3"]
 """
 from __future__ import annotations
 
@@ -63,9 +63,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--eval_every", type=int, default=4)
-    p.add_argument("--esrl", default="--esrl_min_samples 1 --esrl_max_samples 2 --esrl_eliminate_ratio 0.3",
+    p.add_argument("--esrl", default="--esrl_min_samples 2 --esrl_max_samples 4 --esrl_eliminate_ratio 0.5 "
+                                     "--per_device_generation_batch_size 16",
                    help="ESRL flags added to the shared ones (besides --dynamic_sampling --remove_critic_model)")
     p.add_argument("--ppo", default="", help="extra flags for the plain PPO run")
+    p.add_argument("--reward", choices=["model", "rule"], default="model",
+                   help="train against the demo reward model, or against the demo's exact-match rule")
     a = p.parse_args()
     demo = ROOT / a.demo_dir
     for sub in ("sft", "reward"):
@@ -78,8 +81,9 @@ def main() -> None:
         "--actor_learning_rate", "2e-4", "--critic_learning_rate", "1e-3", "--kl_ctl", "0.3",
         "--num_train_epochs", str(a.epochs), "--seed", str(a.seed), "--disable_tqdm",
         "--eval_steps", str(a.eval_every), "--eval_data_path", "examples/demo/data/heldout.txt",
-        "--reward_functions", "examples.demo.task:reward", "--reward_function_weights", "0",
+        "--reward_functions", "examples.demo.task:reward",
     ]
+    shared += ["--reward_function_weights", "0"] if a.reward == "model" else ["--use_reward_model", "false"]
     tmp = Path(tempfile.mkdtemp(prefix="bench_esrl_"))
     plain = run(shared + ["--critic_model_name_or_path", str(demo / "reward")] + shlex.split(a.ppo), tmp / "ppo")
     esrl = run(shared + ["--dynamic_sampling", "--remove_critic_model"] + shlex.split(a.esrl), tmp / "esrl")
