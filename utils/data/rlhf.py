@@ -22,6 +22,8 @@ def tokenize_prompts(records: list[Record], tokenizer, max_prompt_len: int, max_
     for r in records:
         if "messages" in r.data or ("instruction" not in r.data and "text" in r.data):
             raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output")')
+    if not records:
+        return []
     prompts = [sft_prompt(r) for r in records]
     refs = [require_str(r, "output", optional=not need_reference, allow_empty=not need_reference) or ""
             for r in records]
