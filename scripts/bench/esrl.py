@@ -12,7 +12,7 @@ above it and reports, side by side and as ESRL / PPO ratios:
   to that point,
 - peak resident memory of the whole process (os.wait4's ru_maxrss).
 
-    .venv/bin/python -m scripts.bench.esrl [--demo_dir output/demo] [--epochs 2] [--seed 1234]
+    .venv/bin/python -m scripts.bench.esrl [--demo_dir output/demo] [--epochs 2] [--seeds 1234 1 2]
         [--reward model|rule] [--esrl "--esrl_max_samples 3 --esrl_eliminate_ratio 0.3"]
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,11 +58,20 @@ def progress(rows: list[dict], target: float) -> dict:
     return None
 
 
+def compare(plain: dict, esrl: dict) -> dict | None:
+    """Ratios ESRL / PPO at the first evaluation where each reaches PPO's final accuracy."""
+    target = plain["rows"][-1]["eval/reward/reward"]
+    P, E = progress(plain["rows"], target), progress(esrl["rows"], target)
+    out = {"target": target, "esrl_final": esrl["rows"][-1]["eval/reward/reward"], "P": P, "E": E,
+           "rss": (plain["rss_mib"], esrl["rss_mib"]), "wall": (plain["wall"], esrl["wall"])}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo_dir", default="output/demo")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1234, 1, 2])
     p.add_argument("--eval_every", type=int, default=4)
     p.add_argument("--esrl", default="--esrl_min_samples 2 --esrl_max_samples 4 --esrl_eliminate_ratio 0.5 "
                                      "--per_device_generation_batch_size 16",
@@ -79,41 +89,47 @@ def main() -> None:
         "--data_path", "examples/demo/data/rlhf", "--max_prompt_seq_len", "32", "--max_answer_seq_len", "8",
         "--per_device_generation_batch_size", "32", "--per_device_training_batch_size", "16",
         "--actor_learning_rate", "2e-4", "--critic_learning_rate", "1e-3", "--kl_ctl", "0.3",
-        "--num_train_epochs", str(a.epochs), "--seed", str(a.seed), "--disable_tqdm",
+        "--num_train_epochs", str(a.epochs), "--disable_tqdm",
         "--eval_steps", str(a.eval_every), "--eval_data_path", "examples/demo/data/heldout.txt",
         "--reward_functions", "examples.demo.task:reward",
     ]
     shared += ["--reward_function_weights", "0"] if a.reward == "model" else ["--use_reward_model", "false"]
     tmp = Path(tempfile.mkdtemp(prefix="bench_esrl_"))
-    plain = run(shared + ["--critic_model_name_or_path", str(demo / "reward")] + shlex.split(a.ppo), tmp / "ppo")
-    esrl = run(shared + ["--dynamic_sampling", "--remove_critic_model"] + shlex.split(a.esrl), tmp / "esrl")
-
-    target = plain["rows"][-1]["eval/reward/reward"]
-    P, E = progress(plain["rows"], target), progress(esrl["rows"], target)
-    print(f"demo task, {a.epochs} epochs of 1000 prompts, seed {a.seed}; ESRL flags: {a.esrl}")
-    print(f"target = plain PPO's final held-out accuracy {target:.3f}; "
-          f"ESRL's final {esrl['rows'][-1]['eval/reward/reward']:.3f}")
-    if E is None:
-        print("ESRL never reached the target")
-        best = max(r.get("eval/reward/reward", 0) for r in esrl["rows"])
-        print(f"ESRL best held-out accuracy {best:.3f}")
-        return
-    critic_p, critic_e = P["scored"], 0   # ESRL runs without a critic
-    lines = [
-        ("round reaching the target", P["step"], E["step"], None),
-        ("training time to target (s)", P["time"], E["time"], E["time"] / P["time"]),
-        ("tokens sampled", P["tokens"], E["tokens"], E["tokens"] / P["tokens"]),
-        ("reward-model sequences", P["scored"], E["scored"], E["scored"] / P["scored"]),
-        ("reference sequences", P["scored"], E["scored"], E["scored"] / P["scored"]),
-        ("critic sequences", critic_p, critic_e, critic_e / critic_p),
-        ("peak RSS (MiB)", plain["rss_mib"], esrl["rss_mib"], esrl["rss_mib"] / plain["rss_mib"]),
-        ("process wall time, whole run (s)", plain["wall"], esrl["wall"], esrl["wall"] / plain["wall"]),
-    ]
-    print(f"{'':34} {'PPO':>10} {'ESRL':>10} {'ESRL/PPO':>9}")
-    for name, x, y, ratio in lines:
-        fmt = (lambda v: f"{v:10.0f}") if isinstance(x, int) or float(x).is_integer() else (lambda v: f"{v:10.1f}")
-        print(f"{name:34} {fmt(x)} {fmt(y)} {'' if ratio is None else f'{ratio:9.2f}'}")
-    print(f"(logs and metrics in {tmp})")
+    print(f"demo task, {a.reward} reward, {a.epochs} epochs of 1000 prompts; ESRL flags: {a.esrl}")
+    print("per seed, at the first evaluation reaching plain PPO's final held-out accuracy (ratios ESRL / PPO):")
+    print(f"{'seed':>6} {'target':>7} {'ESRL final':>10} {'rounds':>9} {'time':>6} {'tokens':>7} {'rm/ref seq':>10} "
+          f"{'critic seq':>10} {'peak RSS':>9}")
+    results = []
+    for seed in a.seeds:
+        flags = ["--seed", str(seed)]
+        plain = run(shared + flags + ["--critic_model_name_or_path", str(demo / "reward")] + shlex.split(a.ppo),
+                    tmp / f"ppo{seed}")
+        esrl = run(shared + flags + ["--dynamic_sampling", "--remove_critic_model"] + shlex.split(a.esrl),
+                   tmp / f"esrl{seed}")
+        r = compare(plain, esrl)
+        P, E = r["P"], r["E"]
+        rss = r["rss"][1] / r["rss"][0]
+        if E is None:
+            print(f"{seed:>6} {r['target']:7.3f} {r['esrl_final']:10.3f} {'never':>9} {'-':>6} {'-':>7} {'-':>10} "
+                  f"{'-':>10} {rss:9.2f}")
+        else:
+            r["ratios"] = {"time": E["time"] / P["time"], "tokens": E["tokens"] / P["tokens"],
+                           "scored": E["scored"] / P["scored"], "rss": rss}
+            print(f"{seed:>6} {r['target']:7.3f} {r['esrl_final']:10.3f} {E['step']:>4}/{P['step']:<4} "
+                  f"{r['ratios']['time']:6.2f} {r['ratios']['tokens']:7.2f} {r['ratios']['scored']:10.2f} "
+                  f"{0.0:10.2f} {rss:9.2f}")
+        results.append(r)
+    reached = [r for r in results if r["E"] is not None]
+    print(f"ESRL reached the target in {len(reached)} of {len(results)} seeds", end="")
+    if reached:
+        med = {k: statistics.median(r["ratios"][k] for r in reached) for k in ("time", "tokens", "scored", "rss")}
+        print(f"; medians over those: time {med['time']:.2f}, tokens {med['tokens']:.2f}, reward/reference "
+              f"sequences {med['scored']:.2f}, critic sequences 0.00, peak RSS {med['rss']:.2f}")
+    else:
+        print()
+    rss = [r["rss"] for r in results]
+    print("peak RSS MiB (PPO / ESRL): " + ", ".join(f"{x:.0f}/{y:.0f}" for x, y in rss))
+    print(f"(training time excludes start-up and evaluation; logs and metrics in {tmp})")
 
 
 if __name__ == "__main__":
