@@ -67,6 +67,31 @@ def compare(plain: dict, esrl: dict) -> dict | None:
     return out
 
 
+def memory_phase(a, shared: list[str], tmp: Path) -> tuple[float, float]:
+    """Peak RSS of a few rounds of each method on a larger (untrained) model with the demo
+    tokenizer, where model states, not the libraries, dominate memory. Returns MiB (PPO, ESRL)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from utils.tiny import build_model
+
+    tok = AutoTokenizer.from_pretrained(ROOT / a.demo_dir / "sft")
+    big = tmp / "big"
+    build_model(tok, big, hidden_size=a.memory_hidden, layers=a.memory_layers, heads=8, max_position=64)
+    tok.save_pretrained(big)
+    rm = AutoModelForSequenceClassification.from_pretrained(big, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(tmp / "big_rm")
+    tok.save_pretrained(tmp / "big_rm")
+    swap = {"--actor_model_name_or_path": str(big), "--reward_model_name_or_path": str(tmp / "big_rm")}
+    args = [swap.get(prev, x) for prev, x in zip([None] + shared, shared)]
+    rounds = ["--max_steps", str(a.memory_rounds), "--eval_steps", "0", "--seed", "1"]
+    plain = run(args + rounds + ["--critic_model_name_or_path", str(tmp / "big_rm")] + shlex.split(a.ppo),
+                tmp / "mem_ppo")
+    esrl = run(args + rounds + ["--dynamic_sampling", "--remove_critic_model"] + shlex.split(a.esrl),
+               tmp / "mem_esrl")
+    return plain["rss_mib"], esrl["rss_mib"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo_dir", default="output/demo")
@@ -79,6 +104,10 @@ def main() -> None:
     p.add_argument("--ppo", default="", help="extra flags for the plain PPO run")
     p.add_argument("--reward", choices=["model", "rule"], default="model",
                    help="train against the demo reward model, or against the demo's exact-match rule")
+    p.add_argument("--memory_hidden", type=int, default=768,
+                   help="hidden size of the larger model of the memory phase (0: skip it)")
+    p.add_argument("--memory_layers", type=int, default=6)
+    p.add_argument("--memory_rounds", type=int, default=3)
     a = p.parse_args()
     demo = ROOT / a.demo_dir
     for sub in ("sft", "reward"):
@@ -129,6 +158,12 @@ def main() -> None:
         print()
     rss = [r["rss"] for r in results]
     print("peak RSS MiB (PPO / ESRL): " + ", ".join(f"{x:.0f}/{y:.0f}" for x, y in rss))
+    if a.memory_hidden:
+        x, y = memory_phase(a, shared, tmp)
+        n = a.memory_hidden
+        params = a.memory_layers * (4 * n * n + 3 * n * 4 * n)
+        print(f"memory, {a.memory_rounds} rounds on a {params / 1e6:.0f}M-parameter Llama ({n} hidden, "
+              f"{a.memory_layers} layers, untrained): peak RSS PPO {x:.0f} MiB, ESRL {y:.0f} MiB, ratio {y / x:.2f}")
     print(f"(training time excludes start-up and evaluation; logs and metrics in {tmp})")
 
 
