@@ -96,7 +96,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo_dir", default="output/demo")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1234, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="*", default=[1234, 1, 2], help="none: only the memory phase")
     p.add_argument("--eval_every", type=int, default=4)
     p.add_argument("--esrl", default="--esrl_min_samples 2 --esrl_max_samples 4 --esrl_eliminate_ratio 0.5 "
                                      "--per_device_generation_batch_size 16",
@@ -149,15 +149,16 @@ def main() -> None:
                   f"{0.0:10.2f} {rss:9.2f}")
         results.append(r)
     reached = [r for r in results if r["E"] is not None]
-    print(f"ESRL reached the target in {len(reached)} of {len(results)} seeds", end="")
-    if reached:
-        med = {k: statistics.median(r["ratios"][k] for r in reached) for k in ("time", "tokens", "scored", "rss")}
-        print(f"; medians over those: time {med['time']:.2f}, tokens {med['tokens']:.2f}, reward/reference "
-              f"sequences {med['scored']:.2f}, critic sequences 0.00, peak RSS {med['rss']:.2f}")
-    else:
-        print()
-    rss = [r["rss"] for r in results]
-    print("peak RSS MiB (PPO / ESRL): " + ", ".join(f"{x:.0f}/{y:.0f}" for x, y in rss))
+    if results:
+        print(f"ESRL reached the target in {len(reached)} of {len(results)} seeds", end="")
+        if reached:
+            med = {k: statistics.median(r["ratios"][k] for r in reached) for k in ("time", "tokens", "scored", "rss")}
+            print(f"; medians over those: time {med['time']:.2f}, tokens {med['tokens']:.2f}, reward/reference "
+                  f"sequences {med['scored']:.2f}, critic sequences 0.00, peak RSS {med['rss']:.2f}")
+        else:
+            print()
+        rss = [r["rss"] for r in results]
+        print("peak RSS MiB (PPO / ESRL): " + ", ".join(f"{x:.0f}/{y:.0f}" for x, y in rss))
     if a.memory_hidden:
         x, y = memory_phase(a, shared, tmp)
         n = a.memory_hidden
