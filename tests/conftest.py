@@ -63,6 +63,16 @@ def run_module(module: str, args: list[str], *, nproc: int = 1, timeout: int = 6
     return p
 
 
+def step3_args(actor: Path, critic: Path, prompts: Path, out: Path, *extra, prompt_len: int = 32,
+               seed: int = 9) -> list[str]:
+    """Step-3 flags for a few quick rounds on the tiny models (8 prompts/round, 6 new tokens)."""
+    return ["--actor_model_name_or_path", str(actor), "--critic_model_name_or_path", str(critic),
+            "--data_path", str(prompts), "--output_dir", str(out), "--max_prompt_seq_len", str(prompt_len),
+            "--max_answer_seq_len", "6", "--per_device_generation_batch_size", "8",
+            "--per_device_training_batch_size", "4", "--actor_learning_rate", "1e-3", "--critic_learning_rate",
+            "1e-3", "--disable_tqdm", "--seed", str(seed), *map(str, extra)]
+
+
 def read_metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
 

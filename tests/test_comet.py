@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, in_fresh_process, load_weights, read_metrics, run_module, write_jsonl
+from tests.conftest import ROOT, in_fresh_process, load_weights, read_metrics, run_module, step3_args, write_jsonl
 
 MODULE = "training.step3_rlhf.main"
 EXAMPLE = ROOT / "examples" / "rlhf_with_comet_reward" / "data"
@@ -39,11 +39,7 @@ def mt_prompts(tmp_path_factory):
 
 
 def comet_args(sft_dir, prompts, out, *extra):
-    return ["--actor_model_name_or_path", str(sft_dir), "--critic_model_name_or_path", str(sft_dir),
-            "--data_path", str(prompts), "--output_dir", str(out), "--max_prompt_seq_len", "64",
-            "--max_answer_seq_len", "6", "--per_device_generation_batch_size", "8",
-            "--per_device_training_batch_size", "4", "--actor_learning_rate", "1e-3", "--critic_learning_rate",
-            "1e-3", "--disable_tqdm", "--seed", "5", "--use_comet_model", *map(str, extra)]
+    return step3_args(sft_dir, sft_dir, prompts, out, "--use_comet_model", *extra, prompt_len=64, seed=5)
 
 
 class StandIn:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import DEMO_DATA, in_fresh_process, load_weights, read_metrics, run_module, write_jsonl
+from tests.conftest import (DEMO_DATA, in_fresh_process, load_weights, read_metrics, run_module, step3_args,
+                            write_jsonl)
 
 MODULE = "training.step3_rlhf.main"
 
@@ -27,12 +28,7 @@ def prompts(tmp_path_factory):
 
 
 def rlhf_args(sft_dir, rm_dir, prompts, out, *extra):
-    return ["--actor_model_name_or_path", str(sft_dir), "--critic_model_name_or_path", str(rm_dir),
-            "--data_path", str(prompts), "--output_dir", str(out), "--max_prompt_seq_len", "32",
-            "--max_answer_seq_len", "6", "--per_device_generation_batch_size", "8",
-            "--per_device_training_batch_size", "4", "--actor_learning_rate", "1e-3", "--critic_learning_rate",
-            "1e-3", "--disable_tqdm", "--seed", "9", "--reward_functions", "examples.demo.task:reward",
-            *map(str, extra)]
+    return step3_args(sft_dir, rm_dir, prompts, out, "--reward_functions", "examples.demo.task:reward", *extra)
 
 
 def changed_frozen_parameters(argv, sft_dir, rm_dir) -> list[str]:
