@@ -67,6 +67,11 @@ def compare(plain: dict, esrl: dict) -> dict | None:
     return out
 
 
+def esrl_flags(a, critic: Path) -> list[str]:
+    mode = ["--critic_model_name_or_path", str(critic)] if a.esrl_critic else ["--remove_critic_model"]
+    return ["--dynamic_sampling", *mode, *shlex.split(a.esrl)]
+
+
 def memory_phase(a, shared: list[str], tmp: Path) -> tuple[float, float]:
     """Peak RSS of a few rounds of each method on a larger (untrained) model with the demo
     tokenizer, where model states, not the libraries, dominate memory. Returns MiB (PPO, ESRL)."""
@@ -87,8 +92,7 @@ def memory_phase(a, shared: list[str], tmp: Path) -> tuple[float, float]:
     rounds = ["--max_steps", str(a.memory_rounds), "--eval_steps", "0", "--seed", "1"]
     plain = run(args + rounds + ["--critic_model_name_or_path", str(tmp / "big_rm")] + shlex.split(a.ppo),
                 tmp / "mem_ppo")
-    esrl = run(args + rounds + ["--dynamic_sampling", "--remove_critic_model"] + shlex.split(a.esrl),
-               tmp / "mem_esrl")
+    esrl = run(args + rounds + esrl_flags(a, tmp / "big_rm"), tmp / "mem_esrl")
     return plain["rss_mib"], esrl["rss_mib"]
 
 
@@ -100,8 +104,9 @@ def main() -> None:
     p.add_argument("--eval_every", type=int, default=4)
     p.add_argument("--esrl", default="--esrl_min_samples 2 --esrl_max_samples 4 --esrl_eliminate_ratio 0.5 "
                                      "--per_device_generation_batch_size 16",
-                   help="ESRL flags added to the shared ones (besides --dynamic_sampling --remove_critic_model)")
+                   help="ESRL flags added to the shared ones (besides --dynamic_sampling and the critic mode)")
     p.add_argument("--ppo", default="", help="extra flags for the plain PPO run")
+    p.add_argument("--esrl_critic", action="store_true", help="ESRL with PPO and its critic, not REINFORCE")
     p.add_argument("--reward", choices=["model", "rule"], default="model",
                    help="train against the demo reward model, or against the demo's exact-match rule")
     p.add_argument("--memory_hidden", type=int, default=768,
@@ -133,8 +138,7 @@ def main() -> None:
         flags = ["--seed", str(seed)]
         plain = run(shared + flags + ["--critic_model_name_or_path", str(demo / "reward")] + shlex.split(a.ppo),
                     tmp / f"ppo{seed}")
-        esrl = run(shared + flags + ["--dynamic_sampling", "--remove_critic_model"] + shlex.split(a.esrl),
-                   tmp / f"esrl{seed}")
+        esrl = run(shared + flags + esrl_flags(a, demo / "reward"), tmp / f"esrl{seed}")
         r = compare(plain, esrl)
         P, E = r["P"], r["E"]
         rss = r["rss"][1] / r["rss"][0]
@@ -144,9 +148,10 @@ def main() -> None:
         else:
             r["ratios"] = {"time": E["time"] / P["time"], "tokens": E["tokens"] / P["tokens"],
                            "scored": E["scored"] / P["scored"], "rss": rss}
+            critic = r["ratios"]["scored"] if a.esrl_critic else 0.0
             print(f"{seed:>6} {r['target']:7.3f} {r['esrl_final']:10.3f} {E['step']:>4}/{P['step']:<4} "
                   f"{r['ratios']['time']:6.2f} {r['ratios']['tokens']:7.2f} {r['ratios']['scored']:10.2f} "
-                  f"{0.0:10.2f} {rss:9.2f}")
+                  f"{critic:10.2f} {rss:9.2f}")
         results.append(r)
     reached = [r for r in results if r["E"] is not None]
     if results:
@@ -154,7 +159,8 @@ def main() -> None:
         if reached:
             med = {k: statistics.median(r["ratios"][k] for r in reached) for k in ("time", "tokens", "scored", "rss")}
             print(f"; medians over those: time {med['time']:.2f}, tokens {med['tokens']:.2f}, reward/reference "
-                  f"sequences {med['scored']:.2f}, critic sequences 0.00, peak RSS {med['rss']:.2f}")
+                  f"sequences {med['scored']:.2f}, critic sequences {med['scored'] if a.esrl_critic else 0:.2f}, "
+                  f"peak RSS {med['rss']:.2f}")
         else:
             print()
         rss = [r["rss"] for r in results]
