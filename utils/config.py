@@ -362,6 +362,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     esrl_capability_decay: float = _f(0.5, "Moving-average decay of the capability estimates across visits.")
     remove_critic_model: bool = _f(False, "No critic: REINFORCE with a baseline (the other samples of the same "
                                           "prompt, else a moving average of rewards) instead of GAE.")
+    baseline_decay: float = _f(0.9, "Moving-average decay of the reward baseline used by samples without "
+                                     "siblings (--remove_critic_model or --dynamic_sampling).")
     factor_rl_loss: Optional[float] = _f(None, "Weight of the PPO loss (0.7 when an extra loss is on, else 1).")
     factor_sft_loss: float = _f(0.15, "Weight of the SFT loss.")
     factor_pretrained_loss: float = _f(0.15, "Weight of the pretraining loss.")
@@ -437,5 +439,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             raise ConfigError("--esrl_temperature_min and --esrl_temperature_max need 0 < min <= max")
         if not 0 <= self.esrl_eliminate_ratio < 1:
             raise ConfigError("--esrl_eliminate_ratio must be in [0, 1)")
+        if not 0 <= self.baseline_decay < 1:
+            raise ConfigError("--baseline_decay must be in [0, 1)")
         if not 0 <= self.esrl_confidence_weight <= 1 or not 0 <= self.esrl_capability_decay < 1:
             raise ConfigError("--esrl_confidence_weight must be in [0, 1] and --esrl_capability_decay in [0, 1)")

@@ -215,7 +215,8 @@ class PPOTrainer:
             m = dist.all_reduce_sum(float(end_norm.mean())) / dist.world_size()
             fallback = self.baseline if self.baseline is not None else m
             end_norm = end_norm - group_baseline(end_norm, prompt_index, fallback)
-            self.baseline = m if self.baseline is None else 0.9 * self.baseline + 0.1 * m
+            d = cfg.baseline_decay
+            self.baseline = m if self.baseline is None else d * self.baseline + (1 - d) * m
         end_norm = end_norm.to(self.device)
 
         rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, end_norm, self.kl.value,
