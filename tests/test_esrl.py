@@ -166,11 +166,17 @@ def test_reinforce_without_critic_trains_and_resumes(sft_dir, prompts, tmp_path)
 
 
 def test_two_process_dynamic_sampling(sft_dir, prompts, tmp_path):
+    import glob
+    import os
+
+    shm = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*"
+    before = set(glob.glob(shm))
     out = tmp_path / "two"
     run_module(MODULE, esrl_args(sft_dir, prompts, out, "--dynamic_sampling", "--max_steps", 2,
                                  "--actor_zero_stage", 3), nproc=2)
     rows = read_metrics(out)
     assert len(rows) == 2 and all(r["esrl/kept"] == pytest.approx(0.7, abs=0.05) for r in rows)
+    assert set(glob.glob(shm)) <= before   # DeepSpeed's shared-memory buffers do not outlive the run
 
 
 def test_held_out_evaluation_equals_offline_scoring(sft_dir, prompts, tmp_path):

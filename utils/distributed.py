@@ -147,4 +147,19 @@ def teardown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        _unlink_shm_buffer()
         dist.destroy_process_group()
+
+
+def _unlink_shm_buffer() -> None:
+    """DeepSpeed's CPU shared-memory allreduce creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_
+    <port>_<rank> (~69 MB per rank) and never unlinks it, so every CPU run leaked it until /dev/shm
+    filled up. After the final barrier no rank opens a peer's buffer again; mappings stay valid."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return
+    path = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank()}"
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
