@@ -92,6 +92,10 @@ def init_engine(model, cfg, total_steps: int, *, lr: float | None = None, ds_con
     sched = get_scheduler(cfg.lr_scheduler_type, optimizer=opt, num_warmup_steps=cfg.num_warmup_steps,
                           num_training_steps=max(total_steps, 1))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_config)
+    if dist.world_size() == 1 and ds_config.get("zero_optimization", {}).get("stage", 0) == 0:
+        # one process: the allreduce is the identity, but ZeRO-0 first flattens every gradient into
+        # a buffer (a transient copy of all gradients, the peak of each optimizer step)
+        engine.enable_backward_allreduce = False
     return engine
 
 
