@@ -103,6 +103,13 @@ def sft_dir(tiny_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def prompts(tmp_path_factory) -> Path:
+    """The first 64 demo RLHF prompts: the step-3 tests' data."""
+    lines = (DEMO_DATA / "rlhf" / "train.txt").read_text().splitlines()
+    return write_jsonl(tmp_path_factory.mktemp("rlhf") / "prompts.txt", lines[:64])
+
+
 def _child(queue, fn, args):
     try:
         queue.put(("ok", fn(*args)))

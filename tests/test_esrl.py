@@ -3,6 +3,10 @@ documented direction, fewer sequences through reward/reference/critic, two-stage
 equal to a separate forward, and the critic-free REINFORCE mode end to end."""
 from __future__ import annotations
 
+import glob
+import json
+import os
+
 import pytest
 import torch
 
@@ -62,12 +66,6 @@ def test_capability_rises_so_samples_fall_and_temperature_rises():
     copy = CapabilityEstimator(0.5, 0.5)
     copy.load_state_dict(est.state_dict())
     assert copy.capability([1, 2, 7]).tolist() == est.capability([1, 2, 7]).tolist()
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory):
-    lines = (DEMO_DATA / "rlhf" / "train.txt").read_text().splitlines()
-    return write_jsonl(tmp_path_factory.mktemp("esrl") / "prompts.txt", lines[:64])
 
 
 def esrl_args(sft_dir, prompts, out, *extra):
@@ -166,9 +164,6 @@ def test_reinforce_without_critic_trains_and_resumes(sft_dir, prompts, tmp_path)
 
 
 def test_two_process_dynamic_sampling(sft_dir, prompts, tmp_path):
-    import glob
-    import os
-
     shm = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*"
     before = set(glob.glob(shm))
     out = tmp_path / "two"
@@ -183,7 +178,6 @@ def test_held_out_evaluation_equals_offline_scoring(sft_dir, prompts, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from examples.rlhf_with_comet_reward.chrf import reward
-    from tests.conftest import read_metrics
     from utils.generation import generate_answers
 
     held = tmp_path / "held.txt"
@@ -193,8 +187,6 @@ def test_held_out_evaluation_equals_offline_scoring(sft_dir, prompts, tmp_path):
                                  held, "--per_device_generation_batch_size", 6, "--remove_critic_model"))
     rows = read_metrics(out)
     assert [("eval/reward/reward" in r) for r in rows] == [False, True, True]   # every 2 rounds and at the end
-    import json
-
     recs = [json.loads(line) for line in held.read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(out / "actor")
     model = AutoModelForCausalLM.from_pretrained(out / "actor")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import (DEMO_DATA, in_fresh_process, load_weights, read_metrics, run_module, step3_args,
-                            write_jsonl)
+from tests.conftest import in_fresh_process, load_weights, read_metrics, run_module, step3_args
 
 MODULE = "training.step3_rlhf.main"
 
@@ -19,12 +18,6 @@ def rm_dir(sft_dir, tokenizer, tmp_path_factory):
     load_reward_model(str(sft_dir), tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory):
-    lines = (DEMO_DATA / "rlhf" / "train.txt").read_text().splitlines()
-    return write_jsonl(tmp_path_factory.mktemp("rlhf") / "prompts.txt", lines[:64])
 
 
 def rlhf_args(sft_dir, rm_dir, prompts, out, *extra):

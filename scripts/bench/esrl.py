@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,18 +34,16 @@ def run(args: list[str], out: Path) -> dict:
     """Train in a child process; return its metrics and peak RSS (MiB)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "training.step3_rlhf.main", *args, "--output_dir", str(out)]
-    t = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"error: run failed, see {out.with_suffix('.log')}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"rows": rows, "rss_mib": usage.ru_maxrss / 1024, "wall": wall}
+    return {"rows": rows, "rss_mib": usage.ru_maxrss / 1024}
 
 
-def progress(rows: list[dict], target: float) -> dict:
+def progress(rows: list[dict], target: float) -> dict | None:
     """Cumulative cost at the first evaluation reaching `target` (None if never)."""
     elapsed = 0.0
     for r in rows:
@@ -58,13 +55,12 @@ def progress(rows: list[dict], target: float) -> dict:
     return None
 
 
-def compare(plain: dict, esrl: dict) -> dict | None:
-    """Ratios ESRL / PPO at the first evaluation where each reaches PPO's final accuracy."""
+def compare(plain: dict, esrl: dict) -> dict:
+    """Progress of both runs at the first evaluation reaching PPO's final accuracy, and peak RSS."""
     target = plain["rows"][-1]["eval/reward/reward"]
-    P, E = progress(plain["rows"], target), progress(esrl["rows"], target)
-    out = {"target": target, "esrl_final": esrl["rows"][-1]["eval/reward/reward"], "P": P, "E": E,
-           "rss": (plain["rss_mib"], esrl["rss_mib"]), "wall": (plain["wall"], esrl["wall"])}
-    return out
+    return {"target": target, "esrl_final": esrl["rows"][-1]["eval/reward/reward"],
+            "P": progress(plain["rows"], target), "E": progress(esrl["rows"], target),
+            "rss": (plain["rss_mib"], esrl["rss_mib"])}
 
 
 def esrl_flags(a, critic: Path) -> list[str]:

@@ -156,7 +156,7 @@ class CometSource:
         return [{"src": s, "mt": a} for s, a in zip(batch.sources, batch.answers)]
 
     def __call__(self, batch) -> torch.Tensor:
-        self.raw = comet_scores(self.model, self.samples(batch), self.batch_size, self.device)
+        self.raw = self.raw_scores(batch)
         return self.normalizer(self.raw) if self.normalizer is not None else self.raw
 
     def raw_scores(self, batch) -> torch.Tensor:
