@@ -121,8 +121,12 @@ def one_round(argv):
             lp = token_logprobs(rlhf.actor.module(input_ids=ids).logits, ids)[0]
             m = exp.action_mask[i].bool()
             diffs.append(float((exp.logprobs[i][m] - lp[-int(m.sum()):]).abs().max()))
-    return {"seen": seen, "stats": stats, "rows": exp.sequences.shape[0], "diff": max(diffs),
-            "counters": dict(trainer.counters)}
+    passes = {k: list(v) for k, v in seen.items()}     # the experience passes only, not training's
+    step, minibatches = trainer.step, []
+    trainer.step = lambda mb, p: (minibatches.append(mb.sequences.shape[0]), step(mb, p))[1]
+    trainer.train_on([exp], data)
+    return {"seen": passes, "stats": stats, "rows": exp.sequences.shape[0], "diff": max(diffs),
+            "counters": dict(trainer.counters), "minibatches": minibatches}
 
 
 def test_dynamic_sampling_scores_fewer_sequences_and_two_stage_logprobs_match(sft_dir, prompts, tmp_path):
@@ -137,11 +141,15 @@ def test_dynamic_sampling_scores_fewer_sequences_and_two_stage_logprobs_match(sf
     assert sum(r["seen"]["ref"]) == sum(r["seen"]["critic"]) == sum(r["seen"]["reward"]) == kept
     assert r["seen"]["grad_in_generate"] and not any(r["seen"]["grad_in_generate"])
     assert r["diff"] < 1e-5
+    # minibatches hold at most --per_device_training_batch_size (4) sequences: the fixed count per
+    # round is ceil(18 / 4) = 5, for the most a round can keep (8 prompts x 3 samples, less 25%)
+    assert r["minibatches"] == [4, 4, 4, 3, 3]
 
 
 def test_plain_ppo_scores_every_sample(sft_dir, prompts, tmp_path):
     r = in_fresh_process(one_round, esrl_args(sft_dir, prompts, tmp_path / "o"))
     assert r["counters"]["sampled_sequences"] == r["counters"]["scored_sequences"] == 8
+    assert r["minibatches"] == [4, 4]
     assert sum(r["seen"]["ref"]) == sum(r["seen"]["critic"]) == sum(r["seen"]["reward"]) == 8
     assert r["diff"] < 1e-5
 

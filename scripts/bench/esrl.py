@@ -68,9 +68,10 @@ def esrl_flags(a, critic: Path) -> list[str]:
     return ["--dynamic_sampling", *mode, *shlex.split(a.esrl)]
 
 
-def memory_phase(a, shared: list[str], tmp: Path) -> tuple[float, float]:
+def memory_phase(a, shared: list[str], tmp: Path) -> dict[str, tuple[float, float]]:
     """Peak RSS of a few rounds of each method on a larger (untrained) model with the demo
-    tokenizer, where model states, not the libraries, dominate memory. Returns MiB (PPO, ESRL)."""
+    tokenizer, where model states, not the libraries, dominate memory. Returns MiB (PPO, ESRL)
+    per --memory_dtypes entry."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from utils.tiny import build_model
@@ -85,11 +86,14 @@ def memory_phase(a, shared: list[str], tmp: Path) -> tuple[float, float]:
     tok.save_pretrained(tmp / "big_rm")
     swap = {"--actor_model_name_or_path": str(big), "--reward_model_name_or_path": str(tmp / "big_rm")}
     args = [swap.get(prev, x) for prev, x in zip([None] + shared, shared)]
-    rounds = ["--max_steps", str(a.memory_rounds), "--eval_steps", "0", "--seed", "1"]
-    plain = run(args + rounds + ["--critic_model_name_or_path", str(tmp / "big_rm")] + shlex.split(a.ppo),
-                tmp / "mem_ppo")
-    esrl = run(args + rounds + esrl_flags(a, tmp / "big_rm"), tmp / "mem_esrl")
-    return plain["rss_mib"], esrl["rss_mib"]
+    out = {}
+    for dtype in a.memory_dtypes:
+        rounds = ["--max_steps", str(a.memory_rounds), "--eval_steps", "0", "--seed", "1", "--dtype", dtype]
+        plain = run(args + rounds + ["--critic_model_name_or_path", str(tmp / "big_rm")] + shlex.split(a.ppo),
+                    tmp / f"mem_ppo_{dtype}")
+        esrl = run(args + rounds + esrl_flags(a, tmp / "big_rm"), tmp / f"mem_esrl_{dtype}")
+        out[dtype] = plain["rss_mib"], esrl["rss_mib"]
+    return out
 
 
 def main() -> None:
@@ -105,10 +109,12 @@ def main() -> None:
     p.add_argument("--esrl_critic", action="store_true", help="ESRL with PPO and its critic, not REINFORCE")
     p.add_argument("--reward", choices=["model", "rule"], default="model",
                    help="train against the demo reward model, or against the demo's exact-match rule")
-    p.add_argument("--memory_hidden", type=int, default=768,
+    p.add_argument("--memory_hidden", type=int, default=1024,
                    help="hidden size of the larger model of the memory phase (0: skip it)")
-    p.add_argument("--memory_layers", type=int, default=6)
+    p.add_argument("--memory_layers", type=int, default=8)
     p.add_argument("--memory_rounds", type=int, default=3)
+    p.add_argument("--memory_dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                   help="precisions of the memory phase (bf16: DeepSpeed mixed precision, fp32 master weights)")
     a = p.parse_args()
     demo = ROOT / a.demo_dir
     for sub in ("sft", "reward"):
@@ -162,11 +168,12 @@ def main() -> None:
         rss = [r["rss"] for r in results]
         print("peak RSS MiB (PPO / ESRL): " + ", ".join(f"{x:.0f}/{y:.0f}" for x, y in rss))
     if a.memory_hidden:
-        x, y = memory_phase(a, shared, tmp)
         n = a.memory_hidden
         params = a.memory_layers * (4 * n * n + 3 * n * 4 * n)
-        print(f"memory, {a.memory_rounds} rounds on a {params / 1e6:.0f}M-parameter Llama ({n} hidden, "
-              f"{a.memory_layers} layers, untrained): peak RSS PPO {x:.0f} MiB, ESRL {y:.0f} MiB, ratio {y / x:.2f}")
+        for dtype, (x, y) in memory_phase(a, shared, tmp).items():
+            print(f"memory, {a.memory_rounds} rounds on a {params / 1e6:.0f}M-parameter Llama ({n} hidden, "
+                  f"{a.memory_layers} layers, untrained), {dtype}: peak RSS PPO {x:.0f} MiB, ESRL {y:.0f} MiB, "
+                  f"ratio {y / x:.2f}")
     print(f"(training time excludes start-up and evaluation; logs and metrics in {tmp})")
 
 

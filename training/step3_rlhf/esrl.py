@@ -41,13 +41,18 @@ def sequence_confidence(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return torch.exp((logprobs * m).sum(1) / m.sum(1).clamp_min(1))
 
 
+def kept_count(n: int, ratio: float) -> int:
+    """Samples left of n after elimination: n - floor(ratio * n)."""
+    return n - int(math.floor(ratio * n + 1e-9))
+
+
 def eliminate(confidence: torch.Tensor, ratio: float) -> torch.Tensor:
     """Indices kept after dropping floor(ratio * N) most confident samples (ties: lower index kept).
 
     confidence: [N]. Returns sorted long indices [N - floor(ratio * N)].
     """
     n = confidence.numel()
-    drop = int(math.floor(ratio * n + 1e-9))
+    drop = n - kept_count(n, ratio)
     if drop == 0:
         return torch.arange(n)
     order = torch.argsort(-confidence, stable=True)

@@ -17,7 +17,7 @@ import time
 
 from transformers import AutoModelForSequenceClassification
 
-from training.step3_rlhf.ppo_trainer import PPOTrainer
+from training.step3_rlhf.ppo_trainer import PPOTrainer, minibatches_per_round
 from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
 from utils import distributed as dist
 from utils.checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, save_hf_model, set_rng_state
@@ -80,9 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       world_size=dist.world_size(), seed=cfg.seed, epoch=0))
         # optimizer steps the LR schedule spans (independent of --max_steps, so a run stopped
         # early and resumed follows the same schedule)
-        minibatches = cfg.generation_batches * -(-cfg.per_device_generation_batch_size
-                                                 // cfg.per_device_training_batch_size)
-        total = per_epoch // cfg.generation_batches * cfg.num_train_epochs * cfg.ppo_epochs * minibatches
+        total = (per_epoch // cfg.generation_batches * cfg.num_train_epochs * cfg.ppo_epochs
+                 * cfg.generation_batches * minibatches_per_round(cfg))
         rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, max(total, 1))
         sources, weights = build_sources(cfg, rlhf, comet)
     dist.print_rank0(f"[data] {len(prompts)} prompts; reward sources: " +

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, sample_counts,
+from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, kept_count, sample_counts,
                                      sequence_confidence, temperatures)
 from utils import distributed as dist
 from utils.data import collate_lm
@@ -88,6 +88,17 @@ class RowTemperature(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         return scores / self.temps.to(scores.device, scores.dtype)[:, None]
+
+
+def minibatches_per_round(cfg) -> int:
+    """PPO minibatches (optimizer steps) per generation batch and PPO epoch: enough that none holds
+    more than --per_device_training_batch_size sequences when a generation batch keeps the most it
+    can (with ESRL: every prompt at --esrl_max_samples, less the eliminated fraction). Fixed, so the
+    LR schedule and every rank's step count are known before training."""
+    rows = cfg.per_device_generation_batch_size
+    if cfg.dynamic_sampling:
+        rows = kept_count(rows * cfg.esrl_max_samples, cfg.esrl_eliminate_ratio)
+    return -(-rows // cfg.per_device_training_batch_size)
 
 
 class PPOTrainer:
@@ -313,9 +324,7 @@ class PPOTrainer:
         sums: dict[str, float] = {}
         n = 0
         g = torch.Generator().manual_seed(cfg.seed + len(exps))
-        # a fixed number of minibatches per generation batch (their size follows the number of
-        # sequences kept), so the LR schedule and every rank's step count are known in advance
-        n_mb = -(-cfg.per_device_generation_batch_size // cfg.per_device_training_batch_size)
+        n_mb = minibatches_per_round(cfg)
         for _ in range(cfg.ppo_epochs):
             for exp in exps:
                 order = torch.randperm(exp.sequences.shape[0], generator=g)
