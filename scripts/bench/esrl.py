@@ -2,7 +2,8 @@
 
 Both runs start from the demo's SFT model and reward model (run `bash scripts/demo.sh` once
 first) and log held-out accuracy (greedy, the 200 unseen demo prompts, scored by the demo's
-rule with weight 0, so it never enters training) every --eval_every rounds. The target is
+exact-match rule; with --reward model the rule has weight 0, so it never enters training)
+every --eval_every rounds. The target is
 plain PPO's final held-out accuracy; for each run the bench finds the first evaluation at or
 above it and reports, side by side and as ESRL / PPO ratios:
 
@@ -10,10 +11,13 @@ above it and reports, side by side and as ESRL / PPO ratios:
   and saving excluded, the same for both),
 - tokens sampled, and sequences through the reward model, the reference and the critic, up
   to that point,
-- peak resident memory of the whole process (os.wait4's ru_maxrss).
+- peak resident memory of the whole process (os.wait4's ru_maxrss); on the demo model the
+  libraries dominate it, so a memory phase also runs a few rounds of each on a larger,
+  untrained Llama (--memory_hidden/--memory_layers) in each of --memory_dtypes.
 
     .venv/bin/python -m scripts.bench.esrl [--demo_dir output/demo] [--epochs 2] [--seeds 1234 1 2]
         [--reward model|rule] [--esrl "--esrl_max_samples 3 --esrl_eliminate_ratio 0.3"]
+        [--memory_hidden 1024 --memory_layers 8 --memory_dtypes fp32 bf16]   (--seeds alone: memory only)
 """
 from __future__ import annotations
 
