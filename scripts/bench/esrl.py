@@ -47,6 +47,16 @@ def run(args: list[str], out: Path) -> dict:
     return {"rows": rows, "rss_mib": usage.ru_maxrss / 1024}
 
 
+def warm_up() -> None:
+    """Build DeepSpeed's CPU communication op now if it is not cached yet: built inside the first
+    run, the compiler's memory would count in that run's peak RSS (ru_maxrss covers the
+    descendants a process waited for)."""
+    code = "from utils import distributed as d; d.set_env_defaults(); d.init_distributed(); d.teardown()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: DeepSpeed start-up failed:\n{done.stderr}")
+
+
 def progress(rows: list[dict], target: float) -> dict | None:
     """Cumulative cost at the first evaluation reaching `target` (None if never)."""
     elapsed = 0.0
@@ -134,6 +144,7 @@ def main() -> None:
         "--reward_functions", "examples.demo.task:reward",
     ]
     shared += ["--reward_function_weights", "0"] if a.reward == "model" else ["--use_reward_model", "false"]
+    warm_up()
     tmp = Path(tempfile.mkdtemp(prefix="bench_esrl_"))
     print(f"demo task, {a.reward} reward, {a.epochs} epochs of 1000 prompts; ESRL flags: {a.esrl}")
     print("per seed, at the first evaluation reaching plain PPO's final held-out accuracy (ratios ESRL / PPO):")
