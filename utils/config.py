@@ -317,7 +317,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     enable_ema: bool = _f(False, "Keep an exponential moving average of the actor and save it too.")
     ema_decay: float = _f(0.992, "EMA decay per actor step.")
     per_device_generation_batch_size: int = _f(16, "Prompts per generation batch per process.")
-    per_device_training_batch_size: int = _f(16, "Sequences per PPO minibatch per process.")
+    per_device_training_batch_size: int = _f(16, "Most sequences per PPO minibatch per process (a round is "
+                                                 "split into enough minibatches that none holds more).")
     generation_batches: int = _f(1, "Generation batches collected before each round of PPO updates.")
     ppo_epochs: int = _f(1, "Passes of PPO updates over each round of experience.")
     max_prompt_seq_len: int = _f(256, "Prompts longer than this are an error.")

@@ -3,9 +3,9 @@
 Both runs start from the demo's SFT model and reward model (run `bash scripts/demo.sh` once
 first) and log held-out accuracy (greedy, the 200 unseen demo prompts, scored by the demo's
 exact-match rule; with --reward model the rule has weight 0, so it never enters training)
-every --eval_every rounds. The target is
-plain PPO's final held-out accuracy; for each run the bench finds the first evaluation at or
-above it and reports, side by side and as ESRL / PPO ratios:
+every --eval_every rounds. The target is plain PPO's final held-out accuracy; for each run
+the bench finds the first evaluation at or above it and reports, side by side and as
+ESRL / PPO ratios:
 
 - training wall time to the target (generation + experience + updates; start-up, evaluation
   and saving excluded, the same for both),
