@@ -99,8 +99,8 @@ def one_round(argv):
     if rlhf.critic is not None:
         rlhf.critic.module.register_forward_hook(
             lambda m, a, kw, o: seen["critic"].append(kw["input_ids"].shape[0]), with_kwargs=True)
-    rule = sources["reward"]
-    sources["reward"] = lambda batch: (seen["reward"].append(len(batch.answers)), rule(batch))[1]
+    rule = sources["reward"].fn
+    sources["reward"].fn = lambda **kw: (seen["reward"].append(len(kw["answers"])), rule(**kw))[1]
     trainer = PPOTrainer(cfg, rlhf, tok, sources, weights)
     generate = trainer.generate
 

@@ -90,28 +90,25 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(value: float) -> float:
-    """Sum a Python number over ranks (returns it unchanged in one process)."""
+def _all_reduce(value: float, op: str) -> float:
     import torch
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device())
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return float(t.item())
+
+
+def all_reduce_sum(value: float) -> float:
+    """Sum a Python number over ranks (returns it unchanged in one process)."""
+    return _all_reduce(value, "SUM")
 
 
 def all_reduce_max(value: float) -> float:
     """Max of a Python number over ranks (returns it unchanged in one process)."""
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return _all_reduce(value, "MAX")
 
 
 def all_gather_object(obj) -> list:

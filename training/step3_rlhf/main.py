@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.save_steps and state["step"] % cfg.save_steps == 0:
                 client = {"state": state, "rng": dist.all_gather_object(rng_state()), "kl_ctl": trainer.kl.value,
                           "reward_queue": list(trainer.normalizer.queue),
-                          "reward_sources": {k: v.state_dict() for k, v in sources.items() if hasattr(v, "state_dict")},
+                          "reward_sources": {k: v.state_dict() for k, v in sources.items()},
                           "trainer": trainer.state_dict(),
                           "ema": rlhf.ema.state_dict() if rlhf.ema is not None else None}
                 save_checkpoint(engines, ckpt_dir, f"step{state['step']}", client, cfg.save_total_limit)

@@ -222,12 +222,7 @@ class PPOTrainer:
         if self.esrl is not None:
             self.esrl.update(self._gather(round_conf), self._gather(self._per_prompt(prompt_index, end.tolist())))
         if self.esrl is not None or self.rlhf.critic is None:
-            # several samples of one prompt are each other's baseline; a lone sample uses the moving average
-            m = dist.all_reduce_sum(float(end_norm.mean())) / dist.world_size()
-            fallback = self.baseline if self.baseline is not None else m
-            end_norm = end_norm - group_baseline(end_norm, prompt_index, fallback)
-            d = cfg.baseline_decay
-            self.baseline = m if self.baseline is None else d * self.baseline + (1 - d) * m
+            end_norm = self.subtract_baseline(end_norm, prompt_index)
         end_norm = end_norm.to(self.device)
 
         rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, end_norm, self.kl.value,
@@ -245,7 +240,7 @@ class PPOTrainer:
         stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in scores.items()})
         # sources that normalise their scores also report them as they came (e.g. COMET)
         stats.update({f"reward/{k}_raw": float(src.raw.mean()) for k, src in self.sources.items()
-                      if getattr(src, "raw", None) is not None})
+                      if src.raw is not None})
         stats.update({
             "reward/total": float(end.mean()), "reward/total_std": float(end.std(unbiased=False)),
             "kl": float((kl.sum(1)).mean()), "kl_ctl": self.kl.value,
@@ -254,6 +249,15 @@ class PPOTrainer:
         })
         self.kl.update(stats["kl"], len(prompts) * dist.world_size())
         return exp, stats
+
+    def subtract_baseline(self, end: torch.Tensor, prompt_index: list[int]) -> torch.Tensor:
+        """End rewards [N] minus their baseline: several samples of one prompt are each other's
+        baseline; a lone sample uses the moving average of round means (over all ranks)."""
+        m = dist.all_reduce_sum(float(end.mean())) / dist.world_size()
+        fallback = self.baseline if self.baseline is not None else m
+        d = self.cfg.baseline_decay
+        self.baseline = m if self.baseline is None else d * self.baseline + (1 - d) * m
+        return end - group_baseline(end, prompt_index, fallback)
 
     def reward_inputs(self, prompts: list[PromptExample], answers: list[list[int]]) -> RewardInputs:
         tok = self.tok
@@ -272,7 +276,7 @@ class PPOTrainer:
     @staticmethod
     def _gather(d: dict[int, float]) -> dict[int, float]:
         out: dict[int, float] = {}
-        for part in dist.all_gather_object(d) if dist.world_size() > 1 else [d]:
+        for part in dist.all_gather_object(d):
             out.update(part)
         return out
 
@@ -294,7 +298,7 @@ class PPOTrainer:
             real = max(0, min(n_real - start, len(batch)))
             _, _, answers, _ = self.generate(batch, greedy=True)
             inputs = self.reward_inputs(batch, answers)
-            scores = {name: getattr(src, "raw_scores", src)(inputs).float().cpu() for name, src in self.sources.items()}
+            scores = {name: src.raw_scores(inputs).float().cpu() for name, src in self.sources.items()}
             scores["total"] = combine(scores, self.weights)
             for k, v in scores.items():
                 sums[k] = sums.get(k, 0.0) + float(v[:real].sum())

@@ -1,4 +1,4 @@
-"""Reward sources for step 3 behind one interface, and their weighted combination.
+"""Reward sources for step 3 behind one interface (`RewardSource`), and their weighted combination.
 
 A source is called with the sampled batch and returns one float per answer:
     source(batch: RewardInputs) -> torch.Tensor [B]
@@ -25,7 +25,28 @@ class RewardInputs:
     answer_ids: list[list[int]]    # actor-tokenizer ids of each answer, EOS included when generated
 
 
-class RewardModelSource:
+class RewardSource:
+    """What step 3 asks of every reward source. A source that normalises its scores with running
+    statistics (COMET) overrides the last three: `raw` holds its last unnormalised scores (for
+    logging), `raw_scores` scores without touching the statistics (held-out evaluation), and the
+    statistics travel in checkpoints."""
+    name: str
+    raw: torch.Tensor | None = None
+
+    def __call__(self, batch: RewardInputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def raw_scores(self, batch: RewardInputs) -> torch.Tensor:
+        return self(batch)
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        pass
+
+
+class RewardModelSource(RewardSource):
     """The trained reward model's score at the answer's last token (its EOS).
 
     With the actor's tokenizer the sampled ids are scored as they are; with another tokenizer
@@ -54,7 +75,7 @@ class RewardModelSource:
         return torch.cat(out).float()
 
 
-class RuleSource:
+class RuleSource(RewardSource):
     """A Python callable named `module:function`, called as
     fn(prompts=[...], answers=[...], references=[...], sources=[...]) -> list of floats."""
 

@@ -14,6 +14,7 @@ import torch
 
 from .. import distributed as dist
 from ..config import ConfigError
+from . import RewardSource
 
 
 class CometLoadError(ConfigError):
@@ -140,7 +141,7 @@ class RunningMeanStd:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
-class CometSource:
+class CometSource(RewardSource):
     """One COMET model as a reward source; `raw` keeps the last unnormalised scores for logging."""
 
     def __init__(self, model, name: str, *, batch_size: int, device, use_reference: bool, normalize: bool,
