@@ -45,7 +45,6 @@ def test_yaml_file_then_flag_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (BASE + ["--offload"], "--offload needs --zero_stage"),
     (BASE + ["--only_optimize_lora"], "--only_optimize_lora needs --lora_dim"),
     (BASE + ["--data_split", "1,2"], "--data_split must be three"),
     (["--data_path", "d", "--output_dir", "o"], "--model_name_or_path is required"),
@@ -56,6 +55,18 @@ def test_cross_field_checks_print_one_line(capsys, argv, msg):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and msg in err
+
+
+def test_offload_at_stage0_is_named_and_off():
+    cfg = parse_config(SFTConfig, BASE + ["--offload"])
+    assert cfg.offload is False
+    assert cfg.notes == ["--offload: ZeRO stage 0 keeps everything on the device; use --zero_stage 1-3 to offload"]
+
+
+def test_yaml_scalar_for_a_list_flag_is_one_item(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model_name_or_path: m\ndata_path: data/sft\noutput_dir: o\n")
+    assert parse_config(SFTConfig, [str(f)]).data_path == ["data/sft"]
 
 
 def test_unknown_yaml_key(tmp_path, capsys):

@@ -13,35 +13,156 @@ from pathlib import Path
 from typing import Optional
 
 
-def _f(default, help: str, **kw):
-    """A dataclass field with help text (the help is what `--help` prints)."""
+def _f(default, help: str, *, aliases: tuple[str, ...] = (), **kw):
+    """A dataclass field with help text (the help is what `--help` prints). `aliases` are other
+    spellings of the flag (DeepSpeed-Chat's or its fork's names); `--help` lists them too."""
+    meta = {"help": help, **kw}
+    if aliases:
+        meta["aliases"] = [f"--{a}" for a in aliases]
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _opt_bool(help: str, *, aliases: tuple[str, ...] = ()):
+    """A bool flag whose absence means "not given" (None): `--flag` alone is true, like store_true."""
+    return _f(None, help, aliases=aliases, nargs="?", const=True)
 
 
 class ConfigError(ValueError):
     """A bad flag value; printed as one line by the entry point."""
 
 
+# The fork's hybrid alignment training (iterative SFT/RLHF with EWC): refused by name, never ignored.
+HYBRID_ALIGNMENT_FLAGS = ("iterative_alignment", "previous_rlhf_model", "previous_round_before_sft_model",
+                          "previous_sft_model", "previous_round_after_sft_model",
+                          "previous_round_after_rlhf_model", "lamda_factor", "ewc_max_weight", "ewc_mse_factor",
+                          "apply_original_ewc")
+
+
+class Notes:
+    """Accepted flags that do nothing in this run, each with the reason; printed once at start-up."""
+
+    def note(self, flag: str, why: str) -> None:
+        self.__dict__.setdefault("notes", []).append(f"{flag}: {why}")
+
+
 @dataclass
-class ModelOptions:
+class ModelOptions(Notes):
     """How models are loaded and trained (every step; step 3 applies them to actor and critic)."""
     trust_remote_code: bool = _f(False, "Allow model code from the hub (only when you trust it).")
     dtype: str = _f("fp32", "Training precision: fp32, bf16 or fp16 (mixed precision through DeepSpeed).",
                     choices=["fp32", "bf16", "fp16"])
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     disable_dropout: bool = _f(False, "Set every dropout probability in the model to 0.")
+    dropout: Optional[float] = _f(None, "Set every dropout probability in the model to this value (unset: the "
+                                        "model's own).")
     lora_dim: int = _f(0, "LoRA rank; 0 disables LoRA.")
     lora_alpha: Optional[float] = _f(None, "LoRA scaling numerator (scale = alpha / rank); defaults to the rank.")
     lora_module_name: str = _f("layers.", "LoRA wraps every nn.Linear whose qualified name contains this string.")
     only_optimize_lora: bool = _f(False, "With LoRA, train only the adapters (the base model stays frozen).")
+    lora_learning_rate: Optional[float] = _f(None, "Learning rate of the LoRA adapters (default: the model's "
+                                                   "learning rate).")
+    add_eot_token: bool = _f(False, "Add --eot_token to the tokenizer as a special token and make it the "
+                                    "end of every answer (the tokenizer's EOS), resizing the embeddings.")
+    eot_token: str = _f("<|endoftext|>", "The end-of-conversation token of --add_eot_token.",
+                        aliases=("end_of_conversation_token",))
+    compute_fp32_loss: bool = _f(False, "Accepted for DeepSpeed-Chat scripts: every loss is computed in fp32 "
+                                        "here anyway.")
 
     def check_model_options(self) -> None:
         if self.lora_dim < 0:
             raise ConfigError(f"--lora_dim must be >= 0, got {self.lora_dim}")
         if self.only_optimize_lora and self.lora_dim == 0:
             raise ConfigError("--only_optimize_lora needs --lora_dim > 0")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.lora_learning_rate is not None and self.lora_learning_rate <= 0:
+            raise ConfigError("--lora_learning_rate must be > 0")
+        if self.add_eot_token and not self.eot_token.strip():
+            raise ConfigError("--eot_token must not be empty")
+        if self.compute_fp32_loss:
+            self.note("--compute_fp32_loss", "losses are always computed in fp32 here")
+
+
+@dataclass
+class PeerArgs(Notes):
+    """Flags that DeepSpeed-Chat and its fork pass on every call and that need no setting here."""
+    deepspeed: bool = _f(False, "Accepted as in deepspeed.add_config_arguments; DeepSpeed is always the engine "
+                                "here.", aliases=("deepscale",))
+    deepspeed_config: Optional[str] = _f(None, "A DeepSpeed JSON config merged over the one built from the flags "
+                                               "(its keys win; \"auto\" keeps ours); printed once at start-up.",
+                                         aliases=("deepscale_config",))
+    num_padding_at_beginning: Optional[int] = _f(None, "Accepted for DeepSpeed-Chat scripts and unnecessary here: "
+                                                       "scores are read at each answer's EOS, found by length, "
+                                                       "not by counting pad tokens.")
+    data_output_path: Optional[str] = _f(None, "Cache tokenized datasets in this folder; later runs reuse them "
+                                               "until a file, the tokenizer, the split, the format or a length "
+                                               "limit changes.")
+    preprocessing_num_workers: Optional[int] = _f(None, "Accepted for DeepSpeed-Chat scripts; tokenization runs "
+                                                        "in each process here.")
+
+    def check_peer(self) -> None:
+        if self.deepspeed:
+            self.note("--deepspeed", "DeepSpeed is always the engine here")
+        if self.num_padding_at_beginning is not None:
+            self.note("--num_padding_at_beginning",
+                      "not needed: scores are read at each answer's EOS, found by length")
+        if self.preprocessing_num_workers is not None:
+            self.note("--preprocessing_num_workers", "tokenization runs in each process here")
+        if self.deepspeed_config is not None:
+            self.adopt_user_batch(read_deepspeed_config(self.deepspeed_config))
+
+    # the flag holding the micro-batch that a --deepspeed_config's train_micro_batch_size_per_gpu sets
+    micro_batch_flag = "per_device_train_batch_size"
+
+    def adopt_user_batch(self, user: dict) -> None:
+        """The data loop, not DeepSpeed, forms the batches, so a user's batch keys become the flags."""
+        for key, flag in (("train_micro_batch_size_per_gpu", self.micro_batch_flag),
+                          ("gradient_accumulation_steps", "gradient_accumulation_steps")):
+            value = user.get(key, "auto")
+            if value == "auto":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--deepspeed_config {self.deepspeed_config}: {key} must be a positive integer "
+                                  f"or \"auto\", got {value!r}")
+            if getattr(self, flag) != value:
+                self.note(f"--{flag}", f"{value} from --deepspeed_config ({key}) replaces {getattr(self, flag)}")
+                setattr(self, flag, value)
+
+
+def read_deepspeed_config(path: str) -> dict:
+    """A user's DeepSpeed JSON, or a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--deepspeed_config {path}: file not found")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--deepspeed_config {path}: invalid JSON ({e})")
+    if not isinstance(data, dict):
+        raise ConfigError(f"--deepspeed_config {path}: expected a JSON object")
+    return data
+
+
+@dataclass
+class PredictArgs:
+    """The fork's predictions during training: answers to a prompt file, written every N steps."""
+    predict_file: Optional[str] = _f(None, "Prompts (SFT format) answered every --predict_steps steps into "
+                                           "<output_dir>/predicts/epoch_E_step_S.txt.")
+    predict_steps: int = _f(0, "Write predictions every N optimizer steps (step 3: rounds); 0 or -1: never.")
+    predict_batch_size: int = _f(16, "Prompts per generation batch when predicting.")
+    predict_max_new_tokens: int = _f(512, "Most new tokens per predicted answer.")
+
+    def check_predict(self) -> None:
+        if self.predict_file == "":
+            self.predict_file = None
+        if self.predict_steps > 0 and not self.predict_file:
+            raise ConfigError("--predict_steps needs --predict_file")
+        if self.predict_file and self.predict_steps <= 0:
+            raise ConfigError("--predict_file needs --predict_steps > 0")
+        if self.predict_batch_size < 1 or self.predict_max_new_tokens < 1:
+            raise ConfigError("--predict_batch_size and --predict_max_new_tokens must be >= 1")
 
 
 @dataclass
@@ -55,19 +176,27 @@ class ModelArgs(ModelOptions):
         self.check_model_options()
 
 
+DSCHAT_DEFAULT_DATA = "Dahoas/rm-static"
+
+
 @dataclass
-class DataArgs:
-    data_path: list[str] = _f([], "One or more files, folders (train.* / test.*) or dataset names; several blend.")
+class DataArgs(Notes):
+    data_path: list[str] = _f([], "One or more files, folders (train.* / test.*) or dataset names; several blend. "
+                                  f"Unset: {DSCHAT_DEFAULT_DATA} with --data_split 2,4,4, as in DeepSpeed-Chat.")
     data_split: Optional[str] = _f(None, "Weights a,b,c splitting every dataset between steps 1, 2 and 3 "
                                          "(seeded, disjoint). Unset: this step uses every row.")
     data_format: str = _f("auto", "Record format: auto (detected per file), sft, chat or text.",
                           choices=["auto", "sft", "chat", "text"])
-    max_seq_len: int = _f(512, "Maximum tokens per training sequence (prompt + response).")
+    max_seq_len: int = _f(512, "Maximum tokens per training sequence (prompt + response); longer rows are "
+                               "truncated (prompt from the left, answer at the right) or dropped, with counts.")
     data_seed: Optional[int] = _f(None, "Seed of the --data_split permutation; defaults to --seed.")
 
     def check_data(self) -> None:
         if not self.data_path:
-            raise ConfigError("--data_path is required")
+            self.data_path = [DSCHAT_DEFAULT_DATA]
+            self.data_split = self.data_split or "2,4,4"
+            self.note("--data_path", f"not given: {DSCHAT_DEFAULT_DATA} with --data_split {self.data_split}, "
+                                     f"as in DeepSpeed-Chat")
         if self.max_seq_len < 2:
             raise ConfigError(f"--max_seq_len must be >= 2, got {self.max_seq_len}")
         if self.data_split is not None:
@@ -94,24 +223,32 @@ class ScheduleArgs:
                                          "constant", "constant_with_warmup"])
     num_warmup_steps: int = _f(0, "Linear warmup steps.")
     seed: int = _f(1234, "Seed for initialisation, data order and sampling.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step (step 3: PPO minibatches).")
+    enable_test_mode: bool = _f(False, "DeepSpeed-Chat's test mode: stop after --test_stop_step steps.")
+    test_stop_step: int = _f(0, "With --enable_test_mode, the step to stop at (same as --max_steps).")
 
     def check_schedule(self) -> None:
         if self.num_train_epochs < 1:
             raise ConfigError(f"--num_train_epochs must be >= 1, got {self.num_train_epochs}")
+        if self.enable_test_mode:
+            if self.test_stop_step < 1:
+                raise ConfigError("--enable_test_mode needs --test_stop_step >= 1")
+            self.max_steps = self.test_stop_step
         if self.max_steps < 0 or self.num_warmup_steps < 0:
             raise ConfigError("--max_steps and --num_warmup_steps must be >= 0")
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
 
 
 @dataclass
 class OptimArgs(ScheduleArgs):
     per_device_train_batch_size: int = _f(8, "Micro-batch size per process.")
     per_device_eval_batch_size: int = _f(16, "Evaluation batch size per process.")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
     learning_rate: float = _f(1e-4, "Peak learning rate.")
 
     def check_optim(self) -> None:
         self.check_schedule()
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -124,13 +261,14 @@ class LauncherArgs:
 
 
 @dataclass
-class DeepSpeedArgs(LauncherArgs):
+class DeepSpeedArgs(LauncherArgs, Notes):
     zero_stage: int = _f(0, "ZeRO stage 0-3 for the trained model.", choices=[0, 1, 2, 3])
-    offload: bool = _f(False, "Offload optimizer state (and ZeRO-3 parameters) to CPU memory.")
+    offload: bool = _f(False, "Offload optimizer state (and ZeRO-3 parameters) to CPU memory (ZeRO 1-3).")
 
     def check_deepspeed(self) -> None:
         if self.offload and self.zero_stage == 0:
-            raise ConfigError("--offload needs --zero_stage 1, 2 or 3")
+            self.note("--offload", "ZeRO stage 0 keeps everything on the device; use --zero_stage 1-3 to offload")
+            self.offload = False
 
 
 @dataclass
@@ -138,26 +276,35 @@ class LoggingArgs:
     enable_tensorboard: bool = _f(False, "Write TensorBoard scalars.")
     tensorboard_path: Optional[str] = _f(None, "TensorBoard folder; defaults to <output_dir>/tensorboard.")
     logging_steps: int = _f(10, "Log training metrics every N optimizer steps.")
-    eval_steps: int = _f(0, "Evaluate every N optimizer steps (0: at the end of each epoch only).")
+    print_loss: bool = _f(False, "Print the training loss of every optimizer step (rank 0).")
+    eval_steps: int = _f(0, "Evaluate every N optimizer steps (0 or -1: at the end of each epoch only).",
+                         aliases=("eval_interval",))
+    eval_iters: int = _f(0, "Evaluate on at most this many batches per process (0: the whole test set).")
     disable_tqdm: bool = _f(False, "Hide the progress bar.")
+
+    def check_logging(self) -> None:
+        self.eval_steps = max(self.eval_steps, 0)
+        if self.logging_steps < 1 or self.eval_iters < 0:
+            raise ConfigError("--logging_steps must be >= 1 and --eval_iters >= 0")
 
 
 @dataclass
 class CheckpointArgs:
     output_dir: Optional[str] = _f(None, "Where the final model, metrics.jsonl and checkpoints/ go.")
-    save_steps: int = _f(0, "Write a resumable DeepSpeed checkpoint every N optimizer steps (0: never).")
+    save_steps: int = _f(0, "Write a resumable DeepSpeed checkpoint every N optimizer steps (0 or -1: never).")
     save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest deleted first).")
     resume: bool = _f(False, "Continue from the latest checkpoint in <output_dir>/checkpoints.")
 
     def check_checkpoint(self) -> None:
         if not self.output_dir:
             raise ConfigError("--output_dir is required")
+        self.save_steps = max(self.save_steps, 0)
         if self.save_total_limit < 1:
             raise ConfigError("--save_total_limit must be >= 1")
 
 
 @dataclass
-class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, CheckpointArgs):
+class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, CheckpointArgs, PeerArgs):
     """Everything a supervised-style step (SFT, reward model, DPO) shares."""
 
     def __post_init__(self) -> None:
@@ -165,14 +312,23 @@ class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, Ch
         self.check_data()
         self.check_optim()
         self.check_deepspeed()
+        self.check_logging()
         self.check_checkpoint()
+        self.check_peer()
         if self.data_seed is None:
             self.data_seed = self.seed
+        if self.lora_learning_rate is not None and self.lora_dim == 0:
+            self.note("--lora_learning_rate", "no LoRA adapters (--lora_dim 0)")
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(TrainConfig, PredictArgs):
     """Step 1: supervised fine-tuning (instruction, chat) or continued pretraining (text)."""
+    sft_only_data_path: list[str] = _f([], "Datasets used whole by this step only (never split by --data_split).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_predict()
 
 
 def _read_config_file(path: str) -> dict:
@@ -194,28 +350,83 @@ def _read_config_file(path: str) -> dict:
     return data
 
 
+class _OneLineParser:
+    """argparse reports mistakes as usage + message and exits; we want one line and exit 2."""
+
+    @staticmethod
+    def make(cls):
+        from transformers import HfArgumentParser
+
+        class Parser(HfArgumentParser):
+            def error(self, message):
+                raise ConfigError(message)
+
+        return Parser(cls, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
+
+
+def _option_names(parser) -> dict[str, str]:
+    """Every accepted spelling (without dashes) -> its field name."""
+    out = {}
+    for action in parser._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--"):
+                out[opt[2:]] = action.dest
+    return out
+
+
+def _refuse_hybrid_alignment(names) -> None:
+    for name in names:
+        key = name.replace("-", "_")
+        if key in HYBRID_ALIGNMENT_FLAGS:
+            what = "is" if key == "iterative_alignment" else "belongs to"
+            raise ConfigError(f"--{name} {what} the fork's hybrid alignment training (iterative SFT/RLHF with "
+                              f"EWC), which is not supported here")
+
+
+def _unknown_flag(token: str, names: dict[str, str]) -> ConfigError:
+    import difflib
+
+    flag = token.split("=", 1)[0]
+    if not flag.startswith("-"):
+        return ConfigError(f"unexpected argument {token!r} (flags take the form --name value)")
+    close = difflib.get_close_matches(flag.lstrip("-"), list(names), n=1, cutoff=0.75)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    return ConfigError(f"unknown flag {flag}{hint}")
+
+
 def parse_config(cls, argv: list[str] | None = None):
     """Flags (and an optional leading .yaml/.json file) -> a `cls` instance.
 
-    A user mistake prints one line and exits with code 2.
+    A user mistake (unknown or misspelt flag, bad value, refused feature) prints one line and
+    exits with code 2, before anything is written.
     """
-    from transformers import HfArgumentParser
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(cls, description=(cls.__doc__ or "").strip())
+    parser = _OneLineParser.make(cls)
+    names = _option_names(parser)
     try:
+        _refuse_hybrid_alignment(t[2:].split("=", 1)[0] for t in argv if t.startswith("--"))
         if argv and argv[0].endswith((".yaml", ".yml", ".json")):
             data = _read_config_file(argv.pop(0))
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(data) - known)
+            _refuse_hybrid_alignment(data)
+            unknown = sorted(k for k in data if k not in names)
             if unknown:
                 raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-            parser.set_defaults(**data)
-        (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+            parser.set_defaults(**{names[k]: _as_list(cls, names[k], v) for k, v in data.items()})
+        (cfg, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if rest:
+            raise _unknown_flag(rest[0], names)
         return cfg
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _as_list(cls, name: str, value):
+    """A YAML scalar given for a list flag (`data_path: d`) is a one-element list, not its characters."""
+    f = next(f for f in fields(cls) if f.name == name)
+    if isinstance(value, str) and "list" in str(f.type):
+        return [value]
+    return value
 
 
 @dataclass
@@ -231,6 +442,11 @@ class RewardConfig(TrainConfig):
     score_loss_weight: float = _f(1.0, "Weight of the MSE term in --rm_loss mixed.")
     gpt_annotated_score: bool = _f(False, "Train from the score columns (chosen_gpt_score/rejected_gpt_score or "
                                           "chosen_score/rejected_score); same as --rm_loss score.")
+    head_dropout: float = _f(0.0, "Dropout on the last hidden state before the scalar head, in training.")
+    reward_type: Optional[str] = _f(None, "Accepted for the fork's step-2 scripts, where it has no effect either "
+                                          "(rewards are sequence-level here).", choices=["seq", "lex"])
+    add_error_sample: Optional[bool] = _opt_bool("Accepted for the fork's step-2 scripts, where it has no effect "
+                                                "either.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -241,10 +457,15 @@ class RewardConfig(TrainConfig):
             raise ConfigError("--score_loss_weight must be >= 0")
         if self.pairwise_reduction == "divergence" and self.rm_loss == "score":
             raise ConfigError("--pairwise_reduction divergence needs --rm_loss pairwise or mixed")
+        if not 0 <= self.head_dropout < 1:
+            raise ConfigError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
+        for flag in ("reward_type", "add_error_sample"):
+            if getattr(self, flag) is not None:
+                self.note(f"--{flag}", "the fork's step 2 does not use it either")
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(TrainConfig, PredictArgs):
     """Step 2 (alternative): DPO and relatives against a frozen reference model."""
 
     loss_type: str = _f("sigmoid", "sigmoid (DPO; with --label_smoothing, cDPO), ipo, simpo (reference-free), "
@@ -255,14 +476,15 @@ class DPOConfig(TrainConfig):
     rpo_alpha: float = _f(0.0, "Add rpo_alpha x the length-averaged NLL of the chosen answer (RPO, Pang et "
                                "al. 2024): keeps DPO from lowering the chosen answers' likelihood.")
     reference_model_name_or_path: Optional[str] = _f(None, "Frozen reference; defaults to --model_name_or_path.")
-    reference_zero_stage: int = _f(0, "ZeRO stage of the reference (3 shards its weights).", choices=[0, 1, 2, 3])
-    offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (needs "
-                                              "--reference_zero_stage 3).")
+    reference_zero_stage: Optional[int] = _f(None, "ZeRO stage of the reference (3 shards its weights); defaults "
+                                                   "to --zero_stage.", choices=[0, 1, 2, 3])
+    offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (ZeRO-3 only).")
     precompute_ref_log_probs: bool = _f(False, "Score every pair with the reference once before training, "
                                                "then free it.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_predict()
         if self.beta <= 0:
             raise ConfigError(f"--beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -271,29 +493,62 @@ class DPOConfig(TrainConfig):
             raise ConfigError("--label_smoothing applies to --loss_type sigmoid only")
         if self.rpo_alpha < 0:
             raise ConfigError("--rpo_alpha must be >= 0")
+        if self.reference_zero_stage is None:
+            self.reference_zero_stage = self.zero_stage
         if self.offload_reference_model and self.reference_zero_stage != 3:
-            raise ConfigError("--offload_reference_model needs --reference_zero_stage 3")
+            self.note("--offload_reference_model", f"the reference runs at ZeRO stage {self.reference_zero_stage}; "
+                                                   f"weights are offloaded at stage 3 only")
+            self.offload_reference_model = False
+        if not self.uses_reference and self.offload_reference_model:
+            self.note("--offload_reference_model", f"--loss_type {self.loss_type} has no reference model")
 
     @property
     def uses_reference(self) -> bool:
         return self.loss_type in ("sigmoid", "ipo")
+@dataclass
+class ModelSide:
+    """One trained model's options in step 3 (actor or critic): the per-model flags, falling back
+    to the shared ones. Read by the model loader and the optimizer like a step's config."""
+    model_name_or_path: str
+    trust_remote_code: bool
+    gradient_checkpointing: bool
+    disable_dropout: bool
+    dropout: Optional[float]
+    lora_dim: int
+    lora_alpha: Optional[float]
+    lora_module_name: str
+    only_optimize_lora: bool
+    lora_learning_rate: Optional[float]
+    add_eot_token: bool
+    eot_token: str
+    weight_decay: float
+    learning_rate: float
+
+
+PER_MODEL = ("gradient_checkpointing", "dropout", "disable_dropout", "weight_decay", "lora_dim", "lora_module_name",
+             "lora_learning_rate")
 
 
 @dataclass
-class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs, CheckpointArgs):
+class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs, CheckpointArgs, PeerArgs,
+                 PredictArgs):
     """Step 3: PPO with actor, critic, frozen reference and reward sources."""
+    micro_batch_flag = "per_device_training_batch_size"
 
     actor_model_name_or_path: Optional[str] = _f(None, "The SFT model: initialises actor and reference.")
     critic_model_name_or_path: Optional[str] = _f(None, "The reward model: initialises the critic.")
+    tokenizer_name_or_path: Optional[str] = _f(None, "The actor's tokenizer; defaults to "
+                                                     "--actor_model_name_or_path.")
     reward_model_name_or_path: Optional[str] = _f(None, "Reward model; defaults to --critic_model_name_or_path.")
     reward_tokenizer_name_or_path: Optional[str] = _f(None, "Reward model tokenizer when it differs from the "
                                                            "actor's (answers are decoded and re-encoded).")
-    use_reward_model: Optional[bool] = _f(None, "Use the reward model as a reward source (default: on, "
+    use_reward_model: Optional[bool] = _opt_bool("Use the reward model as a reward source (default: on, "
                                                 "unless --use_comet_model).")
     reward_model_weight: float = _f(1.0, "Weight of the reward model in the summed reward.")
     reward_functions: list[str] = _f([], "Rule rewards as module:function, called with prompts=, answers=, "
                                          "references= and returning one float per answer.")
     reward_function_weights: list[float] = _f([], "Weights of --reward_functions (default 1 each).")
+    reward_bias: float = _f(0.0, "Added to every sequence reward before clipping and normalisation.")
     use_comet_model: bool = _f(False, "Use unbabel-comet model(s) as reward sources (src = the file's `input`, "
                                       "else the prompt; mt = the answer; ref = the file's `output`).")
     comet_model_path: list[str] = _f([], "COMET models: local folders (holding checkpoints/model.ckpt), .ckpt "
@@ -307,29 +562,68 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                                     "get it.")
     comet_reward_normalization: bool = _f(False, "Normalise each COMET model's scores with the running mean and "
                                                  "std of all its scores so far.")
+    batch_reward_weight: Optional[bool] = _opt_bool("Accepted for the fork's scripts, where it has no effect "
+                                                   "either; COMET sources combine with --weights_comet_model.")
     actor_zero_stage: int = _f(0, "ZeRO stage of actor and reference.", choices=[0, 1, 2, 3])
     critic_zero_stage: int = _f(0, "ZeRO stage of critic and reward model.", choices=[0, 1, 2, 3])
-    offload: bool = _f(False, "Offload actor/critic optimizer state (and ZeRO-3 parameters) to CPU.")
-    offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (ZeRO-3).")
-    offload_reward_model: bool = _f(False, "Keep the reward model's weights in CPU memory (ZeRO-3).")
+    offload: bool = _f(False, "Offload actor/critic optimizer state (and ZeRO-3 parameters) to CPU (ZeRO 1-3).")
+    offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (ZeRO-3 only).")
+    offload_reward_model: bool = _f(False, "Keep the reward model's weights in CPU memory (ZeRO-3 only).",
+                                    aliases=("offload_critic_model",))
     enable_hybrid_engine: bool = _f(False, "Generate with DeepSpeed's hybrid engine (GPU only; switched off "
-                                           "with a warning on CPU).")
+                                           "with a note on CPU).")
+    inference_tp_size: int = _f(1, "Hybrid engine: tensor-parallel degree of generation.")
+    tp_gather_partition_size: int = _f(8, "Hybrid engine: layers gathered at a time for tensor-parallel "
+                                          "generation.")
+    unpin_actor_parameters: bool = _f(False, "Hybrid engine: do not pin the actor's parameters during generation "
+                                             "(slower, less memory).")
+    release_inference_cache: bool = _f(False, "Hybrid engine: free the inference cache after each generation.")
+    enable_mixed_precision_lora: bool = _f(False, "ZeRO++ quantized frozen weights for LoRA training (needs "
+                                                  "--actor_lora_dim > 0, --actor_zero_stage 3 and a GPU).")
+    align_overflow: bool = _f(False, "fp16: when actor or critic overflows, skip both steps.")
     enable_ema: bool = _f(False, "Keep an exponential moving average of the actor and save it too.")
     ema_decay: float = _f(0.992, "EMA decay per actor step.")
-    per_device_generation_batch_size: int = _f(16, "Prompts per generation batch per process.")
+    per_device_generation_batch_size: int = _f(16, "Prompts per generation batch per process.",
+                                               aliases=("per_device_train_batch_size",))
     per_device_training_batch_size: int = _f(16, "Most sequences per PPO minibatch per process (a round is "
-                                                 "split into enough minibatches that none holds more).")
-    generation_batches: int = _f(1, "Generation batches collected before each round of PPO updates.")
+                                                 "split into enough minibatches that none holds more).",
+                                             aliases=("per_device_mini_train_batch_size",))
+    generation_batches: int = _f(1, "Generation batches collected before each round of PPO updates.",
+                                 aliases=("generation_batch_numbers",))
     ppo_epochs: int = _f(1, "Passes of PPO updates over each round of experience.")
-    max_prompt_seq_len: int = _f(256, "Prompts longer than this are an error.")
+    ppo_mini_epochs: int = _f(1, "Consecutive PPO updates on each minibatch within a pass (the fork's inner "
+                                 "loop).")
+    max_prompt_seq_len: int = _f(256, "Prompts longer than this are truncated from the left.")
     max_answer_seq_len: int = _f(256, "Maximum new tokens per answer.")
     actor_learning_rate: float = _f(1e-5, "Actor peak learning rate.")
     critic_learning_rate: float = _f(1e-5, "Critic peak learning rate.")
+    actor_weight_decay: Optional[float] = _f(None, "Actor weight decay (default: --weight_decay).")
+    critic_weight_decay: Optional[float] = _f(None, "Critic weight decay (default: --weight_decay).")
+    actor_gradient_checkpointing: Optional[bool] = _opt_bool("Actor activation checkpointing (default: "
+                                                            "--gradient_checkpointing).")
+    critic_gradient_checkpointing: Optional[bool] = _opt_bool("Critic activation checkpointing (default: "
+                                                             "--gradient_checkpointing).")
+    actor_dropout: Optional[float] = _f(None, "Actor dropout probability (default: --dropout, else the model's).")
+    critic_dropout: Optional[float] = _f(None, "Critic dropout probability (default: --dropout, else the "
+                                               "model's).")
+    disable_actor_dropout: Optional[bool] = _opt_bool("Actor dropout off (default: --disable_dropout).",
+                                               aliases=("actor_disable_dropout",))
+    disable_critic_dropout: Optional[bool] = _opt_bool("Critic dropout off (default: --disable_dropout).",
+                                                aliases=("critic_disable_dropout",))
+    actor_lora_dim: Optional[int] = _f(None, "Actor LoRA rank (default: --lora_dim).")
+    critic_lora_dim: Optional[int] = _f(None, "Critic LoRA rank (default: --lora_dim).")
+    actor_lora_module_name: Optional[str] = _f(None, "Actor LoRA module filter (default: --lora_module_name).")
+    critic_lora_module_name: Optional[str] = _f(None, "Critic LoRA module filter (default: --lora_module_name).")
+    actor_lora_learning_rate: Optional[float] = _f(None, "Actor LoRA learning rate (default: "
+                                                         "--lora_learning_rate, else --actor_learning_rate).")
+    critic_lora_learning_rate: Optional[float] = _f(None, "Critic LoRA learning rate (default: "
+                                                          "--lora_learning_rate, else --critic_learning_rate).")
     temperature: float = _f(1.0, "Sampling temperature.")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1: off).")
     top_k: int = _f(0, "Top-k sampling (0: off).")
     missing_eos_penalty: Optional[float] = _f(None, "Added to the reward of answers that end without EOS.")
     kl_ctl: float = _f(0.1, "Coefficient of the per-token KL penalty to the reference.")
+    remove_kl_penalty: bool = _f(False, "No KL penalty and no reference model.")
     adaptive_kl: bool = _f(False, "Adapt kl_ctl towards --target_kl (Ziegler et al. 2019).")
     target_kl: float = _f(6.0, "Target KL per sequence for --adaptive_kl.")
     kl_horizon: int = _f(10000, "Horizon (in sequences) of the adaptive KL controller.")
@@ -338,17 +632,40 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     lam: float = _f(0.95, "GAE lambda.")
     cliprange: float = _f(0.2, "PPO policy ratio clip epsilon.")
     cliprange_value: float = _f(0.2, "Value clip epsilon.")
+    reward_type: str = _f("lex", "lex: token-level credit, the critic's values and GAE (PPO); seq: every answer "
+                                 "token is credited with the discounted sequence reward and no critic is "
+                                 "trained (as in the fork).", choices=["seq", "lex"])
     reward_normalization: str = _f("none", "Whiten sequence rewards: none, batch, or queue (running over the last "
                                            "--reward_queue_size rewards).", choices=["none", "batch", "queue"])
+    whiten_rewards: Optional[bool] = _opt_bool("The fork's name: true = --reward_normalization queue, false = "
+                                              "none.")
     reward_queue_size: int = _f(1024, "FIFO size for --reward_normalization queue.")
-    whiten_advantages: bool = _f(True, "Whiten advantages per experience round.")
+    whiten_advantages: bool = _f(True, "Whiten advantages per experience round.",
+                                 aliases=("whiten_critic_values",))
+    shuffle_reward_score_randomly: bool = _f(False, "Ablation: permute the sequence rewards within each "
+                                                    "generation batch (seeded).")
+    critic_go_first_steps: int = _f(0, "Train only the critic (one pass) on the first N rounds of the first "
+                                       "epoch.")
     add_sft_loss: bool = _f(False, "Add an LM loss on the RLHF file's reference answers (`output`).")
-    add_pretrained_loss: bool = _f(False, "Add an LM loss on pretraining text (--unsupervised_dataset_name).")
+    update_reference_with_sampling: bool = _f(False, "With --add_sft_loss: a sampled answer that the reward "
+                                                     "sources score above the reference answer replaces it as "
+                                                     "the SFT target in its round.")
+    add_pretrained_loss: bool = _f(False, "Add an LM loss on pretraining text (--unsupervised_dataset_name), or "
+                                          "without one, on the prompt tokens of each minibatch (as the fork).")
     unsupervised_dataset_name: Optional[str] = _f(None, "Pretraining text: a local file/folder or dataset name.")
+    unsupervised_dataset_config_name: Optional[str] = _f(None, "Configuration of --unsupervised_dataset_name "
+                                                               "(datasets.load_dataset's second argument); with "
+                                                               "both given the pretraining loss is on, as in "
+                                                               "DeepSpeed-Chat.")
     eval_steps: int = _f(0, "Every N rounds and at the end, score greedy answers to the held-out prompts with "
                             "every reward source (eval/reward/<name>); 0: off.")
     eval_data_path: Optional[str] = _f(None, "Held-out prompts (SFT format); default: the test split of "
                                              "--data_path folders.")
+    print_answers: bool = _f(False, "Print a prompt and its sampled answer every --print_answers_interval rounds.")
+    print_answers_interval: int = _f(1, "Rounds between --print_answers prints.")
+    save_critic_model: bool = _f(False, "Accepted for the fork's scripts: the critic is always saved here.")
+    gpt_annotated_score: Optional[bool] = _opt_bool("Accepted for the fork's scripts; a step-2 option with no "
+                                                   "effect in step 3.")
     dynamic_sampling: bool = _f(False, "ESRL dynamic sampling: per-prompt sample counts and temperatures from "
                                        "the model's estimated capability, and the most confident samples dropped "
                                        "before scoring (README: ESRL).")
@@ -367,7 +684,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                      "siblings (--remove_critic_model or --dynamic_sampling).")
     factor_rl_loss: Optional[float] = _f(None, "Weight of the PPO loss (0.7 when an extra loss is on, else 1).")
     factor_sft_loss: float = _f(0.15, "Weight of the SFT loss.")
-    factor_pretrained_loss: float = _f(0.15, "Weight of the pretraining loss.")
+    factor_pretrained_loss: Optional[float] = _f(None, "Weight of the pretraining loss (default 0.15; 27.8 when "
+                                                       "turned on DeepSpeed-Chat's way, by "
+                                                       "--unsupervised_dataset_config_name).",
+                                                 aliases=("unsup_coef",))
 
     def __post_init__(self) -> None:
         if not self.actor_model_name_or_path:
@@ -377,6 +697,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.use_reward_model = not self.use_comet_model
         if self.use_reward_model and not (self.reward_model_name_or_path or self.critic_model_name_or_path):
             raise ConfigError("--critic_model_name_or_path (or --reward_model_name_or_path) is required")
+        if self.reward_type == "seq" and not self.remove_critic_model:
+            self.note("--reward_type seq", "sequence-level credit needs no value function: the critic is not "
+                                           "loaded (as --remove_critic_model)")
+            self.remove_critic_model = True
         if not self.critic_model_name_or_path:
             self.critic_model_name_or_path = self.reward_model_name_or_path
         if not self.critic_model_name_or_path and not self.remove_critic_model:
@@ -389,32 +713,118 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             raise ConfigError(f"--reward_function_weights has {len(self.reward_function_weights)} values for "
                               f"{len(self.reward_functions)} --reward_functions")
         self.reward_function_weights = self.reward_function_weights or [1.0] * len(self.reward_functions)
-        if self.add_pretrained_loss and not self.unsupervised_dataset_name:
-            raise ConfigError("--add_pretrained_loss needs --unsupervised_dataset_name")
-        if self.factor_rl_loss is None:
-            self.factor_rl_loss = 0.7 if (self.add_sft_loss or self.add_pretrained_loss) else 1.0
+        self.check_extra_losses()
         for name in ("per_device_generation_batch_size", "per_device_training_batch_size", "generation_batches",
-                     "ppo_epochs", "max_answer_seq_len", "max_prompt_seq_len"):
+                     "ppo_epochs", "ppo_mini_epochs", "max_answer_seq_len", "max_prompt_seq_len",
+                     "print_answers_interval", "reward_queue_size", "kl_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1")
-        if self.offload_reference_model and self.actor_zero_stage != 3:
-            raise ConfigError("--offload_reference_model needs --actor_zero_stage 3")
-        if self.offload_reward_model and self.critic_zero_stage != 3:
-            raise ConfigError("--offload_reward_model needs --critic_zero_stage 3")
-        if self.offload and 0 in (self.actor_zero_stage, self.critic_zero_stage):
-            raise ConfigError("--offload needs --actor_zero_stage and --critic_zero_stage >= 1")
+        if self.target_kl <= 0:
+            raise ConfigError("--target_kl must be > 0")
+        if self.critic_go_first_steps < 0:
+            raise ConfigError("--critic_go_first_steps must be >= 0")
+        if self.critic_go_first_steps and self.remove_critic_model:
+            raise ConfigError("--critic_go_first_steps needs a critic (not --remove_critic_model or "
+                              "--reward_type seq)")
+        if self.remove_kl_penalty and self.adaptive_kl:
+            raise ConfigError("--adaptive_kl needs the KL penalty (drop --remove_kl_penalty)")
+        if self.whiten_rewards is not None:
+            self.reward_normalization = "queue" if self.whiten_rewards else "none"
         if not 0 < self.temperature:
             raise ConfigError("--temperature must be > 0")
         self.check_esrl()
         if self.eval_steps < 0:
-            raise ConfigError("--eval_steps must be >= 0")
+            self.eval_steps = 0
+        if self.enable_ema and self.actor_zero_stage == 3:
+            raise ConfigError("--enable_ema needs --actor_zero_stage 0-2 (the EMA copy is a full model)")
         self.check_model_options()
         self.check_schedule()
+        self.check_logging()
         self.check_checkpoint()
-        if not self.data_path:
-            raise ConfigError("--data_path is required")
+        self.check_peer()
+        self.check_predict()
+        self.check_data()
+        self.check_machinery()
+        for side in ("actor", "critic"):
+            dim = getattr(self, f"{side}_lora_dim")
+            if dim is not None and dim < 0:
+                raise ConfigError(f"--{side}_lora_dim must be >= 0")
         if self.data_seed is None:
             self.data_seed = self.seed
+
+    def check_extra_losses(self) -> None:
+        dschat_ptx = bool(self.unsupervised_dataset_name and self.unsupervised_dataset_config_name)
+        if dschat_ptx and not self.add_pretrained_loss:
+            self.add_pretrained_loss = True
+            if self.factor_pretrained_loss is None:
+                self.factor_pretrained_loss = 27.8
+            if self.factor_rl_loss is None:
+                self.factor_rl_loss = 1.0
+        if self.factor_pretrained_loss is None:
+            self.factor_pretrained_loss = 0.15
+        if self.unsupervised_dataset_name and not self.add_pretrained_loss:
+            self.note("--unsupervised_dataset_name", "used with --add_pretrained_loss or "
+                                                     "--unsupervised_dataset_config_name only")
+        if self.update_reference_with_sampling and not self.add_sft_loss:
+            raise ConfigError("--update_reference_with_sampling needs --add_sft_loss")
+        if self.factor_rl_loss is None:
+            self.factor_rl_loss = 0.7 if (self.add_sft_loss or self.add_pretrained_loss) else 1.0
+
+    def check_machinery(self) -> None:
+        """GPU-only and inert flags: refuse the impossible, name what does nothing in this run."""
+        from .distributed import on_gpu
+
+        gpu = on_gpu()
+        if self.offload_reference_model and self.actor_zero_stage != 3:
+            self.note("--offload_reference_model", "weights are offloaded at --actor_zero_stage 3 only")
+            self.offload_reference_model = False
+        if self.offload_reward_model and self.critic_zero_stage != 3:
+            self.note("--offload_reward_model", "weights are offloaded at --critic_zero_stage 3 only")
+            self.offload_reward_model = False
+        if self.offload and 0 in (self.actor_zero_stage, self.critic_zero_stage):
+            self.note("--offload", "ZeRO stage 0 keeps everything on the device; use --actor_zero_stage and "
+                                   "--critic_zero_stage 1-3 to offload")
+            self.offload = False
+        hybrid = self.enable_hybrid_engine and gpu
+        if self.enable_hybrid_engine and not gpu:
+            self.note("--enable_hybrid_engine", "needs a GPU (DeepSpeed's inference kernels have no CPU "
+                                                "implementation); generating with the training engine")
+        defaults = {"inference_tp_size": 1, "tp_gather_partition_size": 8, "unpin_actor_parameters": False,
+                    "release_inference_cache": False}
+        for flag, default in defaults.items():
+            if getattr(self, flag) != default and not hybrid:
+                self.note(f"--{flag}", "tunes the hybrid engine, which is off in this run")
+        if self.enable_mixed_precision_lora:
+            if not (self.actor_lora_dim or self.lora_dim) or self.actor_zero_stage != 3:
+                raise ConfigError("--enable_mixed_precision_lora needs --actor_lora_dim > 0 and "
+                                  "--actor_zero_stage 3")
+            if not gpu:
+                self.note("--enable_mixed_precision_lora", "ZeRO++ quantized weights need a GPU")
+        if self.align_overflow and self.dtype != "fp16":
+            self.note("--align_overflow", f"only fp16 can overflow (--dtype is {self.dtype})")
+        if self.save_critic_model:
+            self.note("--save_critic_model", "the critic is always saved here (critic/)")
+        for flag in ("batch_reward_weight", "gpt_annotated_score"):
+            if getattr(self, flag) is not None:
+                self.note(f"--{flag}", "has no effect in step 3 (nor in the fork's)")
+        if self.lora_learning_rate is not None and not (self.lora_dim or self.actor_lora_dim or
+                                                        self.critic_lora_dim):
+            self.note("--lora_learning_rate", "no LoRA adapters")
+
+    def side(self, which: str) -> ModelSide:
+        """The actor's or critic's resolved options."""
+        def pick(name):
+            own = getattr(self, f"{which}_{name}" if name != "disable_dropout" else f"disable_{which}_dropout")
+            return own if own is not None else getattr(self, name)
+        lora_lr = pick("lora_learning_rate")
+        return ModelSide(
+            model_name_or_path=getattr(self, f"{which}_model_name_or_path"),
+            trust_remote_code=self.trust_remote_code, gradient_checkpointing=pick("gradient_checkpointing"),
+            disable_dropout=pick("disable_dropout"), dropout=pick("dropout"), lora_dim=pick("lora_dim"),
+            lora_alpha=self.lora_alpha, lora_module_name=pick("lora_module_name"),
+            only_optimize_lora=self.only_optimize_lora, lora_learning_rate=lora_lr,
+            add_eot_token=self.add_eot_token, eot_token=self.eot_token, weight_decay=pick("weight_decay"),
+            learning_rate=getattr(self, f"{which}_learning_rate"))
 
     def check_comet(self) -> None:
         n = len(self.comet_model_path)

@@ -73,3 +73,17 @@ def eval_ds_config(
         "wall_clock_breakdown": False,
         **_dtype_section(dtype),
     }
+
+
+def merge_user_config(base: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """`user` (a --deepspeed_config JSON) over `base`, recursively: the user's keys win, except the
+    value "auto" (HF-style configs), which keeps ours. Returns a new dict; neither input changes."""
+    out = dict(base)
+    for key, value in user.items():
+        if value == "auto":
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_user_config(out[key], value)
+        else:
+            out[key] = value
+    return out

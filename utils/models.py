@@ -10,8 +10,11 @@ from torch import nn
 from .distributed import print_rank0
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, padding_side: str = "right"):
-    """AutoTokenizer with a pad token.
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, padding_side: str = "right",
+                   eot_token: str | None = None):
+    """AutoTokenizer with a pad token; with `eot_token`, that token is added as a special token and
+    becomes the EOS, so every answer ends with it and generation stops at it (DeepSpeed-Chat's
+    --add_eot_token).
 
     When the tokenizer has none, the EOS token pads (and the model config is told the same
     id by `load_causal_lm`); our collators mark padding by length, never by token id, so an
@@ -20,6 +23,12 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, paddin
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if eot_token and tok.eos_token != eot_token:
+        old_eos = tok.eos_token
+        tok.add_special_tokens({"eos_token": eot_token})
+        if tok.pad_token is None and old_eos is not None:
+            tok.pad_token = old_eos
+        print_rank0(f"[models] {name_or_path}: {eot_token!r} is the end-of-answer token (EOS)")
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ValueError(f"{name_or_path}: tokenizer has neither a pad nor an EOS token")
@@ -31,19 +40,25 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, paddin
     return tok
 
 
-def disable_dropout(model: nn.Module) -> None:
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout probability of the model (modules and config, so a saved model keeps it) = p."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
-            m.p = 0.0
+            m.p = p
     for key in ("dropout", "attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop",
                 "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout"):
         if hasattr(model.config, key) and isinstance(getattr(model.config, key), float):
-            setattr(model.config, key, 0.0)
+            setattr(model.config, key, p)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    set_dropout(model, 0.0)
 
 
 def load_causal_lm(name_or_path: str, tokenizer, *, trust_remote_code: bool = False,
                    disable_dropout_: bool = False, gradient_checkpointing: bool = False,
-                   dtype: torch.dtype | None = None) -> nn.Module:
+                   dtype: torch.dtype | None = None, dropout: float | None = None,
+                   resize_embeddings: bool = False) -> nn.Module:
     """AutoModelForCausalLM whose config agrees with the tokenizer on pad/EOS ids.
 
     Under ZeRO-3 call this while an `HfDeepSpeedConfig` is alive, on every rank, so the
@@ -54,13 +69,19 @@ def load_causal_lm(name_or_path: str, tokenizer, *, trust_remote_code: bool = Fa
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
     )
-    return _prepare(model, tokenizer, disable_dropout_, gradient_checkpointing)
+    return _prepare(model, tokenizer, disable_dropout_, gradient_checkpointing, dropout, resize_embeddings)
 
 
-def _prepare(model: nn.Module, tokenizer, disable_dropout_: bool, gradient_checkpointing: bool) -> nn.Module:
-    """What every loaded model gets: pad/EOS ids agreeing with the tokenizer, dropout and
+def _prepare(model: nn.Module, tokenizer, disable_dropout_: bool, gradient_checkpointing: bool,
+             dropout: float | None = None, resize_embeddings: bool = False) -> nn.Module:
+    """What every loaded model gets: embeddings covering the tokenizer (resized only when asked,
+    for an added end-of-answer token), pad/EOS ids agreeing with the tokenizer, dropout and
     activation checkpointing as asked."""
+    if resize_embeddings and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
     _align_special_ids(model, tokenizer)
+    if dropout is not None:
+        set_dropout(model, dropout)
     if disable_dropout_:
         disable_dropout(model)
     if gradient_checkpointing:
@@ -186,10 +207,12 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
 
     path = path or cfg.model_name_or_path
     zero3_init_context(ds_config)
+    extra = {"head_dropout": getattr(cfg, "head_dropout", 0.0)} if reward else {}
     loader = load_reward_model if reward else load_causal_lm
     try:
         model = loader(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
-                       disable_dropout_=cfg.disable_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
+                       disable_dropout_=cfg.disable_dropout, gradient_checkpointing=cfg.gradient_checkpointing,
+                       dropout=cfg.dropout, resize_embeddings=cfg.add_eot_token, **extra)
     except OSError as e:
         raise ConfigError(f"cannot load model {path!r}: {str(e).splitlines()[0]}")
     if cfg.lora_dim > 0:
@@ -212,14 +235,17 @@ def load_tokenizer_for(cfg, path: str | None = None, padding_side: str = "right"
 
     path = getattr(cfg, "tokenizer_name_or_path", None) or path or cfg.model_name_or_path
     try:
-        return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side)
+        return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side,
+                              eot_token=cfg.eot_token if cfg.add_eot_token else None)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load tokenizer {path!r}: {str(e).splitlines()[0]}")
 
 
 # -- reward model / critic ---------------------------------------------------------------------
 def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool = False,
-                      disable_dropout_: bool = False, gradient_checkpointing: bool = False) -> nn.Module:
+                      disable_dropout_: bool = False, gradient_checkpointing: bool = False,
+                      dropout: float | None = None, resize_embeddings: bool = False,
+                      head_dropout: float = 0.0) -> nn.Module:
     """AutoModelForSequenceClassification with one output: a causal-LM backbone plus a scalar
     head (`score`), newly initialised when starting from a causal LM. Saved with
     `save_hf_model(..., model_cls=AutoModelForSequenceClassification)` it reloads in stock
@@ -234,7 +260,17 @@ def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool =
                     "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         init_value_head(model)
-    return _prepare(model, tokenizer, disable_dropout_, gradient_checkpointing)
+    if head_dropout:
+        add_head_dropout(model, head_dropout)
+    return _prepare(model, tokenizer, disable_dropout_, gradient_checkpointing, dropout, resize_embeddings)
+
+
+def add_head_dropout(model: nn.Module, p: float) -> None:
+    """Dropout on the hidden state entering the scalar head, in training mode only. A hook, not a
+    new module, so the saved weights keep the stock `score` layout and reload in transformers."""
+    def hook(module, args):
+        return (torch.nn.functional.dropout(args[0], p, module.training),)
+    value_head(model).register_forward_pre_hook(hook)
 
 
 def value_head(model: nn.Module) -> nn.Linear:

@@ -8,9 +8,12 @@ from . import distributed as dist
 
 
 def start(cfg) -> None:
-    """Environment defaults, process group, seeds."""
+    """Environment defaults, process group, seeds; names once each accepted flag that does
+    nothing in this run."""
     dist.set_env_defaults()
     dist.init_distributed()
+    for note in getattr(cfg, "notes", []):
+        dist.print_rank0(f"[flags] {note}")
     from .trainer import seed_everything
 
     seed_everything(cfg.seed)

@@ -24,7 +24,7 @@ import torch
 
 from . import distributed as dist
 from .checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .ds_config import train_ds_config
+from .ds_config import merge_user_config, train_ds_config
 from .logging import MetricsLogger, progress
 
 
@@ -42,19 +42,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on biases and normalisation weights (1-d tensors)."""
-    decay, no_decay = [], []
+def optimizer_groups(model: torch.nn.Module, weight_decay: float, lora_lr: float | None = None) -> list[dict]:
+    """AdamW groups: no decay on biases and normalisation weights (1-d tensors); with `lora_lr`,
+    the LoRA adapters in groups of their own at that learning rate."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-    return [g for g in ({"params": decay, "weight_decay": weight_decay},
-                        {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        decays = not (p.ndim < 2 or name.endswith(".bias"))
+        groups.setdefault((lora_lr is not None and "lora_" in name, decays), []).append(p)
+    out = []
+    for lora in (False, True):
+        for decays in (True, False):
+            if params := groups.get((lora, decays)):
+                g = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+                out.append({**g, "lr": lora_lr} if lora else g)
+    return out
 
 
-def make_optimizer(model, *, lr: float, weight_decay: float, betas: tuple[float, float], offload: bool):
-    groups = optimizer_groups(model, weight_decay)
+def make_optimizer(model, *, lr: float, weight_decay: float, betas: tuple[float, float], offload: bool,
+                   lora_lr: float | None = None):
+    groups = optimizer_groups(model, weight_decay, lora_lr)
     if offload and dist.on_gpu():
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -62,14 +70,34 @@ def make_optimizer(model, *, lr: float, weight_decay: float, betas: tuple[float,
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=dist.on_gpu())
 
 
-def ds_config_for(cfg) -> dict:
-    """The DeepSpeed config of a step's trained model, from its config dataclass."""
-    return train_ds_config(
-        micro_batch_size=cfg.per_device_train_batch_size,
+def ds_config_for(cfg, *, micro_batch_size: int | None = None, zero_stage: int | None = None,
+                  what: str = "model") -> dict:
+    """The DeepSpeed config of a trained model, from its step's config dataclass, with the user's
+    --deepspeed_config merged over it (printed once per model)."""
+    world = dist.world_size()
+    ours = train_ds_config(
+        micro_batch_size=micro_batch_size or cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        world_size=dist.world_size(), zero_stage=cfg.zero_stage, offload=cfg.offload,
-        dtype=cfg.dtype, gradient_clipping=cfg.gradient_clipping,
+        world_size=world, zero_stage=cfg.zero_stage if zero_stage is None else zero_stage,
+        offload=cfg.offload, dtype=cfg.dtype, gradient_clipping=cfg.gradient_clipping,
     )
+    if not cfg.deepspeed_config:
+        return ours
+    import json
+
+    from .config import ConfigError, read_deepspeed_config
+
+    user = read_deepspeed_config(cfg.deepspeed_config)
+    merged = merge_user_config(ours, user)
+    expected = merged["train_micro_batch_size_per_gpu"] * merged["gradient_accumulation_steps"] * world
+    if merged.get("train_batch_size") != expected:
+        if user.get("train_batch_size", "auto") != "auto":
+            raise ConfigError(f"--deepspeed_config {cfg.deepspeed_config}: train_batch_size "
+                              f"{user['train_batch_size']} is not micro-batch x accumulation x processes "
+                              f"= {expected}")
+        merged["train_batch_size"] = expected
+    dist.print_rank0(f"[deepspeed] {what} config: {json.dumps(merged, sort_keys=True)}")
+    return merged
 
 
 def start_engine(model, cfg, n_train: int, ds_config: dict, what: str = "model"):
@@ -81,17 +109,27 @@ def start_engine(model, cfg, n_train: int, ds_config: dict, what: str = "model")
     return init_engine(model, cfg, total_steps(n_train, cfg, dist.world_size()), ds_config=ds_config)
 
 
-def init_engine(model, cfg, total_steps: int, *, lr: float | None = None, ds_config: dict | None = None):
-    """deepspeed.initialize with our optimizer and an HF learning-rate schedule."""
+def init_engine(model, cfg, total_steps: int, *, ds_config: dict, side=None):
+    """deepspeed.initialize with our optimizer and an HF learning-rate schedule, unless the
+    user's --deepspeed_config brings its own "optimizer" / "scheduler" (then DeepSpeed builds them).
+    `side` (step 3's actor or critic options) supplies learning rate and weight decay; else `cfg`."""
     import deepspeed
     from transformers import get_scheduler
 
-    ds_config = ds_config or ds_config_for(cfg)
-    opt = make_optimizer(model, lr=lr or cfg.learning_rate, weight_decay=cfg.weight_decay,
-                         betas=(cfg.adam_beta1, cfg.adam_beta2), offload=cfg.offload)
-    sched = get_scheduler(cfg.lr_scheduler_type, optimizer=opt, num_warmup_steps=cfg.num_warmup_steps,
-                          num_training_steps=max(total_steps, 1))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_config)
+    opts = side or cfg
+    lr, wd = opts.learning_rate, opts.weight_decay
+    lora_lr = opts.lora_learning_rate if getattr(opts, "lora_dim", 0) else None
+    if "optimizer" in ds_config:
+        opt, params = None, optimizer_groups(model, wd, lora_lr)
+    else:
+        opt, params = make_optimizer(model, lr=lr, weight_decay=wd, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     offload=cfg.offload, lora_lr=lora_lr), None
+    sched = None
+    if "scheduler" not in ds_config and opt is not None:
+        sched = get_scheduler(cfg.lr_scheduler_type, optimizer=opt, num_warmup_steps=cfg.num_warmup_steps,
+                              num_training_steps=max(total_steps, 1))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, model_parameters=params, lr_scheduler=sched,
+                                      config=ds_config)
     if dist.world_size() == 1 and ds_config.get("zero_optimization", {}).get("stage", 0) == 0:
         # one process: the allreduce is the identity, but ZeRO-0 first flattens every gradient into
         # a buffer (a transient copy of all gradients, the peak of each optimizer step)
@@ -192,6 +230,8 @@ class Trainer:
         self.engine.eval()
         n, bs = len(self.test_data), self.cfg.per_device_eval_batch_size
         per_rank = -(-n // self.world)
+        if self.cfg.eval_iters:
+            per_rank = min(per_rank, self.cfg.eval_iters * bs)
         mine = list(range(self.rank * per_rank, min(n, (self.rank + 1) * per_rank)))
         loss_sum, count, sums = 0.0, 0.0, {}
         for b in range(-(-per_rank // bs)):
@@ -221,8 +261,10 @@ class Trainer:
         return m
 
     # -- the loop --------------------------------------------------------------------------
-    def fit(self, eval_extra: Callable[[dict], dict] | None = None) -> dict[str, float]:
-        """Train to the end (resuming when asked); returns the last evaluation metrics."""
+    def fit(self, eval_extra: Callable[[dict], dict] | None = None,
+            after_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """Train to the end (resuming when asked); returns the last evaluation metrics.
+        `after_step(epoch, step)` runs after every optimizer step (e.g. predictions)."""
         cfg = self.cfg
         total = self.total_steps()
         self.maybe_resume()
@@ -241,6 +283,8 @@ class Trainer:
                 tok0 += m.pop("tokens")
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.4f}")
+                if cfg.print_loss:
+                    dist.print_rank0(f"[train] epoch {epoch} step {step} loss {m['loss']:.6f}")
                 if step % cfg.logging_steps == 0 or step == total:
                     dt = time.perf_counter() - t0
                     row = {f"train/{k}": v for k, v in m.items()}
@@ -254,6 +298,8 @@ class Trainer:
                     t0, tok0 = time.perf_counter(), 0.0
                 if cfg.eval_steps and step % cfg.eval_steps == 0:
                     last_eval = self.log_eval(eval_extra)
+                if after_step is not None:
+                    after_step(epoch, step)
                 if cfg.save_steps and step % cfg.save_steps == 0:
                     self.checkpoint()
                 if step >= total:

@@ -27,7 +27,7 @@ def main() -> None:
     from utils import distributed as dist
     from utils.config import DPOConfig
     from utils.data.preference import PreferenceExample, collate_preferences
-    from utils.trainer import Trainer, init_engine
+    from utils.trainer import Trainer, ds_config_for, init_engine
 
     tok = AutoTokenizer.from_pretrained(folder)
     g = torch.Generator().manual_seed(0)
@@ -42,7 +42,8 @@ def main() -> None:
     reference = build_reference(cfg, tok)
 
     def trainer_for(ref, examples):
-        engine = init_engine(AutoModelForCausalLM.from_pretrained(folder), cfg, total_steps=10**6)
+        engine = init_engine(AutoModelForCausalLM.from_pretrained(folder), cfg, total_steps=10**6,
+                             ds_config=ds_config_for(cfg))
         return Trainer(cfg, engine, examples, [], collate=lambda ex: collate_preferences(ex, tok.pad_token_id),
                        loss_fn=DPOObjective(cfg, ref), count_fn=pair_count)
 

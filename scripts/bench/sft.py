@@ -26,7 +26,7 @@ def main() -> None:
     from utils.config import SFTConfig
     from utils.data import Example, collate_lm
     from utils.losses import causal_lm_loss
-    from utils.trainer import Trainer, init_engine
+    from utils.trainer import Trainer, ds_config_for, init_engine
 
     vocab = len(AutoTokenizer.from_pretrained(folder))
     g = torch.Generator().manual_seed(0)
@@ -52,7 +52,8 @@ def main() -> None:
     cfg = SFTConfig(model_name_or_path=folder, data_path=["-"], output_dir=f"{folder}/out",
                     per_device_train_batch_size=a.batch, learning_rate=1e-4, lr_scheduler_type="constant",
                     disable_tqdm=True)
-    engine = init_engine(AutoModelForCausalLM.from_pretrained(folder), cfg, total_steps=10**6)
+    engine = init_engine(AutoModelForCausalLM.from_pretrained(folder), cfg, total_steps=10**6,
+                         ds_config=ds_config_for(cfg))
     trainer = Trainer(cfg, engine, examples, [], collate=lambda ex: collate_lm(ex, pad_id=3),
                       loss_fn=sft_loss, count_fn=label_count)
     windows = [[list(range(i, i + a.batch))] for i in range(0, len(examples), a.batch)]

@@ -17,7 +17,7 @@ import time
 
 from transformers import AutoModelForSequenceClassification
 
-from training.step3_rlhf.ppo_trainer import PPOTrainer, minibatches_per_round
+from training.step3_rlhf.ppo_trainer import PPOTrainer, optimizer_steps_per_round
 from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
 from utils import distributed as dist
 from utils.checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, save_hf_model, set_rng_state
@@ -33,8 +33,8 @@ from utils.run import finish, start, user_errors
 
 
 def load_pretraining_batches(cfg, tokenizer):
-    """An endless iterator of packed text batches for --add_pretrained_loss."""
-    raw = read_dataset(cfg.unsupervised_dataset_name)
+    """An endless iterator of packed text batches for --add_pretrained_loss with a dataset."""
+    raw = read_dataset(cfg.unsupervised_dataset_name, config_name=cfg.unsupervised_dataset_config_name)
     examples, _ = tokenize_records(raw.train, tokenizer, cfg.max_seq_len, "text")
     if not examples:
         raise ConfigError(f"--unsupervised_dataset_name {cfg.unsupervised_dataset_name}: no text")
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = load_tokenizer_for(cfg, cfg.actor_model_name_or_path, padding_side="left")
         data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
         prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss)
-        ptx = load_pretraining_batches(cfg, tokenizer) if cfg.add_pretrained_loss else None
+        ptx = (load_pretraining_batches(cfg, tokenizer)
+               if cfg.add_pretrained_loss and cfg.unsupervised_dataset_name else None)
         held_out = read_dataset(cfg.eval_data_path).train if cfg.eval_data_path else data.test
         eval_prompts = tokenize_prompts(held_out, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, False)
         if cfg.eval_steps and not eval_prompts:
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       world_size=dist.world_size(), seed=cfg.seed, epoch=0))
         # optimizer steps the LR schedule spans (independent of --max_steps, so a run stopped
         # early and resumed follows the same schedule)
-        total = (per_epoch // cfg.generation_batches * cfg.num_train_epochs * cfg.ppo_epochs
-                 * cfg.generation_batches * minibatches_per_round(cfg))
+        total = per_epoch // cfg.generation_batches * cfg.num_train_epochs * optimizer_steps_per_round(cfg)
         rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, max(total, 1))
         sources, weights = build_sources(cfg, rlhf, comet)
     dist.print_rank0(f"[data] {len(prompts)} prompts; reward sources: " +
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                 exps.append(exp)
                 for k, v in s.items():
                     stats[k] = stats.get(k, 0.0) + v / cfg.generation_batches
-            stats.update(trainer.train_on(exps, prompts))
+            stats.update(trainer.train_on(exps, critic_only=epoch == 0 and r < cfg.critic_go_first_steps))
             stats.update({f"count/{k}": v for k, v in trainer.counters.items()})
             last = state["step"] + 1 == rounds_per_epoch * cfg.num_train_epochs or state["step"] + 1 == cfg.max_steps
             if cfg.eval_steps and ((state["step"] + 1) % cfg.eval_steps == 0 or last):
@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
             history.append({"step": state["step"], **stats})
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")
+            if cfg.print_answers and state["step"] % cfg.print_answers_interval == 0:
+                prompt, answer = trainer.last_sample
+                dist.print_rank0(f"[answer] step {state['step']}\n--- prompt ---\n{prompt}\n--- answer ---\n{answer}")
             if cfg.save_steps and state["step"] % cfg.save_steps == 0:
                 client = {"state": state, "rng": dist.all_gather_object(rng_state()), "kl_ctl": trainer.kl.value,
                           "reward_queue": list(trainer.normalizer.queue),

@@ -20,7 +20,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, kept_count, sample_counts,
                                      sequence_confidence, temperatures)
 from utils import distributed as dist
-from utils.data import collate_lm
+from utils.data import IGNORE_INDEX, Example, collate_lm
 from utils.data.rlhf import PromptExample
 from utils.generation import left_pad
 from utils.losses import (causal_lm_loss, entropy_from_logits, gae, group_baseline, kl_penalized_rewards,
@@ -44,10 +44,12 @@ class Experience:
     returns: torch.Tensor         # [B, S-1]
     end_rewards: torch.Tensor     # [B] combined sequence reward, before clipping
     prompt_index: list[int]       # which PromptExample each row came from
+    sft_examples: list            # [B] the --add_sft_loss target of each row (Example or None)
 
     def rows(self, idx: list[int]) -> "Experience":
-        return Experience(**{f.name: ([getattr(self, f.name)[i] for i in idx] if f.name == "prompt_index"
-                                      else getattr(self, f.name)[idx]) for f in fields(self)})
+        def take(v):
+            return [v[i] for i in idx] if isinstance(v, list) else v[idx]
+        return Experience(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
 
 
 class AdaptiveKLController:
@@ -90,6 +92,14 @@ class RowTemperature(LogitsProcessor):
         return scores / self.temps.to(scores.device, scores.dtype)[:, None]
 
 
+def optimizer_steps_per_round(cfg) -> int:
+    """Optimizer steps of one round: its PPO minibatch updates (passes x generation batches x
+    minibatches x --ppo_mini_epochs) in windows of --gradient_accumulation_steps; a round always
+    ends with a step, so checkpoints never hold half-accumulated gradients."""
+    updates = cfg.ppo_epochs * cfg.generation_batches * minibatches_per_round(cfg) * cfg.ppo_mini_epochs
+    return -(-updates // cfg.gradient_accumulation_steps)
+
+
 def minibatches_per_round(cfg) -> int:
     """PPO minibatches (optimizer steps) per generation batch and PPO epoch: enough that none holds
     more than --per_device_training_batch_size sequences when a generation batch keeps the most it
@@ -113,6 +123,7 @@ class PPOTrainer:
                      if cfg.dynamic_sampling else None)
         self.baseline = None   # moving average of rewards: the REINFORCE baseline of single samples
         self.counters = {"sampled_sequences": 0, "sampled_tokens": 0, "scored_sequences": 0}
+        self.last_sample: tuple[str, str] | None = None   # (prompt, answer) of the latest round, for printing
 
     def state_dict(self) -> dict:
         """What a resumed run needs beyond the engines: ESRL's estimates, the baseline, counters."""
@@ -205,7 +216,10 @@ class PPOTrainer:
             stats["esrl/confidence"] = float(conf.mean())
             stats["esrl/kept"] = len(k) / len(rows)
         self.counters["scored_sequences"] += len(prompts)
-        _, ref_logprobs = self.forward_logprobs(self.rlhf.ref, seq, attn)
+        if self.rlhf.ref is not None:
+            _, ref_logprobs = self.forward_logprobs(self.rlhf.ref, seq, attn)
+        else:  # --remove_kl_penalty: no reference, so the KL term is exactly 0
+            ref_logprobs = logprobs
         if self.rlhf.critic is not None:
             values = token_values(self.rlhf.critic, seq, attn)[:, :-1]
         else:
@@ -214,7 +228,12 @@ class PPOTrainer:
 
         inputs = self.reward_inputs(prompts, answers)
         scores = {name: src(inputs) for name, src in self.sources.items()}
-        end = combine(scores, self.weights)
+        end = combine(scores, self.weights) + cfg.reward_bias
+        if cfg.shuffle_reward_score_randomly:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.counters["scored_sequences"])
+            end = end[torch.randperm(len(end), generator=g)]
+        sft_examples = self.sft_targets(prompts, answers, inputs) if cfg.add_sft_loss else [None] * len(prompts)
+        self.last_sample = (inputs.prompts[0], inputs.answers[0])
         has_eos = torch.tensor([bool(a) and a[-1] == tok.eos_token_id for a in answers])
         if cfg.missing_eos_penalty is not None:
             end = end + cfg.missing_eos_penalty * (~has_eos).float()
@@ -234,7 +253,7 @@ class PPOTrainer:
         if cfg.whiten_advantages:
             advantages = whiten(advantages, action_mask)
         exp = Experience(seq, attn, action_mask, logprobs, ref_logprobs, values, rewards, advantages, returns,
-                         end, list(prompt_index))
+                         end, list(prompt_index), sft_examples)
         lengths = action_mask.sum(1)
         stats.update({f"reward/{k}": float(v.mean()) for k, v in scores.items()})
         stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in scores.items()})
@@ -258,6 +277,23 @@ class PPOTrainer:
         d = self.cfg.baseline_decay
         self.baseline = m if self.baseline is None else d * self.baseline + (1 - d) * m
         return end - group_baseline(end, prompt_index, fallback)
+
+    def sft_targets(self, prompts: list[PromptExample], answers: list[list[int]], inputs: RewardInputs) -> list:
+        """Each row's --add_sft_loss target: its prompt's reference answer, or with
+        --update_reference_with_sampling the sampled answer where every source's raw scores, combined,
+        rate it above the reference (scored without touching running statistics)."""
+        targets = [p.sft for p in prompts]
+        if not self.cfg.update_reference_with_sampling:
+            return targets
+        refs = RewardInputs(prompts=inputs.prompts, answers=[p.reference for p in prompts],
+                            references=inputs.references, sources=inputs.sources, prompt_ids=inputs.prompt_ids,
+                            answer_ids=[[t for t in p.sft.labels if t != IGNORE_INDEX] if p.sft else [] for p in prompts])
+        sampled = combine({k: s.raw_scores(inputs).float().cpu() for k, s in self.sources.items()}, self.weights)
+        reference = combine({k: s.raw_scores(refs).float().cpu() for k, s in self.sources.items()}, self.weights)
+        for i, p in enumerate(prompts):
+            if p.sft is not None and sampled[i] > reference[i]:
+                targets[i] = Example(p.prompt_ids + answers[i], [IGNORE_INDEX] * len(p.prompt_ids) + answers[i])
+        return targets
 
     def reward_inputs(self, prompts: list[PromptExample], answers: list[list[int]]) -> RewardInputs:
         tok = self.tok
@@ -305,10 +341,13 @@ class PPOTrainer:
         return {f"eval/reward/{k}": dist.all_reduce_sum(v) / max(len(prompts), 1) for k, v in sums.items()}
 
     # -- updates ---------------------------------------------------------------------------------
-    def extra_losses(self, exp: Experience, prompts: list[PromptExample]) -> dict[str, torch.Tensor]:
+    def extra_losses(self, exp: Experience, logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The SFT loss on each row's target, and the pretraining loss on text batches or, without a
+        pretraining dataset, on the minibatch's own prompt tokens (the fork's form, which reuses the
+        policy forward's log-probs `logprobs` [B, S-1])."""
         out = {}
         if self.cfg.add_sft_loss:
-            examples = [prompts[i].sft for i in exp.prompt_index if prompts[i].sft is not None]
+            examples = [e for e in exp.sft_examples if e is not None]
             if examples:
                 b = collate_lm(examples, self.tok.pad_token_id).to(self.device)
                 logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
@@ -319,52 +358,84 @@ class PPOTrainer:
             logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
             s, n = causal_lm_loss(logits, b.labels)
             out["ptx"] = s / n.clamp_min(1)
+        elif self.cfg.add_pretrained_loss:
+            prompt_tokens = exp.attention_mask[:, 1:].float() * (1 - exp.action_mask)
+            out["ptx"] = masked_mean(-logprobs, prompt_tokens)
         return out
 
-    def train_on(self, exps: list[Experience], prompts: list[PromptExample]) -> dict:
-        """`ppo_epochs` passes over the experience, in minibatches; returns mean statistics."""
+    def train_on(self, exps: list[Experience], critic_only: bool = False) -> dict:
+        """`ppo_epochs` passes over the experience in minibatches, each updated `ppo_mini_epochs` times
+        in a row; gradients accumulate over --gradient_accumulation_steps updates and the round ends on
+        an optimizer step. `critic_only` (--critic_go_first_steps): one pass, the critic alone.
+        Returns mean statistics."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        n = 0
         g = torch.Generator().manual_seed(cfg.seed + len(exps))
         n_mb = minibatches_per_round(cfg)
-        for _ in range(cfg.ppo_epochs):
+        updates = []
+        for _ in range(1 if critic_only else cfg.ppo_epochs):
             for exp in exps:
                 order = torch.randperm(exp.sequences.shape[0], generator=g)
                 for part in torch.tensor_split(order, min(n_mb, len(order))):
-                    mb = exp.rows(part.tolist())
-                    for k, v in self.step(mb, prompts).items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    n += 1
-        stats = {k: v / max(n, 1) for k, v in sums.items()}
+                    updates += [exp.rows(part.tolist())] * cfg.ppo_mini_epochs
+        sums: dict[str, float] = {}
+        for k, mb in enumerate(updates):
+            boundary = (k + 1) % cfg.gradient_accumulation_steps == 0 or k == len(updates) - 1
+            for k_, v in self.step(mb, boundary, critic_only).items():
+                sums[k_] = sums.get(k_, 0.0) + v
+        stats = {k: v / max(len(updates), 1) for k, v in sums.items()}
         stats["time/training"] = time.perf_counter() - t0
         return stats
 
-    def step(self, mb: Experience, prompts: list[PromptExample]) -> dict[str, float]:
+    def step(self, mb: Experience, boundary: bool = True, critic_only: bool = False) -> dict[str, float]:
+        """One PPO update of the actor (unless `critic_only`) and the critic on a minibatch; the
+        optimizers step when `boundary` (the end of an accumulation window)."""
         cfg, mask = self.cfg, mb.action_mask
-        logits, logprobs = self.forward_logprobs(self.rlhf.actor, mb.sequences, mb.attention_mask)
-        pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
-        with torch.no_grad():
-            entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask)
-        extras = self.extra_losses(mb, prompts)
-        loss = cfg.factor_rl_loss * pg_loss
-        if "sft" in extras:
-            loss = loss + cfg.factor_sft_loss * extras["sft"]
-        if "ptx" in extras:
-            loss = loss + cfg.factor_pretrained_loss * extras["ptx"]
-        self.rlhf.actor.backward(loss)
-        self.rlhf.actor.step()
-        self.rlhf.update_ema()
-
-        out = {"pg_loss": float(pg_loss.detach()), "loss": float(loss.detach()),
-               "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"]), "ratio": float(st["ratio"]),
-               "entropy": float(entropy)}
-        if self.rlhf.critic is not None:
-            values = token_values(self.rlhf.critic, mb.sequences, mb.attention_mask)[:, :-1]
+        actor, critic = self.rlhf.actor, self.rlhf.critic
+        out: dict[str, float] = {}
+        if not critic_only:
+            actor.set_gradient_accumulation_boundary(boundary)
+            logits, logprobs = self.forward_logprobs(actor, mb.sequences, mb.attention_mask)
+            pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
+            with torch.no_grad():
+                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask)
+            extras = self.extra_losses(mb, logprobs)
+            loss = cfg.factor_rl_loss * pg_loss
+            if "sft" in extras:
+                loss = loss + cfg.factor_sft_loss * extras["sft"]
+            if "ptx" in extras:
+                loss = loss + cfg.factor_pretrained_loss * extras["ptx"]
+            actor.backward(loss)
+            out = {"pg_loss": float(pg_loss.detach()), "loss": float(loss.detach()),
+                   "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"]),
+                   "ratio": float(st["ratio"]), "entropy": float(entropy)}
+            out.update({f"{k}_loss": float(v.detach()) for k, v in extras.items()})
+        if critic is not None:
+            critic.set_gradient_accumulation_boundary(boundary)
+            values = token_values(critic, mb.sequences, mb.attention_mask)[:, :-1]
             vf_loss, vf_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mask, cfg.cliprange_value)
-            self.rlhf.critic.backward(vf_loss)
-            self.rlhf.critic.step()
+            critic.backward(vf_loss)
             out.update({"vf_loss": float(vf_loss.detach()), "vf_clipfrac": float(vf_clipfrac)})
-        out.update({f"{k}_loss": float(v.detach()) for k, v in extras.items()})
+        if boundary and cfg.align_overflow and not critic_only:
+            align_overflow(actor, critic)
+        if not critic_only:
+            actor.step()
+            if boundary:
+                self.rlhf.update_ema()
+        if critic is not None:
+            critic.step()
         return out
+
+
+def align_overflow(actor, critic) -> None:
+    """fp16 (--align_overflow): when one model's gradients overflowed, the other skips its step too,
+    so actor and critic stay on the same data (DeepSpeed's fp16 optimizers expose the check)."""
+    def overflowed(engine):
+        opt = getattr(engine, "optimizer", None)
+        return bool(opt is not None and hasattr(opt, "check_overflow") and opt.check_overflow(external=True))
+    a = overflowed(actor)
+    c = overflowed(critic) if critic is not None else False
+    if a != c:
+        skipping = critic if a else actor
+        skipping.optimizer.skip_step = True
+        dist.print_rank0(f"[ppo] fp16 overflow in the {'actor' if a else 'critic'}: both skip this step")
