@@ -93,7 +93,7 @@ def test_two_process_zero3(sft_dir, rm_dir, prompts, tmp_path):
 def test_hybrid_engine_switches_off_on_cpu(sft_dir, rm_dir, prompts, tmp_path):
     p = run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, tmp_path / "he", "--max_steps", 1,
                                      "--enable_hybrid_engine"))
-    assert "hybrid engine switched off: no GPU" in p.stdout
+    assert "[flags] --enable_hybrid_engine: needs a GPU" in p.stdout
 
 
 def test_adaptive_kl_and_reward_normalizer_by_hand():

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+from .predict import PredictArgs
+
 
 def _f(default, help: str, *, aliases: tuple[str, ...] = (), **kw):
     """A dataclass field with help text (the help is what `--help` prints). `aliases` are other
@@ -146,23 +148,13 @@ def read_deepspeed_config(path: str) -> dict:
 
 
 @dataclass
-class PredictArgs:
-    """The fork's predictions during training: answers to a prompt file, written every N steps."""
-    predict_file: Optional[str] = _f(None, "Prompts (SFT format) answered every --predict_steps steps into "
-                                           "<output_dir>/predicts/epoch_E_step_S.txt.")
-    predict_steps: int = _f(0, "Write predictions every N optimizer steps (step 3: rounds); 0 or -1: never.")
-    predict_batch_size: int = _f(16, "Prompts per generation batch when predicting.")
-    predict_max_new_tokens: int = _f(512, "Most new tokens per predicted answer.")
+class PredictOptions(PredictArgs, Notes):
+    """The fork's predictions during training (utils/predict.py), checked with the other flags."""
 
-    def check_predict(self) -> None:
-        if self.predict_file == "":
-            self.predict_file = None
-        if self.predict_steps > 0 and not self.predict_file:
-            raise ConfigError("--predict_steps needs --predict_file")
+    def check_predictions(self) -> None:
+        self.check_predict()
         if self.predict_file and self.predict_steps <= 0:
-            raise ConfigError("--predict_file needs --predict_steps > 0")
-        if self.predict_batch_size < 1 or self.predict_max_new_tokens < 1:
-            raise ConfigError("--predict_batch_size and --predict_max_new_tokens must be >= 1")
+            self.note("--predict_file", "no --predict_steps, so no predictions are written")
 
 
 @dataclass
@@ -322,13 +314,13 @@ class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, Ch
 
 
 @dataclass
-class SFTConfig(TrainConfig, PredictArgs):
+class SFTConfig(TrainConfig, PredictOptions):
     """Step 1: supervised fine-tuning (instruction, chat) or continued pretraining (text)."""
     sft_only_data_path: list[str] = _f([], "Datasets used whole by this step only (never split by --data_split).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_predict()
+        self.check_predictions()
 
 
 def _read_config_file(path: str) -> dict:
@@ -465,7 +457,7 @@ class RewardConfig(TrainConfig):
 
 
 @dataclass
-class DPOConfig(TrainConfig, PredictArgs):
+class DPOConfig(TrainConfig, PredictOptions):
     """Step 2 (alternative): DPO and relatives against a frozen reference model."""
 
     loss_type: str = _f("sigmoid", "sigmoid (DPO; with --label_smoothing, cDPO), ipo, simpo (reference-free), "
@@ -484,7 +476,7 @@ class DPOConfig(TrainConfig, PredictArgs):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_predict()
+        self.check_predictions()
         if self.beta <= 0:
             raise ConfigError(f"--beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -531,7 +523,7 @@ PER_MODEL = ("gradient_checkpointing", "dropout", "disable_dropout", "weight_dec
 
 @dataclass
 class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs, CheckpointArgs, PeerArgs,
-                 PredictArgs):
+                 PredictOptions):
     """Step 3: PPO with actor, critic, frozen reference and reward sources."""
     micro_batch_flag = "per_device_training_batch_size"
 
@@ -742,7 +734,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         self.check_logging()
         self.check_checkpoint()
         self.check_peer()
-        self.check_predict()
+        self.check_predictions()
         self.check_data()
         self.check_machinery()
         for side in ("actor", "critic"):

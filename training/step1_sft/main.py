@@ -17,6 +17,7 @@ from utils.config import SFTConfig, parse_config
 from utils.data import IGNORE_INDEX, collate_lm, step_examples, tokenize_records
 from utils.losses import causal_lm_loss
 from utils.models import load_tokenizer_for, load_trainable_lm
+from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
 from utils.trainer import LossOutput, Trainer, ds_config_for, perplexity, start_engine
 
@@ -38,12 +39,13 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = load_tokenizer_for(cfg)
         train, test = step_examples(cfg, 0, partial(tokenize_records, tokenizer=tokenizer,
                                                     max_len=cfg.max_seq_len, fmt=cfg.data_format))
+        predict = make_predict_hook(cfg, tokenizer, cfg.max_seq_len)
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
     engine = start_engine(model, cfg, len(train), ds_config)
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_lm, pad_id=tokenizer.pad_token_id),
                       loss_fn=sft_loss, count_fn=label_count)
-    result = trainer.fit(eval_extra=perplexity)
+    result = trainer.fit(eval_extra=perplexity, after_step=predict and partial(predict, engine))
 
     save_hf_model(engine.module, tokenizer, cfg.output_dir)
     finish()

@@ -23,6 +23,7 @@ from utils.data.preference import PreferenceBatch, collate_preferences, tokenize
 from utils.ds_config import eval_ds_config
 from utils.losses import dpo_loss, ipo_loss, orpo_loss, response_lengths, sequence_logprobs, simpo_loss
 from utils.models import load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
+from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
 from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
 
@@ -92,7 +93,8 @@ def build_reference(cfg: DPOConfig, tokenizer):
                         zero_stage=cfg.reference_zero_stage, offload=cfg.offload_reference_model, dtype=cfg.dtype)
     zero3_init_context(ds)
     ref = load_causal_lm(cfg.reference_model_name_or_path or cfg.model_name_or_path, tokenizer,
-                         trust_remote_code=cfg.trust_remote_code, disable_dropout_=True)
+                         trust_remote_code=cfg.trust_remote_code, disable_dropout_=True,
+                         resize_embeddings=cfg.add_eot_token)
     ref.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=ref, config=ds)
     engine.eval()
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = load_tokenizer_for(cfg)
         train, test = step_examples(cfg, 1, partial(tokenize_preferences, tokenizer=tokenizer,
                                                     max_len=cfg.max_seq_len, pairs_only=True), "pairs")
+        predict = make_predict_hook(cfg, tokenizer, cfg.max_seq_len)
         reference = build_reference(cfg, tokenizer) if cfg.uses_reference else None
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         dist.print_rank0(f"[dpo] reference log-probs precomputed for {len(train) + len(test)} pairs")
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
                       loss_fn=DPOObjective(cfg, reference), count_fn=pair_count, name="dpo")
-    result = trainer.fit()
+    result = trainer.fit(after_step=predict and partial(predict, engine))
 
     save_hf_model(engine.module, tokenizer, cfg.output_dir)
     finish()

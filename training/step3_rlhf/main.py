@@ -27,6 +27,7 @@ from utils.data.readers import read_dataset
 from utils.data.rlhf import tokenize_prompts
 from utils.logging import MetricsLogger, progress
 from utils.models import load_tokenizer_for
+from utils.predict import make_predict_hook
 from utils.rewards import RewardModelSource, RuleSource
 from utils.rewards.comet import build_comet_sources
 from utils.run import finish, start, user_errors
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = load_tokenizer_for(cfg, cfg.actor_model_name_or_path, padding_side="left")
         data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
         prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss)
+        predict = make_predict_hook(cfg, tokenizer, cfg.max_prompt_seq_len)
         ptx = (load_pretraining_batches(cfg, tokenizer)
                if cfg.add_pretrained_loss and cfg.unsupervised_dataset_name else None)
         held_out = read_dataset(cfg.eval_data_path).train if cfg.eval_data_path else data.test
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
             state = {"epoch": epoch, "batch": r + 1, "step": state["step"] + 1}
             stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
             logger.log(state["step"], stats)
+            if predict:
+                predict(rlhf.actor, epoch, state["step"])
             history.append({"step": state["step"], **stats})
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")

@@ -1,0 +1,103 @@
+"""Step-3 behaviour of DeepSpeed-Chat's and the fork's flags, on the tiny models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import in_fresh_process, load_weights, read_metrics, run_module, step3_args
+
+MODULE = "training.step3_rlhf.main"
+
+
+@pytest.fixture(scope="module")
+def rm_dir(sft_dir, tokenizer, tmp_path_factory):
+    from utils.models import load_reward_model
+
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    load_reward_model(str(sft_dir), tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def step_counts(argv):
+    """Run step 3 in this (fresh) process; the optimizer steps each engine took, and whether a
+    reference model was built."""
+    from training.step3_rlhf.main import main
+
+    engine = main(argv)["engine"]
+    return engine.actor.global_steps, engine.critic.global_steps, engine.ref is None
+
+
+def test_critic_first_mini_epochs_accumulation_and_no_kl(sft_dir, rm_dir, prompts, tmp_path):
+    out = tmp_path / "ppo"
+    # 8 prompts a round in minibatches of 4: 2 minibatches x 2 mini-epochs = 4 updates a pass, 2 steps
+    # with accumulation 2. Round 1 trains the critic alone (one pass), round 2 both.
+    argv = step3_args(sft_dir, rm_dir, prompts, out, "--max_steps", 2, "--critic_go_first_steps", 1,
+                      "--ppo_mini_epochs", 2, "--gradient_accumulation_steps", 2, "--remove_kl_penalty",
+                      "--add_pretrained_loss", "--reward_functions", "examples.demo.task:reward")
+    actor_steps, critic_steps, no_ref = in_fresh_process(step_counts, argv)
+    assert (actor_steps, critic_steps, no_ref) == (2, 4, True)
+    rows = read_metrics(out)
+    assert "pg_loss" not in rows[0] and "vf_loss" in rows[0]
+    assert rows[1]["ptx_loss"] > 0 and rows[0]["kl"] == 0.0 and rows[1]["kl"] == 0.0
+
+
+def test_critic_first_round_leaves_the_actor_untouched(sft_dir, rm_dir, prompts, tmp_path):
+    out = tmp_path / "first"
+    p = run_module(MODULE, step3_args(sft_dir, rm_dir, prompts, out, "--max_steps", 1, "--critic_go_first_steps",
+                                      1, "--print_answers", "--use_reward_model", "false", "--reward_functions",
+                                      "examples.demo.task:reward", "--reward_bias", "0.25"))
+    sft, actor = load_weights(sft_dir), load_weights(out / "actor")
+    assert all(torch.equal(sft[k], actor[k]) for k in sft)
+    assert "[answer] step 1\n--- prompt ---\n" in p.stdout
+    row = read_metrics(out)[0]
+    assert row["reward/total"] == pytest.approx(row["reward/reward"] + 0.25, abs=1e-6)
+
+
+def test_reward_type_seq_trains_without_a_critic(sft_dir, prompts, tmp_path):
+    out = tmp_path / "seq"
+    p = run_module(MODULE, ["--actor_model_name_or_path", str(sft_dir), "--data_path", str(prompts),
+                            "--output_dir", str(out), "--reward_functions", "examples.demo.task:reward",
+                            "--use_reward_model", "false", "--reward_type", "seq", "--max_steps", "2",
+                            "--max_prompt_seq_len", "32", "--max_answer_seq_len", "6",
+                            "--per_device_generation_batch_size", "8", "--actor_learning_rate", "1e-3",
+                            "--disable_tqdm", "--deepspeed"])
+    assert "[flags] --reward_type seq: sequence-level credit needs no value function" in p.stdout
+    assert "[flags] --deepspeed: DeepSpeed is always the engine here" in p.stdout
+    assert (out / "actor").is_dir() and not (out / "critic").exists()
+    assert "vf_loss" not in read_metrics(out)[0]
+
+
+class _Rule:
+    """A reward source that scores an answer by its length in characters."""
+    raw = None
+
+    def raw_scores(self, inputs):
+        return torch.tensor([float(len(a)) for a in inputs.answers])
+
+
+def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
+    from types import SimpleNamespace
+
+    from training.step3_rlhf.ppo_trainer import PPOTrainer
+    from utils.data.rlhf import PromptExample
+    from utils.data.sft import IGNORE_INDEX, Example
+    from utils.rewards import RewardInputs
+
+    def prompt(text, ref):
+        p_ids, r_ids = tokenizer(text)["input_ids"], tokenizer(ref, add_special_tokens=False)["input_ids"] + [2]
+        return PromptExample(p_ids, text, ref, text, Example(p_ids + r_ids, [IGNORE_INDEX] * len(p_ids) + r_ids))
+
+    prompts = [prompt("User: a\nAssistant: ", "short"), prompt("User: b\nAssistant: ", "a much longer answer")]
+    answers = [[5, 6, 7], [8]]
+    inputs = RewardInputs(prompts=[p.prompt for p in prompts], answers=["a longer sample", "x"],
+                          references=[p.reference for p in prompts], sources=[p.source for p in prompts],
+                          prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers)
+    trainer = PPOTrainer.__new__(PPOTrainer)
+    trainer.cfg = SimpleNamespace(update_reference_with_sampling=True)
+    trainer.sources, trainer.weights = {"len": _Rule()}, {"len": 1.0}
+    targets = trainer.sft_targets(prompts, answers, inputs)
+    # row 0: the sample (15 chars) beats "short" (5); row 1: "x" loses to the reference
+    assert targets[0] == Example(prompts[0].prompt_ids + [5, 6, 7], [IGNORE_INDEX] * len(prompts[0].prompt_ids)
+                                 + [5, 6, 7])
+    assert targets[1] is prompts[1].sft
