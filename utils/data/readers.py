@@ -1,22 +1,34 @@
 """Read raw records from local files, folders or dataset names, with locations for errors.
 
 Every record keeps where it came from (`where`: "file:line" or "file row N") so a
-validation error can name it in one line.
+validation error can name it in one line. DeepSpeed-Chat's named datasets and Anthropic HH
+dialogues are turned into our record formats here, while reading (rules in `named`), so
+every step sees the same rows.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ..distributed import print_rank0
+from . import named
 from .errors import DataError
+from .split import split_indices
 
-TEXT_EXTS = (".txt", ".jsonl", ".json")
+TEXT_EXTS = (".txt", ".jsonl", ".json", ".jsonl.gz", ".json.gz")
 TABLE_EXTS = (".parquet",)
 SPLIT_NAMES = {"train": ("train",), "test": ("test", "eval", "validation", "valid", "dev")}
+# Where DeepSpeed-Chat cuts a dataset's evaluation rows out of its train split, it keeps a
+# seeded tenth (seed = its default --seed); ours is seeded too, so every step and every run
+# holds out the same rows.
+DERIVED_EVAL_FRACTION = 0.1
+DERIVED_EVAL_SEED = 1234
 
 
 @dataclass
@@ -40,8 +52,23 @@ class RawDataset:
     test: list[Record]
 
 
-def _decode_lines(path: Path) -> list[tuple[int, str]]:
+def _ext(path: Path) -> str:
+    """The extension that says how to read the file: ".jsonl.gz" for a gzipped one."""
+    return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+
+
+def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a valid gzip file ({e})")
+
+
+def _decode_lines(path: Path) -> list[tuple[int, str]]:
+    raw = _read_bytes(path)
     out = []
     for i, line in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -56,14 +83,16 @@ def _decode_lines(path: Path) -> list[tuple[int, str]]:
 
 
 def read_text_file(path: Path) -> list[Record]:
-    """JSON-lines (`.jsonl`, `.json`, or a `.txt` whose first line is a JSON object) become one
-    record per line; any other `.txt` is plain text: one `{"text": line}` record per line."""
+    """JSON-lines (`.jsonl`, `.json`, their gzipped `.jsonl.gz`, `.json.gz`, or a `.txt` whose
+    first line is a JSON object) become one record per line; any other `.txt` is plain text:
+    one `{"text": line}` record per line."""
     lines = [(i, t) for i, t in _decode_lines(path) if t.strip()]
     if not lines:
         raise DataError(f"{path}: file is empty (no records)")
     first = lines[0][1].lstrip()
-    is_json = path.suffix in (".jsonl", ".json") or first.startswith("{")
-    if path.suffix == ".json" and first.startswith("["):
+    kind = _ext(path).removesuffix(".gz")
+    is_json = kind in (".jsonl", ".json") or first.startswith("{")
+    if kind == ".json" and first.startswith("["):
         return _read_json_array(path)
     if not is_json:
         return [Record(str(path), f":{i}", {"text": t}, plain_line=True) for i, t in lines]
@@ -81,7 +110,7 @@ def read_text_file(path: Path) -> list[Record]:
 
 def _read_json_array(path: Path) -> list[Record]:
     try:
-        arr = json.loads(path.read_text(encoding="utf-8"))
+        arr = json.loads(_read_bytes(path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: invalid JSON ({e})")
     if not arr:
@@ -137,42 +166,141 @@ def _looks_local(path: str) -> bool:
     return (
         path.startswith(("/", "./", "../", "~"))
         or os.sep + "." in path
-        or Path(path).suffix in TEXT_EXTS + TABLE_EXTS
+        or _ext(Path(path)) in TEXT_EXTS + TABLE_EXTS
     )
 
 
-def read_dataset(path: str) -> RawDataset:
-    """A file (all rows are train), a folder with train.* and optionally test.*, or a dataset
-    name for `datasets.load_dataset` (its train and test/validation splits)."""
+def read_dataset(path: str, config_name: str | None = None) -> RawDataset:
+    """One `--data_path` entry's train and held-out records, from
+    - a file: all rows are train;
+    - a folder with train.* and optionally test.* files (SPLIT_NAMES, TEXT_EXTS, TABLE_EXTS);
+    - a folder written by `datasets`' save_to_disk (as DeepSpeed-Chat reads local paths);
+    - any other folder (a dataset repository's layout, e.g. data/train-00000-of-00001.parquet)
+      or a dataset name: `datasets.load_dataset(path, config_name)`, its train split and its
+      test (or eval/validation/dev) split.
+    A DeepSpeed-Chat dataset name anywhere in the path applies that dataset's column rule
+    and split choice (`named.NAMED`), however it was loaded; Anthropic HH rows become
+    prompt/chosen/rejected (`named.hh_pair`). Skipped rows are counted per file.
+    `config_name` only matters where `load_dataset` is called.
+    """
+    spec = named.match(path)
+    train, test = _load(path, config_name, spec)
+    if spec is not None:
+        why = f"{spec.name} rows without a usable prompt and answer: utils.data.named.{spec.row.__name__}"
+        train, test = (_convert(part, spec.row, why, reading_as=spec.name) for part in (train, test))
+        if spec.eval_split is None and not test:
+            train, test = _derive_eval(train)
+    why = "Anthropic HH rows whose chosen and rejected differ before the last answer, or with an empty answer"
+    train, test = (_convert(part, named.hh_pair, why, only=named.is_hh) for part in (train, test))
+    return RawDataset(path, train, test)
+
+
+def _load(path: str, config_name: str | None, spec: named.NamedDataset | None) -> tuple[list[Record], list[Record]]:
     p = Path(path).expanduser()
     if p.is_file():
-        return RawDataset(path, read_file(p), [])
+        return read_file(p), []
     if p.is_dir():
         train = _find_split(p, "train")
-        if train is None:
-            names = ", ".join(f"train{e}" for e in TEXT_EXTS + TABLE_EXTS)
-            raise DataError(f"{path}: folder has no training file (looked for {names})")
-        test = _find_split(p, "test")
-        return RawDataset(path, read_file(train), read_file(test) if test else [])
+        if train is not None:
+            test = _find_split(p, "test")
+            return read_file(train), read_file(test) if test else []
+        if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
+            return _load_saved(p, path, spec)
+        return _load_with_datasets(str(p), path, config_name, spec, folder=True)
     if _looks_local(path):
         raise DataError(f"{path}: no such file or folder")
-    return _read_hub_dataset(path)
+    if spec is not None and spec.local_files:
+        return _read_local_files(path, spec)
+    name = spec.hub_name if spec is not None and spec.hub_name else path
+    return _load_with_datasets(name, path, config_name, spec, folder=False)
 
 
-def _read_hub_dataset(name: str) -> RawDataset:
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _load_with_datasets(target: str, label: str, config_name: str | None, spec: named.NamedDataset | None, *,
+                        folder: bool) -> tuple[list[Record], list[Record]]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(name)
-    except Exception as e:  # network, missing dataset, bad config: all user-facing
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{name}: cannot load dataset ({msg})")
-    def records(split):
-        return [Record(f"{name}[{split}]", f" row {i}", dict(r)) for i, r in enumerate(ds[split])]
+        ds = datasets.load_dataset(target) if config_name is None else datasets.load_dataset(target, config_name)
+    except Exception as e:  # network, missing dataset, bad config, unreadable files: all user-facing
+        if folder:
+            names = ", ".join(f"train{x}" for x in TEXT_EXTS + TABLE_EXTS)
+            raise DataError(f"{label}: folder has no training file (looked for {names}) and "
+                            f"datasets.load_dataset cannot read it ({_first_line(e)})")
+        loading = "" if target == label else f" {target}"
+        raise DataError(f"{label}: cannot load dataset{loading} ({_first_line(e)})")
+    return _dataset_splits(ds, label, spec)
+
+
+def _load_saved(folder: Path, label: str, spec: named.NamedDataset | None) -> tuple[list[Record], list[Record]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as e:  # a partial or foreign save_to_disk folder
+        raise DataError(f"{label}: cannot load the dataset saved there ({_first_line(e)})")
+    return _dataset_splits(ds, label, spec)
+
+
+def _dataset_splits(ds, label: str, spec: named.NamedDataset | None) -> tuple[list[Record], list[Record]]:
+    """Train and held-out records of a loaded Dataset / DatasetDict; the held-out split is
+    the one the named dataset's DeepSpeed-Chat class reads, else the first of SPLIT_NAMES."""
+    import datasets
+
+    def records(split: str, rows) -> list[Record]:
+        return [Record(f"{label}[{split}]", f" row {i}", dict(r)) for i, r in enumerate(rows.to_list())]
+    if isinstance(ds, datasets.Dataset):
+        return records("train", ds), []
     if "train" not in ds:
-        raise DataError(f"{name}: dataset has no 'train' split (has {', '.join(ds)})")
-    test_split = next((s for s in SPLIT_NAMES["test"] if s in ds), None)
-    return RawDataset(name, records("train"), records(test_split) if test_split else [])
+        raise DataError(f"{label}: dataset has no 'train' split (has {', '.join(ds)})")
+    preferred = (spec.eval_split,) if spec is not None and spec.eval_split else ()
+    test = next((s for s in preferred + SPLIT_NAMES["test"] if s in ds), None)
+    return records("train", ds["train"]), records(test, ds[test]) if test else []
+
+
+def _read_local_files(path: str, spec: named.NamedDataset) -> tuple[list[Record], list[Record]]:
+    """DeepSpeed-Chat's local/jsonfile reads data/train.json and data/eval.json from its own
+    folder; ours are under the working directory (where the steps are run from)."""
+    files = [Path.cwd() / f for f in spec.local_files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{path}: {' and '.join(missing)} not found ({spec.name} reads "
+                        f"{' and '.join(spec.local_files)} under the working directory)")
+    return read_file(files[0]), read_file(files[1])
+
+
+def _convert(records: list[Record], rule: Callable[[dict], dict | None], why: str, *,
+             only: Callable[[dict], bool] | None = None, reading_as: str | None = None) -> list[Record]:
+    """Apply a row rule (None: skip the row) to the records (those `only` accepts, if given);
+    skipped rows are counted per source, and a source left with no row is an error."""
+    out, skipped, total = [], {}, {}
+    for rec in records:
+        total[rec.source] = total.get(rec.source, 0) + 1
+        if only is not None and not only(rec.data):
+            out.append(rec)
+            continue
+        try:
+            data = rule(rec.data)
+        except named.RowError as e:
+            raise DataError(f"{rec.where}: {e}" + (f" (reading it as {reading_as})" if reading_as else ""))
+        if data is None:
+            skipped[rec.source] = skipped.get(rec.source, 0) + 1
+        else:
+            out.append(Record(rec.source, rec.loc, data))
+    for source, n in skipped.items():
+        if n == total[source]:
+            raise DataError(f"{source}: all {n} rows skipped ({why})")
+        print_rank0(f"[data] {source}: skipped {n} of {total[source]} rows ({why})")
+    return out
+
+
+def _derive_eval(train: list[Record]) -> tuple[list[Record], list[Record]]:
+    fractions = [1 - DERIVED_EVAL_FRACTION, DERIVED_EVAL_FRACTION]
+    keep, held = (split_indices(len(train), fractions, i, DERIVED_EVAL_SEED) for i in (0, 1))
+    return [train[i] for i in keep], [train[i] for i in held]
 
 
 def require_str(rec: Record, key: str, *, optional: bool = False, allow_empty: bool = False) -> str | None:
