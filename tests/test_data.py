@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
-from utils.data import (IGNORE_INDEX, DataError, Example, collate_lm, epoch_batches, load_step_records,
-                        read_dataset, tokenize_records)
+from utils.data import (IGNORE_INDEX, DataError, Example, LengthStats, collate_lm, epoch_batches,
+                        load_step_records, read_dataset, tokenize_records)
 from utils.data.readers import Record
 from utils.data.sft import chat_segments, encode_prompts, sft_prompt
 from utils.data.split import parse_split, split_indices
@@ -60,10 +60,18 @@ def test_bad_input_names_file_line_and_field(tmp_path, tokenizer, name, content,
     assert msg.startswith(str(p)) and expected in msg, msg
 
 
-def test_prompt_longer_than_limit(tmp_path, tokenizer):
-    p = write_jsonl(tmp_path / "long.jsonl", [SFT, {**SFT, "instruction": "User: " + "fox " * 40}])
-    with pytest.raises(DataError, match=r"long.jsonl:2: prompt is \d+ tokens, not shorter than --max_seq_len 32"):
-        tokenize_records(read_dataset(str(p)).train, tokenizer, 32)
+def test_prompt_longer_than_limit_keeps_its_end(tmp_path, tokenizer):
+    long_prompt = "User: " + "fox " * 40
+    p = write_jsonl(tmp_path / "long.jsonl", [SFT, {**SFT, "instruction": long_prompt}])
+    (short, long), stats = tokenize_records(read_dataset(str(p)).train, tokenizer, 32)
+    prompt = tokenizer(long_prompt)["input_ids"]
+    answer = tokenizer(SFT["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert len(prompt) > 32 and len(answer) == 6
+    # 32 - 6 = 26 prompt tokens: BOS, then the prompt's last 25
+    assert long.input_ids == [tokenizer.bos_token_id] + prompt[-25:] + answer
+    assert long.labels == [IGNORE_INDEX] * 26 + answer
+    assert len(short.input_ids) < 32
+    assert stats == LengthStats(kept=2, truncated=1, truncated_prompts=1, truncated_answers=0, dropped=0)
 
 
 def test_missing_path_and_missing_train_file(tmp_path):
@@ -117,8 +125,12 @@ def test_sft_ids_are_prompt_ids_then_response_ids(tokenizer):
 
 def test_response_truncated_to_max_len(tokenizer):
     rec = Record("f", ":1", {**SFT, "output": "fox " * 30})
-    (ex,), truncated = tokenize_records([rec], tokenizer, 24)
-    assert truncated == 1 and len(ex.input_ids) == 24 and len(ex.labels) == 24
+    (ex,), stats = tokenize_records([rec], tokenizer, 40)
+    prompt = tokenizer(SFT["instruction"])["input_ids"]
+    answer = tokenizer("fox " * 30, add_special_tokens=False)["input_ids"]
+    assert len(prompt) == 16 and len(answer) == 31  # the prompt is within 40 // 2, so it stays whole
+    assert ex.input_ids == prompt + answer[:24] and ex.labels == [IGNORE_INDEX] * 16 + answer[:24]
+    assert stats == LengthStats(kept=1, truncated=1, truncated_prompts=0, truncated_answers=1, dropped=0)
 
 
 def test_chat_loss_only_on_assistant_turns(tokenizer):

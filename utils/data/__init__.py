@@ -7,7 +7,7 @@ from typing import Callable
 from .collate import LMBatch, collate_lm, epoch_batches, pad_right
 from .errors import DataError
 from .readers import RawDataset, Record, read_dataset
-from .sft import IGNORE_INDEX, Example, encode_prompts, sft_prompt, tokenize_records
+from .sft import IGNORE_INDEX, Example, LengthStats, by_source, encode_prompts, sft_prompt, tokenize_records
 from .split import take_step_share
 
 
@@ -31,39 +31,39 @@ def load_step_records(paths: list[str], split: str | None, step: int, seed: int)
     return StepData(train, test)
 
 
-def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple[list, int]]) -> tuple[list, list, int]:
-    """Apply `tokenize` (records -> (examples, truncated)) to each source file separately,
-    since a file holds one format; returns (train, test, truncated)."""
-    truncated = 0
+def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple[list, LengthStats]]
+                        ) -> tuple[list, list, dict[str, LengthStats]]:
+    """Apply `tokenize` (one file's records -> (examples, LengthStats)) to each source file
+    separately, since a file holds one format; returns (train, test, source -> stats)."""
+    stats: dict[str, LengthStats] = {}
     out = []
     for records in (data.train, data.test):
-        groups: dict[str, list[Record]] = {}
-        for r in records:
-            groups.setdefault(r.source, []).append(r)
         examples = []
-        for group in groups.values():
-            ex, t = tokenize(group)
+        for source, group in by_source(records).items():
+            ex, stats[source] = tokenize(group)
             examples += ex
-            truncated += t
         out.append(examples)
-    return out[0], out[1], truncated
+    return out[0], out[1], stats
 
 
-def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list, int]],
+def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
                   unit: str = "sequences") -> tuple[list, list]:
-    """This step's share of every --data_path entry, tokenized and reported; (train, test)."""
+    """This step's share of every --data_path entry, tokenized and reported; (train, test).
+
+    The totals line comes first, then one line per file with what the length rule did.
+    """
     from ..distributed import print_rank0
 
     data = load_step_records(cfg.data_path, cfg.data_split, step=step, seed=cfg.data_seed)
-    train, test, truncated = tokenize_per_source(data, tokenize)
-    if truncated:
-        print_rank0(f"[data] {truncated} answers truncated to --max_seq_len {cfg.max_seq_len}")
+    train, test, stats = tokenize_per_source(data, tokenize)
     print_rank0(f"[data] {len(train)} training and {len(test)} held-out {unit}")
+    for source, s in stats.items():
+        print_rank0(s.line(source))
     return train, test
 
 
 __all__ = [
-    "DataError", "Example", "IGNORE_INDEX", "LMBatch", "RawDataset", "Record", "StepData",
+    "DataError", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "RawDataset", "Record", "StepData",
     "collate_lm", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
     "read_dataset", "sft_prompt", "step_examples", "tokenize_per_source", "tokenize_records",
 ]

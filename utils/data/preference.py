@@ -8,6 +8,9 @@ Accepted rows (parquet columns or JSON keys):
   assistant answer (`prompt` optional and ignored);
 - pointwise: `prompt, response, score`.
 Prompt and answers are tokenized separately, as in SFT; a plain answer ends with EOS.
+Long rows follow the length rule of sft.py: both answers of a pair follow one prompt, cut
+to leave room for the longer answer; a pair whose answers differ but become identical once
+cut is dropped. Step 1 trains on these rows too (`tokenize_chosen`: prompt -> chosen).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import torch
 from .collate import pad_right
 from .errors import DataError
 from .readers import Record, require_number, require_str
-from .sft import IGNORE_INDEX, encode_prompts, encode_responses
+from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, encode_prompts, encode_responses, fit_row,
+                  prompt_answer_examples, require_usable, special_prefix, tokenize_chat)
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 SCORE_COLUMNS = (("chosen_score", "rejected_score"), ("chosen_gpt_score", "rejected_gpt_score"))
@@ -76,8 +80,6 @@ def _scores(rec: Record, required: bool) -> tuple[float, float]:
 
 
 def _chat_texts(rec: Record, tokenizer) -> tuple[str, str, str]:
-    from .sft import _check_messages
-
     chosen = _check_messages(Record(rec.source, rec.loc, {"messages": rec.data["chosen"]}))
     rejected = _check_messages(Record(rec.source, rec.loc, {"messages": rec.data["rejected"]}))
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
@@ -94,49 +96,68 @@ def _chat_texts(rec: Record, tokenizer) -> tuple[str, str, str]:
     return prompt, out[0], out[1]
 
 
-def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need_scores: bool = False,
-                         pairs_only: bool = False) -> tuple[list[PreferenceExample], int]:
-    """Validate and tokenize one source's rows; returns (examples, truncated answers)."""
-    if not records:
-        return [], 0
+def _file_kind(records: list[Record]) -> str:
+    """The one row kind of a file (pair, chat or point); rows of another kind are an error."""
     kinds = [_kind(r) for r in records]
     for r, k in zip(records, kinds):
         if k != kinds[0]:
             raise DataError(f"{r.where}: row is {k} but earlier rows are {kinds[0]}")
-    kind = kinds[0]
+    return kinds[0]
+
+
+def _cut_to_a_tie(answers: list[list[int]], cut: list[list[int]]) -> bool:
+    """Whether cutting made a pair's differing answers identical: no preference is left to learn."""
+    return len(answers) == 2 and cut[0] == cut[1] and answers[0] != answers[1]
+
+
+def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need_scores: bool = False,
+                         pairs_only: bool = False) -> tuple[list[PreferenceExample], LengthStats]:
+    """Validate and tokenize one source's rows; returns (examples, what the length rule did).
+
+    Every row is validated (scores included) before any is dropped, so bad input is an
+    error even in a row too long to use.
+    """
+    if not records:
+        return [], LengthStats()
+    kind = _file_kind(records)
     if pairs_only and kind == "point":
         raise DataError(f"{records[0].where}: pointwise rows (prompt, response, score) have no pair to prefer")
-    trunc = 0
-
-    def fit(prompt: list[int], resp: list[int], rec: Record) -> list[int]:
-        nonlocal trunc
-        if len(prompt) >= max_len:
-            raise DataError(f"{rec.where}: prompt is {len(prompt)} tokens, not shorter than --max_seq_len {max_len}")
-        if len(prompt) + len(resp) > max_len:
-            trunc += 1
-            return resp[: max_len - len(prompt)]
-        return resp
-
-    out: list[PreferenceExample] = []
     if kind == "chat":
+        rows = []
         for rec in records:
-            p, c, r = _chat_texts(rec, tokenizer)
-            ids = tokenizer([p, c, r], add_special_tokens=False)["input_ids"]
-            cs, rs = _scores(rec, need_scores)
-            out.append(PreferenceExample(ids[0], fit(ids[0], ids[1], rec), fit(ids[0], ids[2], rec), cs, rs))
-        return out, trunc
-    prompts = encode_prompts(tokenizer, [require_str(r, "prompt") for r in records])
-    if kind == "pair":
-        chosen = encode_responses(tokenizer, [require_str(r, "chosen") for r in records])
-        rejected = encode_responses(tokenizer, [require_str(r, "rejected") for r in records])
-        for rec, p, c, r in zip(records, prompts, chosen, rejected):
-            cs, rs = _scores(rec, need_scores)
-            out.append(PreferenceExample(p, fit(p, c, rec), fit(p, r, rec), cs, rs))
+            p, c, r = tokenizer(list(_chat_texts(rec, tokenizer)), add_special_tokens=False)["input_ids"]
+            rows.append((p, [c, r]))
     else:
-        responses = encode_responses(tokenizer, [require_str(r, "response") for r in records])
-        for rec, p, resp in zip(records, prompts, responses):
-            out.append(PreferenceExample(p, fit(p, resp, rec), None, require_number(rec, "score")))
-    return out, trunc
+        prompts = encode_prompts(tokenizer, [require_str(r, "prompt") for r in records])
+        names = ("chosen", "rejected") if kind == "pair" else ("response",)
+        answers = [encode_responses(tokenizer, [require_str(r, n) for r in records]) for n in names]
+        rows = [(p, a) for p, *a in zip(prompts, *answers)]
+    scores = [_scores(rec, need_scores) if kind != "point" else (require_number(rec, "score"), NAN)
+              for rec in records]
+    prefix = special_prefix(tokenizer)
+    out, stats = [], LengthStats()
+    for (prompt, answers), (cs, rs) in zip(rows, scores):
+        fitted = fit_row(prompt, answers, max_len, prefix)
+        if fitted is not None and _cut_to_a_tie(answers, fitted[1]):
+            fitted = None
+        stats.count_fit(prompt, answers, fitted)
+        if fitted is not None:
+            p, a = fitted
+            out.append(PreferenceExample(p, a[0], a[1] if len(a) == 2 else None, cs, rs))
+    require_usable(records[0].source, stats, f"--max_seq_len {max_len}")
+    return out, stats
+
+
+def tokenize_chosen(records: list[Record], tokenizer, max_len: int) -> tuple[list[Example], LengthStats]:
+    """Step 1 on preference rows: SFT on prompt -> chosen, or on the chosen conversation of
+    chat pairs; `rejected`, `response` and scores are not used."""
+    kind = _file_kind(records)
+    if kind == "chat":
+        return tokenize_chat([Record(r.source, r.loc, {"messages": r.data["chosen"]}) for r in records],
+                             tokenizer, max_len)
+    prompts = encode_prompts(tokenizer, [require_str(r, "prompt") for r in records])
+    answers = encode_responses(tokenizer, [require_str(r, "chosen") for r in records])
+    return prompt_answer_examples(prompts, answers, max_len, special_prefix(tokenizer))
 
 
 @dataclass

@@ -1,42 +1,91 @@
-"""Step 3 prompts: the SFT format, where `output` is the reference answer and `input` the source."""
+"""Step 3 prompts: the SFT format, where `output` is the reference answer and `input` the source,
+or preference pairs (`prompt, chosen, rejected`), where `chosen` is the reference answer.
+
+Lengths: a prompt longer than --max_prompt_seq_len is cut from the left to that many tokens,
+keeping its special prefix (BOS) at the front and its end next to where generation starts;
+a prompt that would keep nothing besides that prefix is dropped. The example for the extra
+SFT loss is the whole prompt + reference cut by the same rule as step 1 (sft.py) with
+--max_seq_len, so it equals the example step 1 makes from the same row.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .errors import DataError
+from .preference import _kind
 from .readers import Record, require_str
-from .sft import Example, encode_prompts, encode_responses, sft_prompt, IGNORE_INDEX
+from .sft import (IGNORE_INDEX, Example, LengthStats, by_source, detect_format, encode_prompts, encode_responses,
+                  fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
 
 
 @dataclass
 class PromptExample:
-    prompt_ids: list[int]     # tokenized exactly as in SFT (and as generation sees them)
-    prompt: str
-    reference: str            # the record's `output` ("" when absent)
+    prompt_ids: list[int]     # tokenized exactly as in SFT (and as generation sees them), cut to the prompt limit
+    prompt: str               # the prompt text; when cut, the text of the kept ids (what the actor saw)
+    reference: str            # the record's `output` (pairs: `chosen`); "" when absent
     source: str               # the record's `input`, else the prompt (COMET's `src`)
     sft: Example | None       # prompt + reference answer, for the extra SFT loss
 
 
+def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str | None]:
+    """(prompt, reference, source or None) of one record."""
+    if kind == "preference":
+        if _kind(rec) != "pair":
+            raise DataError(f'{rec.where}: step 3 needs a text prompt: SFT format ("instruction", "input", '
+                            f'"output") or pairs with a string "prompt"; chat pairs are not supported here')
+        return require_str(rec, "prompt"), require_str(rec, "chosen"), None
+    reference = require_str(rec, "output", optional=not need_reference, allow_empty=not need_reference) or ""
+    return sft_prompt(rec), reference, require_str(rec, "input", optional=True, allow_empty=True) or None
+
+
+def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_len: int,
+                    need_reference: bool) -> tuple[list[PromptExample], LengthStats]:
+    """One source file's records -> (prompts, what the length rules did to its rows).
+
+    A row counts as prompt-truncated when its generation prompt or the prompt of its SFT
+    example was cut, as answer-truncated when its SFT example's reference was cut.
+    """
+    if not records:
+        return [], LengthStats()
+    kinds = [detect_format(r) for r in records]
+    for r, k in zip(records, kinds):
+        if k not in ("sft", "preference"):
+            raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output") '
+                            f'or preference pairs ("prompt", "chosen", "rejected")')
+        if k != kinds[0]:
+            raise DataError(f"{r.where}: record is {k} format but earlier records are {kinds[0]}")
+    texts = [_texts(r, kinds[0], need_reference) for r in records]
+    p_ids = encode_prompts(tokenizer, [p for p, _, _ in texts])
+    r_ids = encode_responses(tokenizer, [ref for _, ref, _ in texts])
+    prefix = special_prefix(tokenizer)
+    out, stats = [], LengthStats()
+    for (text, ref, source), p, rid in zip(texts, p_ids, r_ids):
+        gen = fit_prompt(p, max_prompt_len, prefix)
+        if gen is None:
+            stats.dropped += 1
+            continue
+        if len(gen) < len(p):
+            text = tokenizer.decode(gen, skip_special_tokens=True)
+        sft, sft_prompt_cut, answer_cut = None, False, False
+        fitted = fit_row(p, [rid], max_len, prefix) if ref else None
+        if fitted is not None:
+            fp, (fa,) = fitted
+            sft = Example(fp + fa, [IGNORE_INDEX] * len(fp) + fa)
+            sft_prompt_cut, answer_cut = len(fp) < len(p), len(fa) < len(rid)
+        stats.count(len(gen) < len(p) or sft_prompt_cut, answer_cut)
+        out.append(PromptExample(gen, text, ref, source or text, sft))
+    require_usable(records[0].source, stats, f"--max_prompt_seq_len {max_prompt_len}")
+    return out, stats
+
+
 def tokenize_prompts(records: list[Record], tokenizer, max_prompt_len: int, max_len: int,
                      need_reference: bool) -> list[PromptExample]:
-    for r in records:
-        if "messages" in r.data or ("instruction" not in r.data and "text" in r.data):
-            raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output")')
-    if not records:
-        return []
-    prompts = [sft_prompt(r) for r in records]
-    refs = [require_str(r, "output", optional=not need_reference, allow_empty=not need_reference) or ""
-            for r in records]
-    p_ids = encode_prompts(tokenizer, prompts)
-    r_ids = encode_responses(tokenizer, refs)
+    """`prompt_examples` of every source file in `records`, printing each file's counts on rank 0."""
+    from ..distributed import print_rank0
+
     out = []
-    for rec, p, text, ref, rid in zip(records, p_ids, prompts, refs, r_ids):
-        if len(p) > max_prompt_len:
-            raise DataError(f"{rec.where}: prompt is {len(p)} tokens, longer than --max_prompt_seq_len {max_prompt_len}")
-        sft = None
-        if ref:
-            full = (p + rid)[:max_len]
-            sft = Example(full, ([IGNORE_INDEX] * len(p) + rid)[:max_len])
-        source = require_str(rec, "input", optional=True, allow_empty=True) or text
-        out.append(PromptExample(p, text, ref, source, sft))
+    for source, group in by_source(records).items():
+        examples, stats = prompt_examples(group, tokenizer, max_prompt_len, max_len, need_reference)
+        print_rank0(stats.line(source))
+        out += examples
     return out

@@ -1,4 +1,4 @@
-"""Turn SFT, chat and plain-text records into token ids with loss labels.
+"""Turn SFT, chat and plain-text records into token ids with loss labels, within a length limit.
 
 Prompt and response are tokenized separately and their ids concatenated, so the prompt's
 ids in training are exactly its ids at generation time (a joint tokenization lets a
@@ -10,6 +10,26 @@ Prompt rule for the seed format `{"instruction", "input", "output", "history"}`:
 - then `instruction`; a non-empty `input` replaces the placeholder `{input}` in the
   instruction when there is one, and is appended to the instruction otherwise.
 - the loss covers `output` + EOS.
+Preference rows (`prompt, chosen, rejected`, see preference.py) train on prompt -> chosen;
+chat pairs train on the chosen conversation.
+
+Long rows (every step uses this rule; a long row never stops a run). A row is a prompt
+(context, no loss) and an answer, or for a pair two answers sharing one prompt; `max_len`
+bounds the prompt plus its longest answer. For chat the prompt is everything before the
+first assistant answer and the answer is the rest, later turns included.
+- If prompt + longest answer <= max_len, nothing is cut.
+- Otherwise the prompt keeps `room = min(len(prompt), max(max_len - len(longest answer),
+  max_len // 2))` tokens: as many as fit beside the whole answer, but never fewer than
+  min(its length, max_len // 2), so a long answer is cut rather than the prompt vanishing.
+  The prompt is cut from the left: when it starts with the special prefix (the ids the
+  tokenizer puts in front of any text, e.g. BOS) that prefix stays at the very front,
+  followed by the prompt's last `room - len(prefix)` tokens (the end next to the answer).
+- Every answer keeps its first `max_len - room` tokens (a cut answer loses its EOS); both
+  answers of a pair follow the same cut prompt.
+- A row is dropped when the cut prompt would hold nothing besides its special prefix, when
+  an answer would keep no token, or when cutting made a pair's chosen and rejected ids
+  identical (no preference left).
+Each file's rows are counted (`LengthStats`); a file with no row left is a DataError.
 """
 from __future__ import annotations
 
@@ -29,17 +49,69 @@ class Example:
     labels: list[int]  # IGNORE_INDEX where no loss (prompt, context)
 
 
+@dataclass
+class LengthStats:
+    """What the length rule (module docstring) did to one source file's rows; counts rows."""
+    kept: int = 0               # rows that became examples, cut or not
+    truncated: int = 0          # kept rows that lost tokens (prompt and/or an answer)
+    truncated_prompts: int = 0  # kept rows whose prompt lost tokens from its start
+    truncated_answers: int = 0  # kept rows whose answer (either answer of a pair) lost its end
+    dropped: int = 0            # rows that could not fit even cut (or a pair cut to identical answers)
+
+    @property
+    def rows(self) -> int:
+        return self.kept + self.dropped
+
+    def count(self, prompt_cut: bool, answer_cut: bool) -> None:
+        """Count one kept row."""
+        self.kept += 1
+        self.truncated += prompt_cut or answer_cut
+        self.truncated_prompts += prompt_cut
+        self.truncated_answers += answer_cut
+
+    def count_fit(self, prompt: list[int], answers: list[list[int]],
+                  fitted: tuple[list[int], list[list[int]]] | None) -> None:
+        """Count one row given its ids before and after `fit_row` (None: dropped)."""
+        if fitted is None:
+            self.dropped += 1
+            return
+        self.count(len(fitted[0]) < len(prompt), any(len(f) < len(a) for f, a in zip(fitted[1], answers)))
+
+    def line(self, source: str) -> str:
+        """The line printed once per file."""
+        return (f"[data] {source}: {self.rows} rows, {self.truncated} truncated ({self.truncated_prompts} prompts, "
+                f"{self.truncated_answers} answers), {self.dropped} dropped")
+
+
+def require_usable(source: str, stats: LengthStats, limit: str) -> None:
+    """Dropping long rows is normal; a file left with none is a user mistake (wrong limit or file)."""
+    if stats.rows and not stats.kept:
+        raise DataError(f"{source}: no usable row: all {stats.rows} rows dropped, too long for {limit} "
+                        f"even when truncated")
+
+
+def by_source(records: list[Record]) -> dict[str, list[Record]]:
+    """Records grouped by their file, in first-seen order (a file holds one format)."""
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        groups.setdefault(r.source, []).append(r)
+    return groups
+
+
 def detect_format(rec: Record) -> str:
     d = rec.data
     if "messages" in d:
         return "chat"
+    if "chosen" in d or "rejected" in d:
+        return "preference"
     if "instruction" in d or "output" in d:
         return "sft"
     if "text" in d:
         return "text"
     keys = ", ".join(sorted(d)) or "none"
     raise DataError(f'{rec.where}: cannot tell the format: expected "instruction"/"output" (SFT), '
-                    f'"messages" (chat) or "text" (plain text); found fields: {keys}')
+                    f'"messages" (chat), "prompt"/"chosen"/"rejected" (preference pairs) or "text" '
+                    f'(plain text); found fields: {keys}')
 
 
 def sft_prompt(rec: Record) -> str:
@@ -71,27 +143,52 @@ def encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:
     return [x + [tokenizer.eos_token_id] for x in ids]
 
 
-class _Truncations:
-    def __init__(self):
-        self.count = 0
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts in front of any text ([BOS], or [] for tokenizers that add none)."""
+    return encode_prompts(tokenizer, [""])[0]
 
 
-def _join(prompt: list[int], response: list[int], rec: Record, max_len: int, trunc: _Truncations) -> Example:
-    if len(prompt) >= max_len:
-        raise DataError(f"{rec.where}: prompt is {len(prompt)} tokens, not shorter than "
-                        f"--max_seq_len {max_len}")
-    if len(prompt) + len(response) > max_len:
-        response = response[: max_len - len(prompt)]
-        trunc.count += 1
-    return Example(prompt + response, [IGNORE_INDEX] * len(prompt) + list(response))
+def fit_prompt(prompt: list[int], n: int, prefix: list[int]) -> list[int] | None:
+    """`prompt` cut to at most n tokens from the left, keeping `prefix` at the front when it
+    starts with it; None when nothing but that prefix would be left."""
+    if len(prompt) <= n:
+        return prompt
+    k = len(prefix) if prefix and prompt[:len(prefix)] == prefix else 0
+    if n <= k:
+        return None
+    return prompt[:k] + prompt[len(prompt) - (n - k):]
 
 
-def tokenize_sft(records: list[Record], tokenizer, max_len: int, trunc: _Truncations) -> list[Example]:
-    prompts = [sft_prompt(r) for r in records]
-    outputs = [require_str(r, "output") for r in records]
-    p_ids = encode_prompts(tokenizer, prompts)
-    r_ids = encode_responses(tokenizer, outputs)
-    return [_join(p, r, rec, max_len, trunc) for p, r, rec in zip(p_ids, r_ids, records)]
+def fit_row(prompt: list[int], answers: list[list[int]], max_len: int,
+            prefix: list[int]) -> tuple[list[int], list[list[int]]] | None:
+    """(prompt, answers) cut by the length rule of the module docstring; None: drop the row."""
+    longest = max(len(a) for a in answers)
+    if len(prompt) + longest <= max_len:
+        return prompt, answers
+    room = min(len(prompt), max(max_len - longest, max_len // 2))
+    cut = fit_prompt(prompt, room, prefix)
+    if cut is None or max_len - room < 1:
+        return None
+    return cut, [a[:max_len - room] for a in answers]
+
+
+def prompt_answer_examples(prompts: list[list[int]], answers: list[list[int]], max_len: int,
+                           prefix: list[int]) -> tuple[list[Example], LengthStats]:
+    """Examples of prompt ids + answer ids (loss on the answer), each fitted to max_len."""
+    out, stats = [], LengthStats()
+    for p, a in zip(prompts, answers):
+        fitted = fit_row(p, [a], max_len, prefix)
+        stats.count_fit(p, [a], fitted)
+        if fitted is not None:
+            fp, (fa,) = fitted
+            out.append(Example(fp + fa, [IGNORE_INDEX] * len(fp) + fa))
+    return out, stats
+
+
+def tokenize_sft(records: list[Record], tokenizer, max_len: int) -> tuple[list[Example], LengthStats]:
+    prompts = encode_prompts(tokenizer, [sft_prompt(r) for r in records])
+    answers = encode_responses(tokenizer, [require_str(r, "output") for r in records])
+    return prompt_answer_examples(prompts, answers, max_len, special_prefix(tokenizer))
 
 
 def _check_messages(rec: Record) -> list[dict]:
@@ -130,10 +227,11 @@ def chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
     return segments
 
 
-def tokenize_chat(records: list[Record], tokenizer, max_len: int, trunc: _Truncations) -> list[Example]:
+def tokenize_chat(records: list[Record], tokenizer, max_len: int) -> tuple[list[Example], LengthStats]:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(f"{records[0].where}: chat data needs a tokenizer with a chat template")
-    out = []
+    prefix = special_prefix(tokenizer)
+    out, stats = [], LengthStats()
     for rec in records:
         msgs = _check_messages(rec)
         try:
@@ -147,15 +245,13 @@ def tokenize_chat(records: list[Record], tokenizer, max_len: int, trunc: _Trunca
             piece = tokenizer(text, add_special_tokens=False)["input_ids"]
             ids += piece
             labels += piece if is_answer else [IGNORE_INDEX] * len(piece)
-        if len(ids) > max_len:
-            first_answer = next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
-            if first_answer >= max_len:
-                raise DataError(f"{rec.where}: context before the first answer is {first_answer} tokens, "
-                                f"not shorter than --max_seq_len {max_len}")
-            ids, labels = ids[:max_len], labels[:max_len]
-            trunc.count += 1
-        out.append(Example(ids, labels))
-    return out
+        first = next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
+        fitted = fit_row(ids[:first], [ids[first:]], max_len, prefix)
+        stats.count_fit(ids[:first], [ids[first:]], fitted)
+        if fitted is not None:
+            fp, (fa,) = fitted
+            out.append(Example(fp + fa, [IGNORE_INDEX] * len(fp) + labels[first:first + len(fa)]))
+    return out, stats
 
 
 def tokenize_text(records: list[Record], tokenizer, max_len: int) -> list[Example]:
@@ -175,21 +271,30 @@ def tokenize_text(records: list[Record], tokenizer, max_len: int) -> list[Exampl
     return [Example(b, list(b)) for b in blocks if len(b) > 1]
 
 
-def tokenize_records(records: list[Record], tokenizer, max_len: int, fmt: str = "auto") -> tuple[list[Example], int]:
-    """Records of one file/split -> examples. Returns (examples, number of truncated answers).
+def tokenize_records(records: list[Record], tokenizer, max_len: int,
+                     fmt: str = "auto") -> tuple[list[Example], LengthStats]:
+    """Records of one file/split -> (examples, what the length rule did to its rows).
 
-    A file holds one format; a record of another format is an error naming its line.
+    A file holds one format; a record of another format is an error naming its line, and so
+    is a file whose every row is dropped as too long. Text is packed, never cut: all its
+    records count as kept.
     """
     if not records:
-        return [], 0
+        return [], LengthStats()
     kind = detect_format(records[0]) if fmt == "auto" else fmt
     for r in records:
         k = detect_format(r) if fmt == "auto" else fmt
         if k != kind:
             raise DataError(f"{r.where}: record is {k} format but earlier records are {kind}")
-    trunc = _Truncations()
+    if kind == "text":
+        return tokenize_text(records, tokenizer, max_len), LengthStats(kept=len(records))
     if kind == "sft":
-        return tokenize_sft(records, tokenizer, max_len, trunc), trunc.count
-    if kind == "chat":
-        return tokenize_chat(records, tokenizer, max_len, trunc), trunc.count
-    return tokenize_text(records, tokenizer, max_len), 0
+        out = tokenize_sft(records, tokenizer, max_len)
+    elif kind == "chat":
+        out = tokenize_chat(records, tokenizer, max_len)
+    else:
+        # preference.py builds on this module, so it is imported only when needed
+        from .preference import tokenize_chosen
+        out = tokenize_chosen(records, tokenizer, max_len)
+    require_usable(records[0].source, out[1], f"--max_seq_len {max_len}")
+    return out
