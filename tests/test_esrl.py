@@ -123,8 +123,8 @@ def one_round(argv):
             diffs.append(float((exp.logprobs[i][m] - lp[-int(m.sum()):]).abs().max()))
     passes = {k: list(v) for k, v in seen.items()}     # the experience passes only, not training's
     step, minibatches = trainer.step, []
-    trainer.step = lambda mb, p: (minibatches.append(mb.sequences.shape[0]), step(mb, p))[1]
-    trainer.train_on([exp], data)
+    trainer.step = lambda mb, *a: (minibatches.append(mb.sequences.shape[0]), step(mb, *a))[1]
+    trainer.train_on([exp])
     return {"seen": passes, "stats": stats, "rows": exp.sequences.shape[0], "diff": max(diffs),
             "counters": dict(trainer.counters), "minibatches": minibatches}
 

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     with user_errors():
         tokenizer = load_tokenizer_for(cfg, cfg.actor_model_name_or_path, padding_side="left")
         data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
-        prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss)
+        prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss,
+                                   cfg.data_output_path)
         predict = make_predict_hook(cfg, tokenizer, cfg.max_prompt_seq_len)
         ptx = (load_pretraining_batches(cfg, tokenizer)
                if cfg.add_pretrained_loss and cfg.unsupervised_dataset_name else None)

@@ -31,16 +31,22 @@ def load_step_records(paths: list[str], split: str | None, step: int, seed: int)
     return StepData(train, test)
 
 
-def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple[list, LengthStats]]
-                        ) -> tuple[list, list, dict[str, LengthStats]]:
+def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
+                        cache_dir: str | None = None) -> tuple[list, list, dict[str, LengthStats]]:
     """Apply `tokenize` (one file's records -> (examples, LengthStats)) to each source file
-    separately, since a file holds one format; returns (train, test, source -> stats)."""
+    separately, since a file holds one format, through the --data_output_path cache when given;
+    returns (train, test, source -> stats)."""
+    from ..distributed import print_rank0
+    from .cache import tokenize_cached
+
     stats: dict[str, LengthStats] = {}
     out = []
     for records in (data.train, data.test):
         examples = []
         for source, group in by_source(records).items():
-            ex, stats[source] = tokenize(group)
+            ex, stats[source], hit = tokenize_cached(cache_dir, group, tokenize)
+            if hit:
+                print_rank0(f"[data] {source}: tokenized rows reused from {cache_dir}")
             examples += ex
         out.append(examples)
     return out[0], out[1], stats
@@ -55,7 +61,9 @@ def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list,
     from ..distributed import print_rank0
 
     data = load_step_records(cfg.data_path, cfg.data_split, step=step, seed=cfg.data_seed)
-    train, test, stats = tokenize_per_source(data, tokenize)
+    only = load_step_records(getattr(cfg, "sft_only_data_path", []), None, step=step, seed=cfg.data_seed)
+    data = StepData(data.train + only.train, data.test + only.test)
+    train, test, stats = tokenize_per_source(data, tokenize, getattr(cfg, "data_output_path", None))
     print_rank0(f"[data] {len(train)} training and {len(test)} held-out {unit}")
     for source, s in stats.items():
         print_rank0(s.line(source))

@@ -10,6 +10,7 @@ SFT loss is the whole prompt + reference cut by the same rule as step 1 (sft.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from .errors import DataError
 from .preference import _kind
@@ -79,13 +80,17 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
 
 
 def tokenize_prompts(records: list[Record], tokenizer, max_prompt_len: int, max_len: int,
-                     need_reference: bool) -> list[PromptExample]:
-    """`prompt_examples` of every source file in `records`, printing each file's counts on rank 0."""
+                     need_reference: bool, cache_dir: str | None = None) -> list[PromptExample]:
+    """`prompt_examples` of every source file in `records` (through the --data_output_path cache
+    when given), printing each file's counts on rank 0."""
     from ..distributed import print_rank0
+    from .cache import tokenize_cached
 
+    tokenize = partial(prompt_examples, tokenizer=tokenizer, max_prompt_len=max_prompt_len, max_len=max_len,
+                       need_reference=need_reference)
     out = []
     for source, group in by_source(records).items():
-        examples, stats = prompt_examples(group, tokenizer, max_prompt_len, max_len, need_reference)
-        print_rank0(stats.line(source))
+        examples, stats, hit = tokenize_cached(cache_dir, group, tokenize)
+        print_rank0(stats.line(source) + (f" (reused from {cache_dir})" if hit else ""))
         out += examples
     return out

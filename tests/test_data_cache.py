@@ -1,0 +1,52 @@
+"""--data_output_path: tokenized data cached, reused, and invalidated by what changes it."""
+from __future__ import annotations
+
+from functools import partial
+from types import SimpleNamespace
+
+from tests.conftest import DEMO_DATA, write_jsonl
+from utils.data import step_examples, tokenize_records
+from utils.data.preference import tokenize_preferences
+from utils.data.readers import read_dataset
+from utils.data.rlhf import tokenize_prompts
+
+
+def cfg(data, cache, split=None):
+    return SimpleNamespace(data_path=[str(data)], data_split=split, data_seed=3, data_output_path=str(cache),
+                           sft_only_data_path=[])
+
+
+def sft_examples(c, tokenizer, max_len=48, step=0):
+    return step_examples(c, step, partial(tokenize_records, tokenizer=tokenizer, max_len=max_len, fmt="auto"))
+
+
+def test_reused_then_invalidated_by_file_split_length_and_tokenizer(tmp_path, tokenizer, tiny_dir, capsys):
+    from utils.models import load_tokenizer
+
+    lines = (DEMO_DATA / "sft" / "train.txt").read_text().splitlines()
+    data = write_jsonl(tmp_path / "d" / "train.txt", lines[:30])
+    cache = tmp_path / "cache"
+    first = sft_examples(cfg(data, cache), tokenizer)
+    assert len(list(cache.glob("*.json"))) == 1 and "reused from" not in capsys.readouterr().out
+    again = sft_examples(cfg(data, cache), tokenizer)
+    assert again == first and f"tokenized rows reused from {cache}" in capsys.readouterr().out
+    sft_examples(cfg(data, cache), tokenizer, max_len=40)                       # a length limit
+    sft_examples(cfg(data, cache, split="2,4,4"), tokenizer)                   # this step's share
+    sft_examples(cfg(data, cache), load_tokenizer(str(tiny_dir), eot_token="<|endoftext|>"))  # the tokenizer
+    write_jsonl(data, lines[:29] + ['{"instruction": "User: hi\\nAssistant: ", "output": "hello"}'])  # the file
+    sft_examples(cfg(data, cache), tokenizer)
+    assert len(list(cache.glob("*.json"))) == 5   # the first run's entry and four new ones
+    assert "reused from" not in capsys.readouterr().out
+
+
+def test_preference_and_step3_prompts_round_trip(tmp_path, tokenizer):
+    cache = tmp_path / "cache"
+    pairs = DEMO_DATA / "preference"
+    tok = partial(tokenize_preferences, tokenizer=tokenizer, max_len=32)
+    c = cfg(pairs, cache, split="2,4,4")
+    built = step_examples(c, 1, tok)
+    assert step_examples(c, 1, tok) == built and len(list(cache.glob("*.json"))) == 2   # train and test files
+    records = read_dataset(str(DEMO_DATA / "rlhf")).train[:20]
+    prompts = tokenize_prompts(records, tokenizer, 16, 32, True, str(cache))
+    assert tokenize_prompts(records, tokenizer, 16, 32, True, str(cache)) == prompts
+    assert prompts[0].sft is not None and len(list(cache.glob("*.json"))) == 3
