@@ -104,6 +104,17 @@ def sft_dir(tiny_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def rm_dir(sft_dir, tokenizer, tmp_path_factory) -> Path:
+    """An (untrained) reward model: the SFT backbone with a freshly initialised head."""
+    from utils.models import load_reward_model
+
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    load_reward_model(str(sft_dir), tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def prompts(tmp_path_factory) -> Path:
     """The first 64 demo RLHF prompts: the step-3 tests' data."""
     lines = (DEMO_DATA / "rlhf" / "train.txt").read_text().splitlines()

@@ -97,16 +97,6 @@ def fork_rlhf(actor, rm, prompts, out, *extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def rm_dir(sft_dir, tokenizer, tmp_path_factory):
-    from utils.models import load_reward_model
-
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    load_reward_model(str(sft_dir), tokenizer).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def prompt_folder(tmp_path_factory):
     from tests.conftest import write_jsonl
 

@@ -9,17 +9,6 @@ from tests.conftest import in_fresh_process, load_weights, read_metrics, run_mod
 MODULE = "training.step3_rlhf.main"
 
 
-@pytest.fixture(scope="module")
-def rm_dir(sft_dir, tokenizer, tmp_path_factory):
-    """An (untrained) reward model: the SFT backbone with a freshly initialised head."""
-    from utils.models import load_reward_model
-
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    load_reward_model(str(sft_dir), tokenizer).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def rlhf_args(sft_dir, rm_dir, prompts, out, *extra):
     return step3_args(sft_dir, rm_dir, prompts, out, "--reward_functions", "examples.demo.task:reward", *extra)
 

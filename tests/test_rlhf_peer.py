@@ -9,16 +9,6 @@ from tests.conftest import in_fresh_process, load_weights, read_metrics, run_mod
 MODULE = "training.step3_rlhf.main"
 
 
-@pytest.fixture(scope="module")
-def rm_dir(sft_dir, tokenizer, tmp_path_factory):
-    from utils.models import load_reward_model
-
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    load_reward_model(str(sft_dir), tokenizer).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def step_counts(argv):
     """Run step 3 in this (fresh) process; the optimizer steps each engine took, and whether a
     reference model was built."""
