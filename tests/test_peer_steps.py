@@ -63,3 +63,19 @@ def test_eot_token_ends_every_answer_and_is_saved(tiny_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == len(tok) - 1
     assert model.get_input_embeddings().num_embeddings == len(tok) and model.config.eos_token_id == len(tok) - 1
+
+
+def test_progress_in_a_log_file_is_whole_lines():
+    import io
+
+    from utils.logging import LineProgress
+
+    out = io.StringIO()
+    bar = LineProgress(total=4, initial=1, desc="ppo", interval=0.0, stream=out)
+    bar.set_postfix(reward="0.500", kl="0.010")
+    bar.update(1)
+    bar.update(2)
+    lines = out.getvalue().splitlines()
+    assert [x.rsplit(" ", 2)[0] for x in lines] == ["[ppo] 2/4 (50%) reward=0.500, kl=0.010",
+                                                    "[ppo] 4/4 (100%) reward=0.500, kl=0.010"]
+    assert "\r" not in out.getvalue()

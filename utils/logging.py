@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -44,9 +45,39 @@ class MetricsLogger:
             self.writer.close()
 
 
+class LineProgress:
+    """Progress as whole lines, at most one per `interval` seconds: what a bar becomes when the
+    output is a file (DeepSpeed-Chat's scripts run with `&> training.log`, where a bar's carriage
+    returns pile up into one endless line)."""
+
+    def __init__(self, total: int, initial: int, desc: str, interval: float = 30.0, stream=None):
+        self.total, self.n, self.desc, self.interval = total, initial, desc, interval
+        self.stream = stream or sys.stderr
+        self.postfix = ""
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval or self.n == self.total:
+            self.last = now
+            pct = f" ({100 * self.n // self.total}%)" if self.total else ""
+            print(f"[{self.desc}] {self.n}/{self.total}{pct} {self.postfix} {now - self.start:.0f} s".replace("  ", " "),
+                  file=self.stream, flush=True)
+
+    def set_postfix(self, **kw) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+
+    def close(self) -> None:
+        pass
+
+
 def progress(total: int, initial: int = 0, desc: str = "train", disable: bool = False):
-    """tqdm bar on rank 0; a silent stand-in elsewhere."""
+    """A tqdm bar on rank 0 at a terminal, whole lines every 30 s when the output is a file, a
+    silent stand-in elsewhere."""
     from tqdm.auto import tqdm
 
+    if not (disable or not is_main()) and not sys.stderr.isatty():
+        return LineProgress(total, initial, desc)
     return tqdm(total=total, initial=initial, desc=desc, disable=disable or not is_main(),
                 dynamic_ncols=True, mininterval=1.0)
