@@ -210,3 +210,15 @@ def test_user_deepspeed_config_batch_keys_become_the_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_config(SFTConfig, ["--model_name_or_path", "m", "--output_dir", "o", "--deepspeed_config", str(f)])
     assert f"--deepspeed_config {f}: invalid JSON" in capsys.readouterr().err
+
+
+def test_hybrid_engine_flags_reach_deepspeeds_section():
+    from training.step3_rlhf.rlhf_engine import hybrid_engine_config
+
+    cfg = parse_config(RLHFConfig, BASE3 + ["--enable_hybrid_engine", "--inference_tp_size", "2",
+                                            "--tp_gather_partition_size", "4", "--unpin_actor_parameters",
+                                            "--release_inference_cache", "--max_prompt_seq_len", "64",
+                                            "--max_answer_seq_len", "32"])
+    assert hybrid_engine_config(cfg) == {"enabled": True, "max_out_tokens": 96, "inference_tp_size": 2,
+                                         "release_inference_cache": True, "pin_parameters": False,
+                                         "tp_gather_partition_size": 4}
