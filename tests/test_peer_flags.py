@@ -134,6 +134,12 @@ def test_flag_mistakes_are_one_line_exit_2(argv, msg, capsys, tmp_path):
     assert not out.exists()
 
 
+def test_unknown_flag_is_reported_before_missing_ones(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(SFTConfig, ["--learnig_rate", "1"])
+    assert capsys.readouterr().err == "error: unknown flag --learnig_rate (did you mean --learning_rate?)\n"
+
+
 def test_unknown_flag_through_the_entry_point_writes_nothing(tmp_path):
     from tests.conftest import run_module
 

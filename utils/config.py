@@ -404,9 +404,11 @@ def parse_config(cls, argv: list[str] | None = None):
             if unknown:
                 raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
             parser.set_defaults(**{names[k]: _as_list(cls, names[k], v) for k, v in data.items()})
-        (cfg, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        # unknown flags first: a misspelt flag explains a "required" or cross-field error after it
+        _, rest = parser.parse_known_args(args=argv)
         if rest:
             raise _unknown_flag(rest[0], names)
+        (cfg,) = parser.parse_args_into_dataclasses(args=argv)
         return cfg
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
