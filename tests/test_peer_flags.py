@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.peer_scripts import COMMANDS, substitute
+from tests.peer_scripts import COMMANDS, FLAGS, substitute
 from utils.config import DPOConfig, RLHFConfig, RewardConfig, SFTConfig, parse_config
 from utils.ds_config import merge_user_config
 
@@ -25,6 +25,16 @@ def find(suffix: str, *with_flags: str):
 
 HYBRID = [c for c in COMMANDS if "--iterative_alignment" in c.argv]
 PLAIN = [c for c in COMMANDS if c not in HYBRID]
+
+
+@pytest.mark.parametrize("step", sorted(FLAGS))
+def test_every_peer_flag_is_accepted_or_refused_by_name(step):
+    from utils.config import HYBRID_ALIGNMENT_FLAGS, _OneLineParser, _option_names
+
+    names = _option_names(_OneLineParser.make(CONFIGS[step]))
+    refused = {f for f in FLAGS[step] if f[2:].replace("-", "_") in HYBRID_ALIGNMENT_FLAGS}
+    assert [f for f in FLAGS[step] if f[2:] not in names and f not in refused] == []
+    assert len(FLAGS[step]) > 40
 
 
 def test_every_peer_script_is_represented():
