@@ -80,6 +80,7 @@ def test_fork_comet_example_is_critic_free_with_sft_loss():
     assert cfg.use_comet_model and cfg.comet_model_path == ["comet.ckpt"] and cfg.devices_comet_model == [0]
     assert cfg.comet_model_batch_size == 1 and cfg.weights_comet_model == [1.0]
     assert cfg.remove_critic_model and cfg.add_sft_loss and not cfg.use_reward_model
+    assert "--devices_comet_model: no GPU here: the COMET models run on the CPU" in cfg.notes
 
 
 def test_fork_extra_losses_example():

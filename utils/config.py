@@ -821,6 +821,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             learning_rate=getattr(self, f"{which}_learning_rate"))
 
     def check_comet(self) -> None:
+        from .distributed import on_gpu
+
         n = len(self.comet_model_path)
         if self.use_comet_model and not n:
             raise ConfigError("--use_comet_model needs --comet_model_path")
@@ -832,6 +834,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if self.devices_comet_model and len(self.devices_comet_model) not in (1, n):
             raise ConfigError(f"--devices_comet_model has {len(self.devices_comet_model)} values for {n} "
                               f"--comet_model_path (give one for all, or one each)")
+        if self.devices_comet_model and not on_gpu():
+            self.note("--devices_comet_model", "no GPU here: the COMET models run on the CPU")
         if self.comet_model_batch_size < 1:
             raise ConfigError("--comet_model_batch_size must be >= 1")
         if n and not self.weights_comet_model:
