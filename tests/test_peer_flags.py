@@ -239,3 +239,12 @@ def test_hybrid_engine_flags_reach_deepspeeds_section():
     assert hybrid_engine_config(cfg) == {"enabled": True, "max_out_tokens": 96, "inference_tp_size": 2,
                                          "release_inference_cache": True, "pin_parameters": False,
                                          "tp_gather_partition_size": 4}
+
+
+def test_inert_companion_flags_are_named():
+    cfg = parse_config(RLHFConfig, BASE3 + ["--tensorboard_path", "tb", "--test_stop_step", "3",
+                                            "--print_answers_interval", "5", "--eot_token", "<eot>",
+                                            "--unsupervised_dataset_config_name", "c"])
+    assert cfg.max_steps == 0
+    assert {n.split(":")[0] for n in cfg.notes} == {"--tensorboard_path", "--test_stop_step", "--print_answers_interval",
+                                                   "--eot_token", "--unsupervised_dataset_config_name"}

@@ -83,6 +83,8 @@ class ModelOptions(Notes):
             raise ConfigError("--lora_learning_rate must be > 0")
         if self.add_eot_token and not self.eot_token.strip():
             raise ConfigError("--eot_token must not be empty")
+        if not self.add_eot_token and self.eot_token != "<|endoftext|>":
+            self.note("--eot_token", "used with --add_eot_token only")
         if self.compute_fp32_loss:
             self.note("--compute_fp32_loss", "losses are always computed in fp32 here")
 
@@ -201,7 +203,7 @@ class DataArgs(Notes):
 
 
 @dataclass
-class ScheduleArgs:
+class ScheduleArgs(Notes):
     """Optimizer and schedule settings every step shares."""
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norm weights).")
     adam_beta1: float = _f(0.9, "AdamW beta1.")
@@ -222,6 +224,8 @@ class ScheduleArgs:
     def check_schedule(self) -> None:
         if self.num_train_epochs < 1:
             raise ConfigError(f"--num_train_epochs must be >= 1, got {self.num_train_epochs}")
+        if self.test_stop_step and not self.enable_test_mode:
+            self.note("--test_stop_step", "used with --enable_test_mode only")
         if self.enable_test_mode:
             if self.test_stop_step < 1:
                 raise ConfigError("--enable_test_mode needs --test_stop_step >= 1")
@@ -264,7 +268,7 @@ class DeepSpeedArgs(LauncherArgs, Notes):
 
 
 @dataclass
-class LoggingArgs:
+class LoggingArgs(Notes):
     enable_tensorboard: bool = _f(False, "Write TensorBoard scalars.")
     tensorboard_path: Optional[str] = _f(None, "TensorBoard folder; defaults to <output_dir>/tensorboard.")
     logging_steps: int = _f(10, "Log training metrics every N optimizer steps.")
@@ -278,6 +282,8 @@ class LoggingArgs:
         self.eval_steps = max(self.eval_steps, 0)
         if self.logging_steps < 1 or self.eval_iters < 0:
             raise ConfigError("--logging_steps must be >= 1 and --eval_iters >= 0")
+        if self.tensorboard_path and not self.enable_tensorboard:
+            self.note("--tensorboard_path", "TensorBoard is off (--enable_tensorboard not given)")
 
 
 @dataclass
@@ -756,6 +762,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                 self.factor_rl_loss = 1.0
         if self.factor_pretrained_loss is None:
             self.factor_pretrained_loss = 0.15
+        if self.unsupervised_dataset_config_name and not self.unsupervised_dataset_name:
+            self.note("--unsupervised_dataset_config_name", "no --unsupervised_dataset_name to configure")
         if self.unsupervised_dataset_name and not self.add_pretrained_loss:
             self.note("--unsupervised_dataset_name", "used with --add_pretrained_loss or "
                                                      "--unsupervised_dataset_config_name only")
@@ -796,6 +804,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                 self.note("--enable_mixed_precision_lora", "ZeRO++ quantized weights need a GPU")
         if self.align_overflow and self.dtype != "fp16":
             self.note("--align_overflow", f"only fp16 can overflow (--dtype is {self.dtype})")
+        if self.print_answers_interval != 1 and not self.print_answers:
+            self.note("--print_answers_interval", "used with --print_answers only")
         if self.save_critic_model:
             self.note("--save_critic_model", "the critic is always saved here (critic/)")
         for flag in ("batch_reward_weight", "gpt_annotated_score"):
