@@ -51,3 +51,15 @@ def test_preference_and_step3_prompts_round_trip(tmp_path, tokenizer):
     prompts = tokenize_prompts(records, tokenizer, 16, 32, True, str(cache))
     assert tokenize_prompts(records, tokenizer, 16, 32, True, str(cache)) == prompts
     assert prompts[0].sft is not None and len(list(cache.glob("*.json"))) == 3
+
+
+def test_a_held_out_part_of_the_same_source_is_counted_apart(tokenizer):
+    from utils.data import StepData, tokenize_per_source
+    from utils.data.readers import Record
+
+    row = {"instruction": "User: hi\nAssistant: ", "output": "hello"}
+    data = StepData([Record("ds[train]", f" row {i}", row) for i in range(5)],
+                    [Record("ds[train]", f" row {i}", row) for i in range(5, 7)])
+    train, test, stats = tokenize_per_source(data, partial(tokenize_records, tokenizer=tokenizer, max_len=32))
+    assert (len(train), len(test)) == (5, 2)
+    assert {k: v.rows for k, v in stats.items()} == {"ds[train]": 5, "ds[train] (held-out part)": 2}

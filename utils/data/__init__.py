@@ -44,9 +44,11 @@ def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple
     for records in (data.train, data.test):
         examples = []
         for source, group in by_source(records).items():
-            ex, stats[source], hit = tokenize_cached(cache_dir, group, tokenize)
+            # a held-out part cut from a training split (some named datasets) shares its source name
+            name = f"{source} (held-out part)" if source in stats else source
+            ex, stats[name], hit = tokenize_cached(cache_dir, group, tokenize)
             if hit:
-                print_rank0(f"[data] {source}: tokenized rows reused from {cache_dir}")
+                print_rank0(f"[data] {name}: tokenized rows reused from {cache_dir}")
             examples += ex
         out.append(examples)
     return out[0], out[1], stats
