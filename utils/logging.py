@@ -62,8 +62,8 @@ class LineProgress:
         if now - self.last >= self.interval or self.n == self.total:
             self.last = now
             pct = f" ({100 * self.n // self.total}%)" if self.total else ""
-            print(f"[{self.desc}] {self.n}/{self.total}{pct} {self.postfix} {now - self.start:.0f} s".replace("  ", " "),
-                  file=self.stream, flush=True)
+            line = f"[{self.desc}] {self.n}/{self.total}{pct} {self.postfix} {now - self.start:.0f} s"
+            print(line.replace("  ", " "), file=self.stream, flush=True)
 
     def set_postfix(self, **kw) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())

@@ -285,9 +285,10 @@ class PPOTrainer:
         targets = [p.sft for p in prompts]
         if not self.cfg.update_reference_with_sampling:
             return targets
+        ref_ids = [[t for t in p.sft.labels if t != IGNORE_INDEX] if p.sft else [] for p in prompts]
         refs = RewardInputs(prompts=inputs.prompts, answers=[p.reference for p in prompts],
                             references=inputs.references, sources=inputs.sources, prompt_ids=inputs.prompt_ids,
-                            answer_ids=[[t for t in p.sft.labels if t != IGNORE_INDEX] if p.sft else [] for p in prompts])
+                            answer_ids=ref_ids)
         sampled = combine({k: s.raw_scores(inputs).float().cpu() for k, s in self.sources.items()}, self.weights)
         reference = combine({k: s.raw_scores(refs).float().cpu() for k, s in self.sources.items()}, self.weights)
         for i, p in enumerate(prompts):
