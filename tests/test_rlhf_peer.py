@@ -91,3 +91,21 @@ def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
     assert targets[0] == Example(prompts[0].prompt_ids + [5, 6, 7], [IGNORE_INDEX] * len(prompts[0].prompt_ids)
                                  + [5, 6, 7])
     assert targets[1] is prompts[1].sft
+
+
+def test_two_rule_functions_of_one_name_both_count():
+    from types import SimpleNamespace
+
+    import pytest as _pytest
+
+    from training.step3_rlhf.main import build_sources
+    from utils.config import ConfigError
+
+    cfg = SimpleNamespace(use_reward_model=False, weights_comet_model=[], reward_function_weights=[1.0, 0.5],
+                          reward_functions=["examples.demo.task:reward", "examples.rlhf_with_comet_reward.chrf:reward"])
+    sources, weights = build_sources(cfg, None, [])
+    assert weights == {"reward": 1.0, "examples.rlhf_with_comet_reward.chrf:reward": 0.5}
+    assert sources["examples.rlhf_with_comet_reward.chrf:reward"].name == "examples.rlhf_with_comet_reward.chrf:reward"
+    cfg.reward_functions = ["examples.demo.task:reward", "examples.demo.task:reward"]
+    with _pytest.raises(ConfigError, match="names a function twice"):
+        build_sources(cfg, None, [])

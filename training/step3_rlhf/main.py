@@ -52,11 +52,15 @@ def build_sources(cfg, rlhf, comet: list) -> tuple[dict, dict]:
         sources["reward_model"] = RewardModelSource(rlhf.reward, rlhf.reward_tokenizer, same,
                                                     cfg.per_device_training_batch_size, dist.device())
         weights["reward_model"] = cfg.reward_model_weight
+    if len(set(cfg.reward_functions)) < len(cfg.reward_functions):
+        raise ConfigError("--reward_functions names a function twice (use --reward_function_weights to weigh it)")
     for spec, w in zip(cfg.reward_functions, cfg.reward_function_weights):
         try:
             src = RuleSource(spec)
         except ValueError as e:
             raise ConfigError(str(e))
+        if src.name in sources:  # two modules' functions of one name: both count, under their full specs
+            src.name = spec
         sources[src.name], weights[src.name] = src, w
     for src, w in zip(comet, cfg.weights_comet_model):
         sources[src.name], weights[src.name] = src, w
