@@ -96,8 +96,6 @@ def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
 def test_two_rule_functions_of_one_name_both_count():
     from types import SimpleNamespace
 
-    import pytest as _pytest
-
     from training.step3_rlhf.main import build_sources
     from utils.config import ConfigError
 
@@ -107,5 +105,29 @@ def test_two_rule_functions_of_one_name_both_count():
     assert weights == {"reward": 1.0, "examples.rlhf_with_comet_reward.chrf:reward": 0.5}
     assert sources["examples.rlhf_with_comet_reward.chrf:reward"].name == "examples.rlhf_with_comet_reward.chrf:reward"
     cfg.reward_functions = ["examples.demo.task:reward", "examples.demo.task:reward"]
-    with _pytest.raises(ConfigError, match="names a function twice"):
+    with pytest.raises(ConfigError, match="names a function twice"):
         build_sources(cfg, None, [])
+
+
+def test_minibatch_order_changes_from_round_to_round():
+    from types import SimpleNamespace
+
+    from training.step3_rlhf.ppo_trainer import Experience, PPOTrainer
+
+    n = 8
+    t = torch.arange(n, dtype=torch.float32)[:, None]
+    exp = Experience(*([t] * 10), list(range(n)), [None] * n)
+    trainer = PPOTrainer.__new__(PPOTrainer)
+    trainer.cfg = SimpleNamespace(seed=1, ppo_epochs=1, ppo_mini_epochs=1, gradient_accumulation_steps=1,
+                                  per_device_generation_batch_size=n, per_device_training_batch_size=4,
+                                  dynamic_sampling=False)
+    seen = []
+    trainer.step = lambda mb, *a: seen.append(mb.sequences[:, 0].tolist()) or {}
+    orders = []
+    for sampled in (8, 16, 8):
+        trainer.counters = {"sampled_sequences": sampled}
+        seen.clear()
+        trainer.train_on([exp])
+        orders.append([x for mb in seen for x in mb])
+    assert orders[0] != orders[1] and orders[0] == orders[2]
+    assert sorted(orders[0]) == list(range(n))

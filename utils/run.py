@@ -39,3 +39,9 @@ def user_errors():
 
 def finish() -> None:
     dist.teardown()
+
+
+def typed_escapes(text: str) -> str:
+    """`\\n` and `\\t` typed on a command line (or in a plain prompt file) as newline and tab.
+    Only these two: decoding the whole text as `unicode_escape` mangles non-ASCII ("é" -> "Ã©")."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from utils.run import typed_escapes
+
 
 def read_prompts(args) -> list[str]:
-    prompts = [p.encode().decode("unicode_escape") for p in (args.prompts or [])]
+    prompts = [typed_escapes(p) for p in (args.prompts or [])]
     if args.prompt_file:
         for line in Path(args.prompt_file).read_text(encoding="utf-8").splitlines():
             if not line.strip():
@@ -27,7 +29,7 @@ def read_prompts(args) -> list[str]:
 
                 prompts.append(sft_prompt(Record(args.prompt_file, "", json.loads(line))))
             else:
-                prompts.append(line.encode().decode("unicode_escape"))
+                prompts.append(typed_escapes(line))
     return prompts
 
 

@@ -15,6 +15,8 @@ import sys
 
 import torch
 
+from utils.run import typed_escapes
+
 
 @torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 32) -> list[float]:
@@ -44,8 +46,7 @@ def main() -> None:
         rows = [json.loads(line) for line in open(a.file, encoding="utf-8") if line.strip()]
         prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     elif a.prompt is not None and a.response:
-        unescape = lambda t: t.encode().decode("unicode_escape")  # noqa: E731  (\n typed on a command line)
-        prompts, responses = [unescape(a.prompt)] * len(a.response), [unescape(r) for r in a.response]
+        prompts, responses = [typed_escapes(a.prompt)] * len(a.response), [typed_escapes(r) for r in a.response]
     else:
         print("error: give --prompt with one or more --response, or --file", file=sys.stderr)
         raise SystemExit(2)

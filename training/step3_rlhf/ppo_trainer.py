@@ -371,7 +371,8 @@ class PPOTrainer:
         Returns mean statistics."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed + len(exps))
+        # a new minibatch order every round, reproducible on resume (the counters are checkpointed)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.counters["sampled_sequences"])
         n_mb = minibatches_per_round(cfg)
         updates = []
         for _ in range(1 if critic_only else cfg.ppo_epochs):
