@@ -131,3 +131,19 @@ def test_minibatch_order_changes_from_round_to_round():
         orders.append([x for mb in seen for x in mb])
     assert orders[0] != orders[1] and orders[0] == orders[2]
     assert sorted(orders[0]) == list(range(n))
+
+
+def test_reward_normalizer_uses_every_ranks_rewards():
+    from training.step3_rlhf.ppo_trainer import RewardNormalizer
+
+    other_rank = [3.0, 5.0]
+
+    def two_ranks(mine):        # rank 0 of two: its values, then rank 1's
+        return mine + other_rank
+
+    # mean 2.75, population std sqrt(8.75 / 4) = 1.4790 over [1, 2, 3, 5]
+    batch = RewardNormalizer("batch", 8, gather=two_ranks)(torch.tensor([1.0, 2.0]))
+    assert torch.allclose(batch, torch.tensor([-1.75, -0.75]) / (8.75 / 4) ** 0.5, atol=1e-6)
+    queue = RewardNormalizer("queue", 3, gather=two_ranks)
+    queue(torch.tensor([1.0, 2.0]))
+    assert list(queue.queue) == [2.0, 3.0, 5.0]   # the last 3 of all ranks' rewards, the same on every rank

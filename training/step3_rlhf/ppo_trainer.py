@@ -65,19 +65,28 @@ class AdaptiveKLController:
         self.value *= 1 + error * n / self.horizon
 
 
-class RewardNormalizer:
-    """Whiten sequence rewards per batch, or with the mean/std of a FIFO of recent rewards."""
+def all_ranks(values: list[float]) -> list[float]:
+    """Every rank's values, in rank order, on every rank."""
+    return [v for part in dist.all_gather_object(values) for v in part]
 
-    def __init__(self, mode: str, size: int):
-        self.mode, self.queue = mode, deque(maxlen=size)
+
+class RewardNormalizer:
+    """Whiten sequence rewards with the mean/std of this round's rewards on all ranks (batch), or of a
+    FIFO of the recent rewards of all ranks (queue): every rank normalises with the same statistics
+    and holds the same queue, which a checkpoint then restores exactly. `gather` collects the
+    ranks' values (all_ranks)."""
+
+    def __init__(self, mode: str, size: int, gather=all_ranks):
+        self.mode, self.queue, self.gather = mode, deque(maxlen=size), gather
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
             return r
+        everyone = torch.tensor(self.gather(r.tolist()), dtype=r.dtype)
         if self.mode == "batch":
-            ref = r
+            ref = everyone
         else:
-            self.queue.extend(r.tolist())
+            self.queue.extend(everyone.tolist())
             ref = torch.tensor(list(self.queue))
         return (r - ref.mean()) / (ref.std(unbiased=False) + 1e-8)
 
@@ -266,7 +275,9 @@ class PPOTrainer:
             "response_length": float(lengths.mean()), "eos_rate": float(has_eos.float().mean()),
             "time/generation": t_gen, "time/experience": time.perf_counter() - t0 - t_gen,
         })
-        self.kl.update(stats["kl"], len(prompts) * dist.world_size())
+        # the KL of all ranks' sequences, so kl_ctl stays the same on every rank
+        n_all = dist.all_reduce_sum(float(len(prompts)))
+        self.kl.update(dist.all_reduce_sum(float(kl.sum())) / n_all, int(n_all))
         return exp, stats
 
     def subtract_baseline(self, end: torch.Tensor, prompt_index: list[int]) -> torch.Tensor:
