@@ -248,3 +248,8 @@ def test_inert_companion_flags_are_named():
     assert cfg.max_steps == 0
     assert {n.split(":")[0] for n in cfg.notes} == {"--tensorboard_path", "--test_stop_step", "--print_answers_interval",
                                                    "--eot_token", "--unsupervised_dataset_config_name"}
+
+
+def test_temperature_under_dynamic_sampling_is_named():
+    cfg = parse_config(RLHFConfig, BASE3 + ["--dynamic_sampling", "--temperature", "0.7"])
+    assert "--temperature: ESRL sets each prompt's temperature (--esrl_temperature_min/max)" in cfg.notes

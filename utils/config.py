@@ -732,6 +732,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.reward_normalization = "queue" if self.whiten_rewards else "none"
         if not 0 < self.temperature:
             raise ConfigError("--temperature must be > 0")
+        if self.dynamic_sampling and self.temperature != 1.0:
+            self.note("--temperature", "ESRL sets each prompt's temperature (--esrl_temperature_min/max)")
         self.check_esrl()
         if self.eval_steps < 0:
             self.eval_steps = 0
