@@ -63,3 +63,27 @@ def test_a_held_out_part_of_the_same_source_is_counted_apart(tokenizer):
     train, test, stats = tokenize_per_source(data, partial(tokenize_records, tokenizer=tokenizer, max_len=32))
     assert (len(train), len(test)) == (5, 2)
     assert {k: v.rows for k, v in stats.items()} == {"ds[train]": 5, "ds[train] (held-out part)": 2}
+
+
+def test_batch_stream_shards_reshuffles_and_resumes():
+    from utils.data import Example
+    from utils.data.collate import BatchStream
+
+    examples = [Example([i, i], [i, i]) for i in range(10)]
+
+    def stream(rank):
+        return BatchStream(examples, 2, 0, rank=rank, world_size=2, seed=5)
+
+    def first_ids(batch):
+        return batch.input_ids[:, 0].tolist()
+
+    a, b = stream(0), stream(1)
+    pass_a = [first_ids(next(a)) for _ in range(3)]          # 10 rows / 2 ranks / batch 2: 3 batches a pass
+    pass_b = [first_ids(next(b)) for _ in range(3)]
+    assert sorted(x for batch in pass_a + pass_b for x in batch) == list(range(10))   # disjoint, all rows
+    second = [first_ids(next(a)) for _ in range(3)]
+    second_b = [first_ids(next(b)) for _ in range(3)]
+    assert second != pass_a and sorted(sum(second + second_b, [])) == list(range(10))  # a new permutation
+    resumed = stream(0)
+    resumed.load_state_dict({"epoch": 0, "index": 2})
+    assert first_ids(next(resumed)) == pass_a[2] and first_ids(next(resumed)) == second[0]

@@ -147,3 +147,21 @@ def test_reward_normalizer_uses_every_ranks_rewards():
     queue = RewardNormalizer("queue", 3, gather=two_ranks)
     queue(torch.tensor([1.0, 2.0]))
     assert list(queue.queue) == [2.0, 3.0, 5.0]   # the last 3 of all ranks' rewards, the same on every rank
+
+
+def test_resume_is_bit_exact_with_ptx_stream_adaptive_kl_queue_and_ema(sft_dir, rm_dir, prompts, tmp_path):
+    text = tmp_path / "pretrain.txt"
+    text.write_text("".join(f"the {c} owl number {i} is {c}\n" for i in range(200) for c in ("red",)))
+    extra = ["--add_pretrained_loss", "--unsupervised_dataset_name", text, "--max_seq_len", 32, "--adaptive_kl",
+             "--target_kl", 0.01, "--reward_normalization", "queue", "--reward_queue_size", 20, "--enable_ema",
+             "--save_steps", 2, "--reward_functions", "examples.demo.task:reward"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_module(MODULE, step3_args(sft_dir, rm_dir, prompts, full, "--max_steps", 4, *extra))
+    run_module(MODULE, step3_args(sft_dir, rm_dir, prompts, part, "--max_steps", 2, *extra))
+    run_module(MODULE, step3_args(sft_dir, rm_dir, prompts, part, "--max_steps", 4, "--resume", *extra))
+    for sub in ("actor", "critic", "actor_ema"):
+        a, b = load_weights(full / sub), load_weights(part / sub)
+        assert all(torch.equal(a[k], b[k]) for k in a), sub
+    rows_full, rows_part = read_metrics(full), read_metrics(part)
+    assert [r["kl_ctl"] for r in rows_part][-2:] == [r["kl_ctl"] for r in rows_full][-2:]
+    assert rows_full[-1]["kl_ctl"] != rows_full[0]["kl_ctl"]

@@ -12,7 +12,6 @@ a run exactly.
 """
 from __future__ import annotations
 
-import itertools
 import time
 
 from transformers import AutoModelForSequenceClassification
@@ -22,7 +21,8 @@ from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
 from utils import distributed as dist
 from utils.checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, save_hf_model, set_rng_state
 from utils.config import ConfigError, RLHFConfig, parse_config
-from utils.data import collate_lm, epoch_batches, load_step_records, tokenize_records
+from utils.data import epoch_batches, load_step_records, tokenize_records
+from utils.data.collate import BatchStream
 from utils.data.readers import read_dataset
 from utils.data.rlhf import tokenize_prompts
 from utils.logging import MetricsLogger, progress
@@ -33,15 +33,14 @@ from utils.rewards.comet import build_comet_sources
 from utils.run import finish, start, user_errors
 
 
-def load_pretraining_batches(cfg, tokenizer):
-    """An endless iterator of packed text batches for --add_pretrained_loss with a dataset."""
+def load_pretraining_batches(cfg, tokenizer) -> BatchStream:
+    """Packed text batches for --add_pretrained_loss with a dataset, endless, sharded over ranks."""
     raw = read_dataset(cfg.unsupervised_dataset_name, config_name=cfg.unsupervised_dataset_config_name)
     examples, _ = tokenize_records(raw.train, tokenizer, cfg.max_seq_len, "text")
     if not examples:
         raise ConfigError(f"--unsupervised_dataset_name {cfg.unsupervised_dataset_name}: no text")
-    bs = cfg.per_device_training_batch_size
-    order = itertools.cycle(range(0, len(examples), bs))
-    return (collate_lm(examples[i:i + bs], tokenizer.pad_token_id) for i in order)
+    return BatchStream(examples, cfg.per_device_training_batch_size, tokenizer.pad_token_id, rank=dist.rank(),
+                       world_size=dist.world_size(), seed=cfg.seed)
 
 
 def build_sources(cfg, rlhf, comet: list) -> tuple[dict, dict]:
@@ -113,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
             sources[name].load_state_dict(st)
         if rlhf.ema is not None and client.get("ema") is not None:
             rlhf.ema.load_state_dict(client["ema"])
+        if ptx is not None and client.get("ptx") is not None:
+            ptx.load_state_dict(client["ptx"])
         dist.print_rank0(f"[resume] {ckpt_dir}/{tag}: epoch {state['epoch']}, step {state['step']}")
 
     rounds_per_epoch = per_epoch // cfg.generation_batches
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "reward_queue": list(trainer.normalizer.queue),
                           "reward_sources": {k: v.state_dict() for k, v in sources.items()},
                           "trainer": trainer.state_dict(),
-                          "ema": rlhf.ema.state_dict() if rlhf.ema is not None else None}
+                          "ema": rlhf.ema.state_dict() if rlhf.ema is not None else None,
+                          "ptx": ptx.state_dict() if ptx is not None else None}
                 save_checkpoint(engines, ckpt_dir, f"step{state['step']}", client, cfg.save_total_limit)
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 break

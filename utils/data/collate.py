@@ -56,3 +56,38 @@ def epoch_batches(n: int, batch_size: int, *, rank: int, world_size: int, seed: 
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
     return batches
+
+
+class BatchStream:
+    """Endless micro-batches of `examples` (e.g. step 3's pretraining text): each pass is this rank's
+    share of a new seeded permutation, and the position is state, so ranks train on different
+    batches and a resumed run continues with the next batch, not the first."""
+
+    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, *, rank: int, world_size: int,
+                 seed: int):
+        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch, self.index = 0, 0
+        self._order: tuple[int, list[list[int]]] | None = None
+
+    def _batches(self) -> list[list[int]]:
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, epoch_batches(len(self.examples), self.batch_size, rank=self.rank,
+                                                     world_size=self.world_size, seed=self.seed, epoch=self.epoch))
+        return self._order[1]
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> LMBatch:
+        if self.index >= len(self._batches()):
+            self.epoch, self.index = self.epoch + 1, 0
+        batch = self._batches()[self.index]
+        self.index += 1
+        return collate_lm([self.examples[i] for i in batch], self.pad_id)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
