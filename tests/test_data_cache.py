@@ -87,3 +87,17 @@ def test_batch_stream_shards_reshuffles_and_resumes():
     resumed = stream(0)
     resumed.load_state_dict({"epoch": 0, "index": 2})
     assert first_ids(next(resumed)) == pass_a[2] and first_ids(next(resumed)) == second[0]
+
+
+def test_metric_reduction_covers_keys_a_rank_lacks(monkeypatch):
+    from utils import distributed as dist
+    from utils import trainer
+
+    # rank 0 of two; rank 1 also saw scored rows: 2 of them with MSE summing to 3.0
+    other = {"mse": (3.0, 2.0), "accuracy": (1.0, 2.0)}
+    monkeypatch.setattr(dist, "all_gather_object", lambda keys: [keys, sorted(other)])
+    reduced = []
+    other_sum = [2.0, 1.0, 2.0, 3.0]        # accuracy n, accuracy s, mse n, mse s (sorted keys, n before s)
+    monkeypatch.setattr(dist, "all_reduce_sum", lambda v: (reduced.append(v), v + other_sum.pop(0))[1])
+    out = trainer._reduce({"accuracy": (1.0, 2.0)})
+    assert out == {"accuracy": 0.5, "mse": 1.5} and reduced == [2.0, 1.0, 0.0, 0.0]

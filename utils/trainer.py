@@ -322,10 +322,12 @@ def _accumulate(sums: dict, metrics: dict) -> None:
 
 
 def _reduce(sums: dict) -> dict[str, float]:
-    """Global (over ranks) sum / count per metric; keys in a fixed order on every rank."""
+    """Global (over ranks) sum / count per metric, over the union of every rank's keys in one order
+    (a rank may hold no row of a kind, e.g. no scored row of a blended reward dataset: it adds 0)."""
     out = {}
-    for k in sorted(sums):
-        s, n = sums[k]
+    keys = sorted(set().union(*dist.all_gather_object(sorted(sums))))
+    for k in keys:
+        s, n = sums.get(k, (0.0, 0.0))
         n = dist.all_reduce_sum(n)
         out[k] = dist.all_reduce_sum(s) / n if n else float("nan")
     return out
