@@ -1,6 +1,7 @@
 """What every entry point does around its own work: start, report user errors, finish."""
 from __future__ import annotations
 
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -45,3 +46,26 @@ def typed_escapes(text: str) -> str:
     """`\\n` and `\\t` typed on a command line (or in a plain prompt file) as newline and tab.
     Only these two: decoding the whole text as `unicode_escape` mangles non-ASCII ("é" -> "Ã©")."""
     return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+class Preemption:
+    """SIGTERM (a cluster pre-empting the job) is noted when it arrives and acted on between
+    optimizer steps: `due()` is true on every rank once any rank got the signal, so all ranks
+    write the same checkpoint and stop together."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def due(self) -> bool:
+        return dist.all_reduce_max(float(self.requested)) > 0
+
+    def stop(self, checkpoint_dir: str, step: int) -> None:
+        """After the checkpoint is written: say how to continue, tear down, exit 0."""
+        dist.print_rank0(f"[preempted] SIGTERM: checkpoint at step {step} in {checkpoint_dir}; run the same "
+                         f"command with --resume to continue")
+        finish()
+        raise SystemExit(0)

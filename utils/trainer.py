@@ -167,6 +167,9 @@ class Trainer:
                                     tensorboard_path=cfg.tensorboard_path, name=name, append=cfg.resume)
         self.device = dist.device()
         self.history: list[dict] = []
+        from .run import Preemption
+
+        self.preemption = Preemption()
 
     # -- batch order ---------------------------------------------------------------------
     def windows(self, epoch: int) -> list[list[list[int]]]:
@@ -300,8 +303,14 @@ class Trainer:
                     last_eval = self.log_eval(eval_extra)
                 if after_step is not None:
                     after_step(epoch, step)
-                if cfg.save_steps and step % cfg.save_steps == 0:
+                saved = bool(cfg.save_steps and step % cfg.save_steps == 0)
+                if saved:
                     self.checkpoint()
+                if self.preemption.due():
+                    if not saved:
+                        self.checkpoint()
+                    self.logger.close()
+                    self.preemption.stop(str(self.ckpt_dir), step)
                 if step >= total:
                     done = True
                     break

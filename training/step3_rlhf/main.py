@@ -30,7 +30,7 @@ from utils.models import load_tokenizer_for
 from utils.predict import make_predict_hook
 from utils.rewards import RewardModelSource, RuleSource
 from utils.rewards.comet import build_comet_sources
-from utils.run import finish, start, user_errors
+from utils.run import Preemption, finish, start, user_errors
 
 
 def load_pretraining_batches(cfg, tokenizer) -> BatchStream:
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             ptx.load_state_dict(client["ptx"])
         dist.print_rank0(f"[resume] {ckpt_dir}/{tag}: epoch {state['epoch']}, step {state['step']}")
 
+    preemption = Preemption()
     rounds_per_epoch = per_epoch // cfg.generation_batches
     bar = progress(rounds_per_epoch * cfg.num_train_epochs, state["step"], desc="ppo", disable=cfg.disable_tqdm)
     history = []
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.print_answers and state["step"] % cfg.print_answers_interval == 0:
                 prompt, answer = trainer.last_sample
                 dist.print_rank0(f"[answer] step {state['step']}\n--- prompt ---\n{prompt}\n--- answer ---\n{answer}")
-            if cfg.save_steps and state["step"] % cfg.save_steps == 0:
+            saved = bool(cfg.save_steps and state["step"] % cfg.save_steps == 0)
+            preempted = preemption.due()
+            if saved or preempted:
                 client = {"state": state, "rng": dist.all_gather_object(rng_state()), "kl_ctl": trainer.kl.value,
                           "reward_queue": list(trainer.normalizer.queue),
                           "reward_sources": {k: v.state_dict() for k, v in sources.items()},
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
                           "ema": rlhf.ema.state_dict() if rlhf.ema is not None else None,
                           "ptx": ptx.state_dict() if ptx is not None else None}
                 save_checkpoint(engines, ckpt_dir, f"step{state['step']}", client, cfg.save_total_limit)
+                if preempted:
+                    logger.close()
+                    preemption.stop(ckpt_dir, state["step"])
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 break
         state = {"epoch": epoch + 1, "batch": 0, "step": state["step"]}
