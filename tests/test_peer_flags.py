@@ -29,9 +29,9 @@ PLAIN = [c for c in COMMANDS if c not in HYBRID]
 
 @pytest.mark.parametrize("step", sorted(FLAGS))
 def test_every_peer_flag_is_accepted_or_refused_by_name(step):
-    from utils.config import HYBRID_ALIGNMENT_FLAGS, _OneLineParser, _option_names
+    from utils.config import HYBRID_ALIGNMENT_FLAGS, _option_names, make_parser
 
-    names = _option_names(_OneLineParser.make(CONFIGS[step]))
+    names = _option_names(make_parser(CONFIGS[step]))
     refused = {f for f in FLAGS[step] if f[2:].replace("-", "_") in HYBRID_ALIGNMENT_FLAGS}
     assert [f for f in FLAGS[step] if f[2:] not in names and f not in refused] == []
     assert len(FLAGS[step]) > 40

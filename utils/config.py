@@ -348,18 +348,16 @@ def _read_config_file(path: str) -> dict:
     return data
 
 
-class _OneLineParser:
-    """argparse reports mistakes as usage + message and exits; we want one line and exit 2."""
+def make_parser(cls):
+    """HfArgumentParser for `cls` whose mistakes raise ConfigError (one line, exit 2) instead of
+    argparse's usage text, with prefix abbreviations off (a typo must not match a longer flag)."""
+    from transformers import HfArgumentParser
 
-    @staticmethod
-    def make(cls):
-        from transformers import HfArgumentParser
+    class Parser(HfArgumentParser):
+        def error(self, message):
+            raise ConfigError(message)
 
-        class Parser(HfArgumentParser):
-            def error(self, message):
-                raise ConfigError(message)
-
-        return Parser(cls, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
+    return Parser(cls, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
 
 
 def _option_names(parser) -> dict[str, str]:
@@ -399,7 +397,7 @@ def parse_config(cls, argv: list[str] | None = None):
     exits with code 2, before anything is written.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _OneLineParser.make(cls)
+    parser = make_parser(cls)
     names = _option_names(parser)
     try:
         _refuse_hybrid_alignment(t[2:].split("=", 1)[0] for t in argv if t.startswith("--"))
@@ -523,10 +521,6 @@ class ModelSide:
     eot_token: str
     weight_decay: float
     learning_rate: float
-
-
-PER_MODEL = ("gradient_checkpointing", "dropout", "disable_dropout", "weight_decay", "lora_dim", "lora_module_name",
-             "lora_learning_rate")
 
 
 @dataclass
