@@ -76,8 +76,9 @@ def esrl_args(sft_dir, prompts, out, *extra):
 
 def one_round(argv):
     """Build the engine and trainer, run one round of experience; count what each pass saw."""
-    from training.step3_rlhf.main import build_sources
-    from training.step3_rlhf.ppo_trainer import PPOTrainer
+    from training.step3_rlhf.build import build_sources
+    from training.step3_rlhf.rollout import ExperienceMaker
+    from training.step3_rlhf.update import PPOUpdater
     from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
     from utils.config import RLHFConfig, parse_config
     from utils.data import load_step_records
@@ -101,7 +102,8 @@ def one_round(argv):
             lambda m, a, kw, o: seen["critic"].append(kw["input_ids"].shape[0]), with_kwargs=True)
     rule = sources["reward"].fn
     sources["reward"].fn = lambda **kw: (seen["reward"].append(len(kw["answers"])), rule(**kw))[1]
-    trainer = PPOTrainer(cfg, rlhf, tok, sources, weights)
+    trainer = ExperienceMaker(cfg, rlhf, tok, sources, weights)
+    updater = PPOUpdater(cfg, rlhf, tok)
     generate = trainer.generate
 
     def spy(*a, **kw):
@@ -122,9 +124,9 @@ def one_round(argv):
             m = exp.action_mask[i].bool()
             diffs.append(float((exp.logprobs[i][m] - lp[-int(m.sum()):]).abs().max()))
     passes = {k: list(v) for k, v in seen.items()}     # the experience passes only, not training's
-    step, minibatches = trainer.step, []
-    trainer.step = lambda mb, *a: (minibatches.append(mb.sequences.shape[0]), step(mb, *a))[1]
-    trainer.train_on([exp])
+    step, minibatches = updater.step, []
+    updater.step = lambda mb, *a: (minibatches.append(mb.sequences.shape[0]), step(mb, *a))[1]
+    updater.train_on([exp], 0)
     return {"seen": passes, "stats": stats, "rows": exp.sequences.shape[0], "diff": max(diffs),
             "counters": dict(trainer.counters), "minibatches": minibatches}
 

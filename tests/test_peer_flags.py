@@ -195,11 +195,31 @@ def test_step3_behaviour_flags():
     (["--enable_mixed_precision_lora"], "--enable_mixed_precision_lora needs --actor_lora_dim > 0"),
     (["--enable_ema", "--actor_zero_stage", "3"], "--enable_ema needs --actor_zero_stage 0-2"),
     (["--predict_steps", "10"], "--predict_steps needs --predict_file"),
+    (["--data_split", "2,4"], "--data_split must be three"),
+    (["--data_format", "chat"], "--data_format chat: step 3 reads prompts in the SFT format"),
+    (["--reward_queue_size", "0"], "--reward_queue_size must be >= 1"),
+    (["--kl_horizon", "0"], "--kl_horizon must be >= 1"),
+    (["--target_kl", "0"], "--target_kl must be > 0"),
 ])
 def test_step3_cross_checks(argv, msg, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         parse_config(RLHFConfig, BASE3 + argv)
-    assert msg in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and msg in err, err
+
+
+def test_step3_data_format_sft_refuses_pairs_and_auto_takes_them(tokenizer, tmp_path):
+    from tests.conftest import write_jsonl
+    from utils.data import DataError, read_dataset
+    from utils.data.rlhf import prompt_examples
+
+    path = write_jsonl(tmp_path / "p" / "train.jsonl", [{"prompt": "User: hi\nAssistant: ", "chosen": "hello",
+                                                         "rejected": "no"}])
+    records = read_dataset(str(path)).train
+    examples, _ = prompt_examples(records, tokenizer, 32, 48, False, fmt="auto")
+    assert examples[0].reference == "hello"
+    with pytest.raises(DataError, match=r"train.jsonl:1: record is preference format but --data_format is sft"):
+        prompt_examples(records, tokenizer, 32, 48, False, fmt="sft")
 
 
 def test_user_deepspeed_config_is_merged_over_ours(tmp_path):

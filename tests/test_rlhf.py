@@ -86,7 +86,7 @@ def test_hybrid_engine_switches_off_on_cpu(sft_dir, rm_dir, prompts, tmp_path):
 
 
 def test_adaptive_kl_and_reward_normalizer_by_hand():
-    from training.step3_rlhf.ppo_trainer import AdaptiveKLController, RewardNormalizer
+    from training.step3_rlhf.rollout import AdaptiveKLController, RewardNormalizer
 
     kl = AdaptiveKLController(0.1, target=2.0, horizon=100)
     kl.update(4.0, n=10)   # error clipped to +0.2: 0.1 * (1 + 0.2 * 10/100)

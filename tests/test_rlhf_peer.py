@@ -69,7 +69,7 @@ class _Rule:
 def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
     from types import SimpleNamespace
 
-    from training.step3_rlhf.ppo_trainer import PPOTrainer
+    from training.step3_rlhf.rollout import ExperienceMaker
     from utils.data.rlhf import PromptExample
     from utils.data.sft import IGNORE_INDEX, Example
     from utils.rewards import RewardInputs
@@ -83,7 +83,7 @@ def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
     inputs = RewardInputs(prompts=[p.prompt for p in prompts], answers=["a longer sample", "x"],
                           references=[p.reference for p in prompts], sources=[p.source for p in prompts],
                           prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers)
-    trainer = PPOTrainer.__new__(PPOTrainer)
+    trainer = ExperienceMaker.__new__(ExperienceMaker)
     trainer.cfg = SimpleNamespace(update_reference_with_sampling=True)
     trainer.sources, trainer.weights = {"len": _Rule()}, {"len": 1.0}
     targets = trainer.sft_targets(prompts, answers, inputs)
@@ -96,7 +96,7 @@ def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
 def test_two_rule_functions_of_one_name_both_count():
     from types import SimpleNamespace
 
-    from training.step3_rlhf.main import build_sources
+    from training.step3_rlhf.build import build_sources
     from utils.config import ConfigError
 
     cfg = SimpleNamespace(use_reward_model=False, weights_comet_model=[], reward_function_weights=[1.0, 0.5],
@@ -112,29 +112,29 @@ def test_two_rule_functions_of_one_name_both_count():
 def test_minibatch_order_changes_from_round_to_round():
     from types import SimpleNamespace
 
-    from training.step3_rlhf.ppo_trainer import Experience, PPOTrainer
+    from training.step3_rlhf.rollout import Experience
+    from training.step3_rlhf.update import PPOUpdater
 
     n = 8
     t = torch.arange(n, dtype=torch.float32)[:, None]
     exp = Experience(*([t] * 10), list(range(n)), [None] * n)
-    trainer = PPOTrainer.__new__(PPOTrainer)
-    trainer.cfg = SimpleNamespace(seed=1, ppo_epochs=1, ppo_mini_epochs=1, gradient_accumulation_steps=1,
+    updater = PPOUpdater.__new__(PPOUpdater)
+    updater.cfg = SimpleNamespace(seed=1, ppo_epochs=1, ppo_mini_epochs=1, gradient_accumulation_steps=1,
                                   per_device_generation_batch_size=n, per_device_training_batch_size=4,
                                   dynamic_sampling=False)
     seen = []
-    trainer.step = lambda mb, *a: seen.append(mb.sequences[:, 0].tolist()) or {}
+    updater.step = lambda mb, *a: seen.append(mb.sequences[:, 0].tolist()) or {}
     orders = []
-    for sampled in (8, 16, 8):
-        trainer.counters = {"sampled_sequences": sampled}
+    for round_index in (3, 4, 3):
         seen.clear()
-        trainer.train_on([exp])
+        updater.train_on([exp], round_index)
         orders.append([x for mb in seen for x in mb])
     assert orders[0] != orders[1] and orders[0] == orders[2]
     assert sorted(orders[0]) == list(range(n))
 
 
 def test_reward_normalizer_uses_every_ranks_rewards():
-    from training.step3_rlhf.ppo_trainer import RewardNormalizer
+    from training.step3_rlhf.rollout import RewardNormalizer
 
     other_rank = [3.0, 5.0]
 

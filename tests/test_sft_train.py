@@ -155,7 +155,7 @@ def test_bad_data_one_line_error_and_no_output(tiny_dir, tmp_path):
                    + '{"instruction": "User: hi\\nAssistant: ", "output": 3}\n')
     out = tmp_path / "never"
     p = run_module(MODULE, sft_args(tiny_dir, bad, out), check=False)
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == f'error: {bad}:2: field "output" must be a string, got int'
     assert "Traceback" not in p.stderr
     assert not out.exists()
@@ -163,5 +163,5 @@ def test_bad_data_one_line_error_and_no_output(tiny_dir, tmp_path):
 
 def test_missing_model_one_line_error(sft_data, tmp_path):
     p = run_module(MODULE, sft_args(tmp_path / "no-model", sft_data, tmp_path / "o"), check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("error: cannot load tokenizer")

@@ -175,7 +175,7 @@ def test_reward_cli_bad_column_one_line(tiny_dir, tmp_path):
     data = write_parquet(tmp_path / "bad", [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": 1.0}])
     out = tmp_path / "never"
     p = run_module("training.step2_reward.main", rm_args(tiny_dir, data, out, "--rm_loss", "score"), check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr and not out.exists()
+    assert p.returncode == 2 and "Traceback" not in p.stderr and not out.exists()
     assert p.stderr.strip().splitlines()[-1] == f'error: {data / "train.parquet"} row 0: field "rejected_score" is missing'
 
 

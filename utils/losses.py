@@ -255,6 +255,22 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def adaptive_kl_coef(kl_ctl: float, kl: float, target: float, n: int, horizon: int) -> float:
+    """Ziegler et al. 2019's proportional controller of the KL coefficient.
+
+    kl_ctl * (1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon), where kl is the mean
+    per-sequence KL of the n sequences just sampled.
+    """
+    error = max(min(kl / target - 1, 0.2), -0.2)
+    return kl_ctl * (1 + error * n / horizon)
+
+
+def standardize(rewards: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(rewards - mean(reference)) / (std(reference) + eps), population std. [N], [M] -> [N]."""
+    reference = reference.to(rewards.dtype)
+    return (rewards - reference.mean()) / (reference.std(unbiased=False) + eps)
+
+
 def group_baseline(rewards: torch.Tensor, groups: list[int], fallback: float) -> torch.Tensor:
     """Leave-one-out baseline from the other samples of the same prompt (Kool et al. 2019).
 

@@ -22,7 +22,8 @@ def start(cfg) -> None:
 
 @contextmanager
 def user_errors():
-    """A DataError or ConfigError becomes one line on stderr and exit code 1.
+    """A DataError or ConfigError becomes one line on stderr and exit code 2, the code argparse
+    gives a bad flag: every user error exits 2.
 
     Used around config checks, data loading and model loading, which all run before the
     output folder is created, so a bad input leaves nothing behind.
@@ -35,7 +36,7 @@ def user_errors():
     except (DataError, ConfigError) as e:
         if dist.rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
+        raise SystemExit(2)
 
 
 def finish() -> None:

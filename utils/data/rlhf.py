@@ -40,8 +40,10 @@ def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str 
 
 
 def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_len: int,
-                    need_reference: bool) -> tuple[list[PromptExample], LengthStats]:
+                    need_reference: bool, fmt: str = "auto") -> tuple[list[PromptExample], LengthStats]:
     """One source file's records -> (prompts, what the length rules did to its rows).
+
+    fmt: --data_format; "sft" accepts SFT records only, "auto" also preference pairs.
 
     A row counts as prompt-truncated when its generation prompt or the prompt of its SFT
     example was cut, as answer-truncated when its SFT example's reference was cut.
@@ -53,6 +55,8 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
         if k not in ("sft", "preference"):
             raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output") '
                             f'or preference pairs ("prompt", "chosen", "rejected")')
+        if fmt == "sft" and k != "sft":
+            raise DataError(f"{r.where}: record is {k} format but --data_format is sft")
         if k != kinds[0]:
             raise DataError(f"{r.where}: record is {k} format but earlier records are {kinds[0]}")
     texts = [_texts(r, kinds[0], need_reference) for r in records]
@@ -80,14 +84,14 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
 
 
 def tokenize_prompts(records: list[Record], tokenizer, max_prompt_len: int, max_len: int,
-                     need_reference: bool, cache_dir: str | None = None) -> list[PromptExample]:
+                     need_reference: bool, cache_dir: str | None = None, fmt: str = "auto") -> list[PromptExample]:
     """`prompt_examples` of every source file in `records` (through the --data_output_path cache
     when given), printing each file's counts on rank 0."""
     from ..distributed import print_rank0
     from .cache import tokenize_cached
 
     tokenize = partial(prompt_examples, tokenizer=tokenizer, max_prompt_len=max_prompt_len, max_len=max_len,
-                       need_reference=need_reference)
+                       need_reference=need_reference, fmt=fmt)
     out = []
     for source, group in by_source(records).items():
         examples, stats, hit = tokenize_cached(cache_dir, group, tokenize)

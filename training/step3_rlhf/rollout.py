@@ -1,12 +1,13 @@
-"""PPO for language models: experience generation (sample, cut at EOS, score) and updates.
+"""PPO's rollout: sample answers, score them and shape rewards into an `Experience`.
 
-One round: sample answers with no autograd graph (stage 1) -> one teacher-forced forward of
-the actor over all samples (stage 2: the old log-probs, which the policy loss shares) ->
-with --dynamic_sampling, drop the most confident samples -> reward sources -> one
-teacher-forced forward each of reference and critic -> per-token KL penalty and clipped end
-reward -> GAE (or, with --remove_critic_model, reward-to-go minus a baseline) ->
-`ppo_epochs` passes of clipped policy + clipped value loss, plus the optional SFT and
-pretraining losses. Every formula is in `utils/losses.py` and `esrl.py`.
+One generation batch: sample with no autograd graph (stage 1) -> one teacher-forced forward of
+the actor over all samples (stage 2: the old log-probs, which the policy loss shares) -> with
+--dynamic_sampling, drop the most confident samples -> one teacher-forced forward each of
+reference and critic -> reward sources -> per-token KL penalty and clipped end reward -> GAE
+(or, with --remove_critic_model, reward-to-go minus a baseline). Every formula is a pure
+function in `utils/losses.py` or `esrl.py`; what steers the shaping (the KL coefficient, the
+reward normaliser, ESRL's estimates, the baseline) is computed over all ranks, so every rank
+holds the same values, and lives in `ExperienceMaker.state_dict()`.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from dataclasses import dataclass, fields
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, kept_count, sample_counts,
+from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, sample_counts,
                                      sequence_confidence, temperatures)
 from utils import distributed as dist
-from utils.data import IGNORE_INDEX, Example, collate_lm
+from utils.data import IGNORE_INDEX, Example
 from utils.data.rlhf import PromptExample
 from utils.generation import left_pad
-from utils.losses import (causal_lm_loss, entropy_from_logits, gae, group_baseline, kl_penalized_rewards,
-                          masked_mean, ppo_policy_loss, ppo_value_loss, reward_to_go, token_logprobs, whiten)
+from utils.losses import (adaptive_kl_coef, gae, group_baseline, kl_penalized_rewards, reward_to_go, standardize,
+                          token_logprobs, whiten)
 from utils.models import position_ids, token_values
 from utils.rewards import RewardInputs, combine
 
@@ -53,16 +54,15 @@ class Experience:
 
 
 class AdaptiveKLController:
-    """Ziegler et al. 2019: kl_ctl <- kl_ctl * (1 + clip(KL/target - 1, -0.2, 0.2) * n / horizon)."""
+    """The KL coefficient: fixed, or (with a target) steered by `adaptive_kl_coef` with the KL of
+    every rank's sequences."""
 
     def __init__(self, init: float, target: float | None, horizon: int):
         self.value, self.target, self.horizon = init, target, horizon
 
     def update(self, kl: float, n: int) -> None:
-        if self.target is None:
-            return
-        error = max(min(kl / self.target - 1, 0.2), -0.2)
-        self.value *= 1 + error * n / self.horizon
+        if self.target is not None:
+            self.value = adaptive_kl_coef(self.value, kl, self.target, n, self.horizon)
 
 
 def all_ranks(values: list[float]) -> list[float]:
@@ -88,7 +88,20 @@ class RewardNormalizer:
         else:
             self.queue.extend(everyone.tolist())
             ref = torch.tensor(list(self.queue))
-        return (r - ref.mean()) / (ref.std(unbiased=False) + 1e-8)
+        return standardize(r, ref)
+
+    def state_dict(self) -> dict:
+        return {"queue": list(self.queue)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.queue.clear()
+        self.queue.extend(s["queue"])
+
+
+def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced pass over [B, S] sequences: (logits [B, S, V], log-prob of each next token [B, S-1])."""
+    logits = model(input_ids=seq, attention_mask=attn, position_ids=position_ids(attn), use_cache=False).logits
+    return logits, token_logprobs(logits, seq)
 
 
 class RowTemperature(LogitsProcessor):
@@ -101,29 +114,12 @@ class RowTemperature(LogitsProcessor):
         return scores / self.temps.to(scores.device, scores.dtype)[:, None]
 
 
-def optimizer_steps_per_round(cfg) -> int:
-    """Optimizer steps of one round: its PPO minibatch updates (passes x generation batches x
-    minibatches x --ppo_mini_epochs) in windows of --gradient_accumulation_steps; a round always
-    ends with a step, so checkpoints never hold half-accumulated gradients."""
-    updates = cfg.ppo_epochs * cfg.generation_batches * minibatches_per_round(cfg) * cfg.ppo_mini_epochs
-    return -(-updates // cfg.gradient_accumulation_steps)
+class ExperienceMaker:
+    """Turns generation batches of prompts into `Experience` (and greedy held-out scores)."""
 
-
-def minibatches_per_round(cfg) -> int:
-    """PPO minibatches (optimizer steps) per generation batch and PPO epoch: enough that none holds
-    more than --per_device_training_batch_size sequences when a generation batch keeps the most it
-    can (with ESRL: every prompt at --esrl_max_samples, less the eliminated fraction). Fixed, so the
-    LR schedule and every rank's step count are known before training."""
-    rows = cfg.per_device_generation_batch_size
-    if cfg.dynamic_sampling:
-        rows = kept_count(rows * cfg.esrl_max_samples, cfg.esrl_eliminate_ratio)
-    return -(-rows // cfg.per_device_training_batch_size)
-
-
-class PPOTrainer:
-    def __init__(self, cfg, engine, tokenizer, sources: dict, weights: dict, ptx=None):
+    def __init__(self, cfg, engine, tokenizer, sources: dict, weights: dict):
         self.cfg, self.rlhf, self.tok = cfg, engine, tokenizer
-        self.sources, self.weights, self.ptx = sources, weights, ptx
+        self.sources, self.weights = sources, weights
         self.device = dist.device()
         self.kl = AdaptiveKLController(cfg.kl_ctl, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon)
         self.normalizer = RewardNormalizer(cfg.reward_normalization, cfg.reward_queue_size)
@@ -135,14 +131,18 @@ class PPOTrainer:
         self.last_sample: tuple[str, str] | None = None   # (prompt, answer) of the latest round, for printing
 
     def state_dict(self) -> dict:
-        """What a resumed run needs beyond the engines: ESRL's estimates, the baseline, counters."""
-        return {"esrl": self.esrl.state_dict() if self.esrl is not None else None, "baseline": self.baseline,
-                "counters": dict(self.counters)}
+        """The reward shaping's running state (equal on every rank) and this rank's counters."""
+        return {"kl_ctl": self.kl.value, "normalizer": self.normalizer.state_dict(),
+                "esrl": self.esrl.state_dict() if self.esrl is not None else None, "baseline": self.baseline,
+                "counters": dict(self.counters), "sources": {k: v.state_dict() for k, v in self.sources.items()}}
 
     def load_state_dict(self, s: dict) -> None:
+        self.kl.value, self.baseline, self.counters = s["kl_ctl"], s["baseline"], dict(s["counters"])
+        self.normalizer.load_state_dict(s["normalizer"])
         if self.esrl is not None and s["esrl"] is not None:
             self.esrl.load_state_dict(s["esrl"])
-        self.baseline, self.counters = s["baseline"], dict(s["counters"])
+        for name, st in s["sources"].items():
+            self.sources[name].load_state_dict(st)
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -178,10 +178,6 @@ class PPOTrainer:
         attn = torch.cat([mask.cpu(), amask], 1)
         return seq.to(self.device), attn.to(self.device), answers, P
 
-    def forward_logprobs(self, model, seq, attn):
-        logits = model(input_ids=seq, attention_mask=attn, position_ids=position_ids(attn), use_cache=False).logits
-        return logits, token_logprobs(logits, seq)
-
     # -- experience ----------------------------------------------------------------------------
     def plan_samples(self, prompt_index: list[int]) -> tuple[list[int], torch.Tensor | None, dict]:
         """Rows to sample (prompt positions, repeated) and their temperatures; ESRL decides both."""
@@ -211,7 +207,7 @@ class PPOTrainer:
         action_mask[:, : P - 1] = 0
         self.rlhf.eval()
         # stage 2: one parallel teacher-forced pass gives the log-probs of every sampled token
-        _, logprobs = self.forward_logprobs(self.rlhf.actor, seq, attn)
+        _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn)
         self.counters["sampled_sequences"] += len(rows)
         self.counters["sampled_tokens"] += int(action_mask.sum())
         if self.esrl is not None:
@@ -226,7 +222,7 @@ class PPOTrainer:
             stats["esrl/kept"] = len(k) / len(rows)
         self.counters["scored_sequences"] += len(prompts)
         if self.rlhf.ref is not None:
-            _, ref_logprobs = self.forward_logprobs(self.rlhf.ref, seq, attn)
+            _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn)
         else:  # --remove_kl_penalty: no reference, so the KL term is exactly 0
             ref_logprobs = logprobs
         if self.rlhf.critic is not None:
@@ -351,104 +347,3 @@ class PPOTrainer:
             for k, v in scores.items():
                 sums[k] = sums.get(k, 0.0) + float(v[:real].sum())
         return {f"eval/reward/{k}": dist.all_reduce_sum(v) / max(len(prompts), 1) for k, v in sums.items()}
-
-    # -- updates ---------------------------------------------------------------------------------
-    def extra_losses(self, exp: Experience, logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The SFT loss on each row's target, and the pretraining loss on text batches or, without a
-        pretraining dataset, on the minibatch's own prompt tokens (the fork's form, which reuses the
-        policy forward's log-probs `logprobs` [B, S-1])."""
-        out = {}
-        if self.cfg.add_sft_loss:
-            examples = [e for e in exp.sft_examples if e is not None]
-            if examples:
-                b = collate_lm(examples, self.tok.pad_token_id).to(self.device)
-                logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-                s, n = causal_lm_loss(logits, b.labels)
-                out["sft"] = s / n.clamp_min(1)
-        if self.cfg.add_pretrained_loss and self.ptx is not None:
-            b = next(self.ptx).to(self.device)
-            logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-            s, n = causal_lm_loss(logits, b.labels)
-            out["ptx"] = s / n.clamp_min(1)
-        elif self.cfg.add_pretrained_loss:
-            prompt_tokens = exp.attention_mask[:, 1:].float() * (1 - exp.action_mask)
-            out["ptx"] = masked_mean(-logprobs, prompt_tokens)
-        return out
-
-    def train_on(self, exps: list[Experience], critic_only: bool = False) -> dict:
-        """`ppo_epochs` passes over the experience in minibatches, each updated `ppo_mini_epochs` times
-        in a row; gradients accumulate over --gradient_accumulation_steps updates and the round ends on
-        an optimizer step. `critic_only` (--critic_go_first_steps): one pass, the critic alone.
-        Returns mean statistics."""
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        # a new minibatch order every round, reproducible on resume (the counters are checkpointed)
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.counters["sampled_sequences"])
-        n_mb = minibatches_per_round(cfg)
-        updates = []
-        for _ in range(1 if critic_only else cfg.ppo_epochs):
-            for exp in exps:
-                order = torch.randperm(exp.sequences.shape[0], generator=g)
-                for part in torch.tensor_split(order, min(n_mb, len(order))):
-                    updates += [exp.rows(part.tolist())] * cfg.ppo_mini_epochs
-        sums: dict[str, float] = {}
-        for k, mb in enumerate(updates):
-            boundary = (k + 1) % cfg.gradient_accumulation_steps == 0 or k == len(updates) - 1
-            for k_, v in self.step(mb, boundary, critic_only).items():
-                sums[k_] = sums.get(k_, 0.0) + v
-        stats = {k: v / max(len(updates), 1) for k, v in sums.items()}
-        stats["time/training"] = time.perf_counter() - t0
-        return stats
-
-    def step(self, mb: Experience, boundary: bool = True, critic_only: bool = False) -> dict[str, float]:
-        """One PPO update of the actor (unless `critic_only`) and the critic on a minibatch; the
-        optimizers step when `boundary` (the end of an accumulation window)."""
-        cfg, mask = self.cfg, mb.action_mask
-        actor, critic = self.rlhf.actor, self.rlhf.critic
-        out: dict[str, float] = {}
-        if not critic_only:
-            actor.set_gradient_accumulation_boundary(boundary)
-            logits, logprobs = self.forward_logprobs(actor, mb.sequences, mb.attention_mask)
-            pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
-            with torch.no_grad():
-                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask)
-            extras = self.extra_losses(mb, logprobs)
-            loss = cfg.factor_rl_loss * pg_loss
-            if "sft" in extras:
-                loss = loss + cfg.factor_sft_loss * extras["sft"]
-            if "ptx" in extras:
-                loss = loss + cfg.factor_pretrained_loss * extras["ptx"]
-            actor.backward(loss)
-            out = {"pg_loss": float(pg_loss.detach()), "loss": float(loss.detach()),
-                   "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"]),
-                   "ratio": float(st["ratio"]), "entropy": float(entropy)}
-            out.update({f"{k}_loss": float(v.detach()) for k, v in extras.items()})
-        if critic is not None:
-            critic.set_gradient_accumulation_boundary(boundary)
-            values = token_values(critic, mb.sequences, mb.attention_mask)[:, :-1]
-            vf_loss, vf_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mask, cfg.cliprange_value)
-            critic.backward(vf_loss)
-            out.update({"vf_loss": float(vf_loss.detach()), "vf_clipfrac": float(vf_clipfrac)})
-        if boundary and cfg.align_overflow and not critic_only:
-            align_overflow(actor, critic)
-        if not critic_only:
-            actor.step()
-            if boundary:
-                self.rlhf.update_ema()
-        if critic is not None:
-            critic.step()
-        return out
-
-
-def align_overflow(actor, critic) -> None:
-    """fp16 (--align_overflow): when one model's gradients overflowed, the other skips its step too,
-    so actor and critic stay on the same data (DeepSpeed's fp16 optimizers expose the check)."""
-    def overflowed(engine):
-        opt = getattr(engine, "optimizer", None)
-        return bool(opt is not None and hasattr(opt, "check_overflow") and opt.check_overflow(external=True))
-    a = overflowed(actor)
-    c = overflowed(critic) if critic is not None else False
-    if a != c:
-        skipping = critic if a else actor
-        skipping.optimizer.skip_step = True
-        dist.print_rank0(f"[ppo] fp16 overflow in the {'actor' if a else 'critic'}: both skip this step")

@@ -1,0 +1,201 @@
+"""Kill-and-resume at 2 processes: a run stopped by SIGKILL (or SIGTERM) at a random point after a
+checkpoint and continued with --resume ends bit-identical to an uninterrupted run, in every step."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import (DEMO_DATA, ROOT, free_port, load_weights, read_metrics, run_module, step3_args,
+                            write_jsonl)
+from tests.test_step2 import dpo_args, rm_args, write_parquet
+from utils.losses import adaptive_kl_coef
+
+pytestmark = pytest.mark.slow
+
+
+def launch(module: str, args: list, nproc: int) -> subprocess.Popen:
+    """The run as a user starts it (the deepspeed launcher at nproc > 1), in its own process group."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = ([sys.executable, "-m", module] if nproc == 1 else
+           [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
+            str(free_port()), "--module", module])
+    return subprocess.Popen([*cmd, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def checkpoint_step(out: Path) -> int:
+    latest = out / "checkpoints" / "latest"
+    return int(latest.read_text()[len("step"):]) if latest.is_file() else 0
+
+
+def logged_step(out: Path) -> int:
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    return max((json.loads(x).get("step", 0) for x in metrics.read_text().splitlines() if x.strip()), default=0)
+
+
+def interrupt(module: str, args: list, out: Path, nproc: int, *, after: int, sig: int) -> subprocess.CompletedProcess:
+    """Start the run and send `sig` to every process of it once it is past step `after`: SIGKILL
+    once a checkpoint at or after that step exists, SIGTERM once that step is logged (the ranks
+    get the signal directly, as a cluster scheduler sends it)."""
+    p = launch(module, args, nproc)
+    reached = checkpoint_step if sig == signal.SIGKILL else logged_step
+    deadline = time.time() + 400
+    while p.poll() is None and reached(out) < after:
+        assert time.time() < deadline, "the run did not reach the step to interrupt"
+        time.sleep(0.02)
+    if p.poll() is None:
+        os.killpg(p.pid, sig)
+    stdout, stderr = p.communicate(timeout=400)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+
+
+def assert_same_weights(full: Path, resumed: Path, subfolders=("",)) -> None:
+    for sub in subfolders:
+        a, b = load_weights(full / sub), load_weights(resumed / sub)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{sub or 'model'} differs after resume"
+
+
+def kill_and_resume(module: str, args, full: Path, part: Path, nproc: int, after: int, sig=signal.SIGKILL,
+                    final: str = "model.safetensors") -> subprocess.CompletedProcess:
+    """Interrupt a run into `part`, check it stopped before the end, resume it to the end."""
+    p = interrupt(module, args(part), part, nproc, after=after, sig=sig)
+    assert not (part / final).exists(), "the run finished before it was interrupted"
+    assert checkpoint_step(part) >= (after if sig == signal.SIGKILL else 1), p.stdout[-3000:] + p.stderr[-3000:]
+    run_module(module, [*map(str, args(part)), "--resume"], nproc=nproc)
+    return p
+
+
+# -- step 3 -----------------------------------------------------------------------------------------
+STEADY = ["--adaptive_kl", "--target_kl", 0.01, "--reward_normalization", "queue", "--reward_queue_size", 20,
+          "--add_pretrained_loss", "--enable_ema", "--max_seq_len", 32, "--save_steps", 1, "--max_steps", 6,
+          "--reward_functions", "examples.demo.task:reward", "--per_device_generation_batch_size", 4,
+          "--per_device_training_batch_size", 2,
+          # long enough for answers to end at their EOS at different steps on the two ranks, whose
+          # samplers then draw different amounts of randomness: each rank must resume its own RNG
+          "--max_answer_seq_len", 24]
+
+
+@pytest.fixture(scope="module")
+def pretrain_text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ptx") / "pretrain.txt"
+    path.write_text("".join(f"the {c} owl number {i} is {c}\n" for i in range(120) for c in ("red", "blue")))
+    return path
+
+
+def rank_states(out: Path) -> list[dict]:
+    """Every rank's step-3 recipe state from the latest checkpoint."""
+    ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text() / "actor"
+    client = torch.load(next(ckpt.glob("mp_rank_00_model_states.pt")), weights_only=False)
+    return client["recipe"]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize("esrl", [False, True], ids=["ppo", "dynamic_sampling"])
+def test_rlhf_kill_resume_is_bit_exact(sft_dir, rm_dir, prompts, pretrain_text, tmp_path, esrl, nproc):
+    extra = [*STEADY, "--unsupervised_dataset_name", pretrain_text]
+    if esrl:
+        extra += ["--dynamic_sampling", "--esrl_max_samples", 3, "--esrl_min_samples", 1]
+    full, part = tmp_path / "full", tmp_path / "part"
+
+    def args(out):
+        return step3_args(sft_dir, rm_dir, prompts, out, *extra)
+
+    run_module("training.step3_rlhf.main", args(full), nproc=nproc)
+    # the statistics that steer training are the same on every rank after several rounds
+    ranks = rank_states(full)
+    assert len(ranks) == nproc
+    for key in ("kl_ctl", "normalizer", "esrl", "baseline"):
+        assert all(r[key] == ranks[0][key] for r in ranks), key
+    assert len(ranks[0]["normalizer"]["queue"]) == 20
+    if esrl:
+        assert len(ranks[0]["esrl"]["conf"]) > 4 * nproc   # estimates of several rounds of every rank
+    # kl_ctl follows the KL of every rank's sequences (the logged kl is the ranks' mean)
+    rows = read_metrics(full)
+    assert rows[0]["kl_ctl"] == 0.1 and ranks[0]["kl_ctl"] != 0.1
+    scored = [0] + [r["count/scored_sequences"] for r in rows]   # per rank, the same on every rank
+    for t, (before, after) in enumerate(zip(rows, rows[1:])):
+        n = nproc * (scored[t + 1] - scored[t])
+        assert after["kl_ctl"] == pytest.approx(adaptive_kl_coef(before["kl_ctl"], before["kl"], 0.01, n, 10000),
+                                                rel=1e-9, abs=0)
+    kill_and_resume("training.step3_rlhf.main", args, full, part, nproc=nproc,
+                    after=random.Random().randint(3, 4), final="actor/model.safetensors")
+    assert_same_weights(full, part, ("actor", "critic", "actor_ema"))
+
+
+def test_rlhf_two_process_sigterm_resume_is_bit_exact(sft_dir, rm_dir, prompts, tmp_path):
+    extra = ["--max_steps", 5, "--reward_functions", "examples.demo.task:reward", "--adaptive_kl",
+             "--per_device_generation_batch_size", 4, "--per_device_training_batch_size", 2]
+    full, part = tmp_path / "full", tmp_path / "part"
+
+    def args(out):
+        return step3_args(sft_dir, rm_dir, prompts, out, *extra)
+
+    run_module("training.step3_rlhf.main", args(full), nproc=2)
+    p = kill_and_resume("training.step3_rlhf.main", args, full, part, nproc=2, after=2, sig=signal.SIGTERM,
+                        final="actor/model.safetensors")
+    assert p.stdout.count("[preempted] SIGTERM: checkpoint at step") == 1, p.stdout[-3000:]
+    assert_same_weights(full, part, ("actor", "critic"))
+
+
+# -- steps 1 and 2 ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    lines = (DEMO_DATA / "sft" / "train.txt").read_text().splitlines()
+    return write_jsonl(tmp_path_factory.mktemp("sft2") / "train.txt", lines[:300])
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(DEMO_DATA / "preference" / "train.parquet").to_pylist()
+    out = tmp_path_factory.mktemp("pairs2") / "pairs"
+    write_parquet(out, rows[:200])
+    return write_parquet(out, rows[200:232], "test")
+
+
+def sft_run(tiny_dir, data):
+    def args(out):
+        return ["--model_name_or_path", tiny_dir, "--data_path", data, "--output_dir", out, "--max_seq_len", 48,
+                "--per_device_train_batch_size", 4, "--learning_rate", 1e-3, "--num_train_epochs", 2,
+                "--save_steps", 3, "--num_warmup_steps", 4, "--lr_scheduler_type", "cosine", "--disable_tqdm",
+                "--gradient_accumulation_steps", 2, "--seed", 4]
+    return args
+
+
+STEPS = {
+    "sft": ("training.step1_sft.main", lambda tiny, sft, pairs: sft_run(tiny, sft)),
+    "reward": ("training.step2_reward.main",
+               lambda tiny, sft, pairs: lambda out: rm_args(tiny, pairs, out, "--save_steps", 3,
+                                                            "--per_device_train_batch_size", 4)),
+    "dpo": ("training.step2_dpo.main",
+            lambda tiny, sft, pairs: lambda out: dpo_args(tiny, pairs, out, "--save_steps", 3, "--num_train_epochs",
+                                                          2, "--per_device_train_batch_size", 4)),
+}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_two_process_interrupt_resume_is_bit_exact(step, sig, sft_dir, sft_data, pairs, tmp_path):
+    module, make_args = STEPS[step]
+    args = make_args(sft_dir, sft_data, pairs)
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_module(module, [*map(str, args(full))], nproc=2)
+    p = kill_and_resume(module, args, full, part, nproc=2, after=random.Random().randint(3, 9), sig=sig)
+    if sig == signal.SIGTERM:
+        assert p.stdout.count("[preempted] SIGTERM: checkpoint at step") == 1, p.stdout[-3000:]
+    assert_same_weights(full, part)

@@ -1,0 +1,158 @@
+"""The PPO recipe: rounds of rollout -> update, with evaluation, logging, checkpoints and resume.
+
+A round takes --generation_batches generation batches of prompts per rank, turns each into an
+`Experience` (rollout.py) and trains on all of them (update.py). `state_dict()` holds every piece
+of state besides the DeepSpeed engines: the data position, the reward shaping's running state
+(KL coefficient, normaliser, ESRL estimates, baseline, reward sources), counters, the pretraining
+stream's position, the EMA weights and the RNG. A checkpoint stores each rank's state, so a resumed
+run continues exactly where every rank stopped.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from transformers import AutoModelForSequenceClassification
+
+from training.step3_rlhf.build import Parts
+from training.step3_rlhf.rollout import ExperienceMaker
+from training.step3_rlhf.update import PPOUpdater
+from utils import distributed as dist
+from utils.checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, save_hf_model, set_rng_state
+from utils.config import ConfigError
+from utils.data import epoch_batches
+from utils.logging import MetricsLogger, progress
+from utils.run import Preemption, user_errors
+
+
+@dataclass
+class Position:
+    epoch: int = 0   # the epoch in progress
+    round: int = 0   # rounds of it done
+    step: int = 0    # rounds of the run done
+
+
+class PPORecipe:
+    def __init__(self, cfg, parts: Parts):
+        self.cfg, self.parts, self.rlhf = cfg, parts, parts.rlhf
+        self.maker = ExperienceMaker(cfg, parts.rlhf, parts.tokenizer, parts.sources, parts.weights)
+        self.updater = PPOUpdater(cfg, parts.rlhf, parts.tokenizer, parts.ptx)
+        self.position = Position()
+        self.total_rounds = parts.rounds_per_epoch * cfg.num_train_epochs
+        if cfg.max_steps:
+            self.total_rounds = min(self.total_rounds, cfg.max_steps)
+        self.ckpt_dir = f"{cfg.output_dir}/checkpoints"
+        self.engines = {k: v for k, v in (("actor", self.rlhf.actor), ("critic", self.rlhf.critic)) if v is not None}
+        self.logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
+                                    tensorboard_path=cfg.tensorboard_path, name="rlhf", append=cfg.resume)
+        self.preemption = Preemption()
+        self.history: list[dict] = []
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        ptx, ema = self.parts.ptx, self.rlhf.ema
+        return {"position": asdict(self.position), "rng": rng_state(), **self.maker.state_dict(),
+                "ptx": ptx.state_dict() if ptx is not None else None,
+                "ema": ema.state_dict() if ema is not None else None}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.position = Position(**s["position"])
+        set_rng_state(s["rng"])
+        self.maker.load_state_dict(s)
+        if self.parts.ptx is not None:
+            self.parts.ptx.load_state_dict(s["ptx"])
+        if self.rlhf.ema is not None:
+            self.rlhf.ema.load_state_dict(s["ema"])
+
+    def checkpoint(self) -> None:
+        """Every rank's state (DeepSpeed keeps rank 0's client state only, so it travels gathered);
+        the EMA weights once, since they are the same on every rank (the EMA needs ZeRO 0-2)."""
+        own = self.state_dict()
+        ema = own.pop("ema")
+        client = {"recipe": dist.all_gather_object(own), "ema": ema}
+        save_checkpoint(self.engines, self.ckpt_dir, f"step{self.position.step}", client, self.cfg.save_total_limit)
+
+    def resume(self) -> None:
+        tag = latest_tag(self.ckpt_dir)
+        if tag is None:
+            dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
+            return
+        with user_errors():
+            client = load_checkpoint(self.engines, self.ckpt_dir, tag)
+            if len(client["recipe"]) != dist.world_size():
+                raise ConfigError(f"--resume: {self.ckpt_dir}/{tag} was written by {len(client['recipe'])} "
+                                  f"processes; resume it with as many (this run has {dist.world_size()})")
+        self.load_state_dict({**client["recipe"][dist.rank()], "ema": client["ema"]})
+        dist.print_rank0(f"[resume] {self.ckpt_dir}/{tag}: epoch {self.position.epoch}, step {self.position.step}")
+
+    # -- one round -------------------------------------------------------------------------------------
+    def run_round(self, batches: list[list[int]]) -> dict[str, float]:
+        """Rollout over this round's generation batches (prompt indices), then the PPO update."""
+        cfg, prompts = self.cfg, self.parts.prompts
+        exps, stats = [], {}
+        for b in batches:
+            exp, s = self.maker.make_experience([prompts[i] for i in b], b)
+            exps.append(exp)
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + v / len(batches)
+        step = self.position.step
+        stats.update(self.updater.train_on(exps, step, critic_only=step < cfg.critic_go_first_steps))
+        stats.update({f"count/{k}": v for k, v in self.maker.counters.items()})
+        return stats
+
+    def after_round(self, stats: dict, epoch: int) -> None:
+        """Evaluation, logging, predictions and printed answers of the round just done (of `epoch`)."""
+        cfg, step = self.cfg, self.position.step
+        if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == self.total_rounds):
+            t = time.perf_counter()
+            stats.update(self.maker.evaluate(self.parts.eval_prompts))
+            stats["time/eval"] = time.perf_counter() - t
+        stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
+        self.logger.log(step, stats)
+        self.history.append({"step": step, **stats})
+        if self.parts.predict:
+            self.parts.predict(self.rlhf.actor, epoch, step)
+        if cfg.print_answers and step % cfg.print_answers_interval == 0:
+            prompt, answer = self.maker.last_sample
+            dist.print_rank0(f"[answer] step {step}\n--- prompt ---\n{prompt}\n--- answer ---\n{answer}")
+        self.bar.update(1)
+        self.bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        """Train to the end (resuming when asked); returns every round's statistics."""
+        cfg = self.cfg
+        if cfg.resume:
+            self.resume()
+        self.bar = progress(self.total_rounds, self.position.step, desc="ppo", disable=cfg.disable_tqdm)
+        per_round = cfg.generation_batches
+        while self.position.step < self.total_rounds:
+            batches = epoch_batches(len(self.parts.prompts), cfg.per_device_generation_batch_size,
+                                    rank=dist.rank(), world_size=dist.world_size(), seed=cfg.seed,
+                                    epoch=self.position.epoch)
+            r = self.position.round
+            stats = self.run_round(batches[r * per_round:(r + 1) * per_round])
+            p = self.position
+            self.position = (Position(p.epoch + 1, 0, p.step + 1) if r + 1 == self.parts.rounds_per_epoch
+                             else Position(p.epoch, r + 1, p.step + 1))
+            self.after_round(stats, p.epoch)
+            saved = bool(cfg.save_steps and self.position.step % cfg.save_steps == 0)
+            if saved:
+                self.checkpoint()
+            if self.preemption.due():
+                if not saved:
+                    self.checkpoint()
+                self.logger.close()
+                self.preemption.stop(self.ckpt_dir, self.position.step)
+        self.bar.close()
+        self.logger.close()
+        return self.history
+
+    def save(self) -> None:
+        """actor/, critic/ and actor_ema/ as folders stock transformers loads."""
+        out, tok = self.cfg.output_dir, self.parts.tokenizer
+        save_hf_model(self.rlhf.actor.module, tok, f"{out}/actor")
+        if self.rlhf.critic is not None:
+            save_hf_model(self.rlhf.critic.module, tok, f"{out}/critic", model_cls=AutoModelForSequenceClassification)
+        if self.rlhf.ema is not None:
+            save_hf_model(self.rlhf.ema, tok, f"{out}/actor_ema")
