@@ -128,3 +128,29 @@ def test_missing_eos_penalty_and_ema(sft_dir, rm_dir, prompts, tmp_path):
     sft, actor, ema = load_weights(sft_dir), load_weights(out / "actor"), load_weights(out / "actor_ema")
     k = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(ema[k], sft[k]) and not torch.equal(ema[k], actor[k])
+
+
+def test_ema_of_a_bf16_actor_tracks_within_fp32_precision():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.step3_rlhf.rlhf_engine import ema_copy, ema_update
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    actor = LlamaForCausalLM(config).to(torch.bfloat16)
+    ema, decay = ema_copy(actor), 0.992
+    exact = [p.detach().double().clone() for p in actor.parameters()]
+    naive = [p.detach().clone() for p in actor.parameters()]          # what a bf16 EMA would hold
+    for _ in range(50):
+        with torch.no_grad():
+            for p in actor.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        ema_update(ema, actor, decay)
+        for e, n, p in zip(exact, naive, actor.parameters()):
+            e.mul_(decay).add_(p.detach().double(), alpha=1 - decay)
+            n.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    assert all(e.dtype == torch.float32 for e in ema.parameters())
+    err = max(float((e.double() - x).abs().max()) for e, x in zip(ema.parameters(), exact))
+    naive_err = max(float((n.double() - x).abs().max()) for n, x in zip(naive, exact))
+    assert err < 1e-5 and naive_err > 1000 * err, (err, naive_err)

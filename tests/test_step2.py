@@ -247,3 +247,20 @@ def test_two_process_zero3_reward_and_dpo(tiny_dir, sft_dir, pref_data, tmp_path
     initial, trained = load_weights(sft_dir), load_weights(dpo)
     assert all(not torch.equal(initial[k], trained[k]) for k in initial)
     AutoModelForCausalLM.from_pretrained(dpo)
+
+
+def test_reward_on_a_blend_of_scored_and_unscored_rows_at_two_processes(sft_dir, pref_data, tmp_path):
+    """Most windows hold no scored row on one rank or on both: the metrics reduce over the union of
+    the ranks' keys, so neither rank waits on a reduction the other never joins."""
+    rows = pq.read_table(DEMO_DATA / "preference" / "train.parquet").to_pylist()
+    scored = write_parquet(tmp_path / "scored", [{**r, "chosen_score": 0.9, "rejected_score": 0.1}
+                                                 for r in rows[:6]])
+    out = tmp_path / "blend"
+    run_module("training.step2_reward.main", rm_args(sft_dir, pref_data, out, "--data_path", pref_data, scored,
+                                                     "--num_train_epochs", 1, "--logging_steps", 1,
+                                                     "--per_device_train_batch_size", 4, "--max_steps", 30),
+               nproc=2, timeout=300)
+    train = [m for m in read_metrics(out) if "train/loss" in m]
+    with_mse = [m for m in train if "train/mse" in m]
+    assert len(train) == 30 and 0 < len(with_mse) < len(train)
+    assert all(math.isfinite(m["train/mse"]) for m in with_mse)

@@ -81,19 +81,12 @@ class DeepSpeedRLHFEngine:
             self.reward = frozen(rm, cfg.critic_zero_stage, cfg.offload_reward_model)
         zero3_init_context({"zero_optimization": {"stage": 0}})
 
-        self.ema = None
-        if cfg.enable_ema:
-            # fp32 whatever the training dtype: in bf16 a (1 - 0.992) update mostly rounds away
-            self.ema = copy.deepcopy(self.actor.module).to("cpu", torch.float32).eval().requires_grad_(False)
+        self.ema = ema_copy(self.actor.module) if cfg.enable_ema else None
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        """ema = decay * ema + (1 - decay) * actor, after each actor step."""
-        if self.ema is None:
-            return
-        d = self.cfg.ema_decay
-        for e, p in zip(self.ema.parameters(), self.actor.module.parameters()):
-            e.mul_(d).add_(p.detach().to(e.device, e.dtype), alpha=1 - d)
+        """After each actor step."""
+        if self.ema is not None:
+            ema_update(self.ema, self.actor.module, self.cfg.ema_decay)
 
     def train(self) -> None:
         for m in (self.actor, self.critic):
@@ -111,3 +104,16 @@ def hybrid_engine_config(cfg) -> dict:
     return {"enabled": True, "max_out_tokens": cfg.max_prompt_seq_len + cfg.max_answer_seq_len,
             "inference_tp_size": cfg.inference_tp_size, "release_inference_cache": cfg.release_inference_cache,
             "pin_parameters": not cfg.unpin_actor_parameters, "tp_gather_partition_size": cfg.tp_gather_partition_size}
+
+
+def ema_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A frozen CPU copy in fp32 whatever the training dtype: in bf16 a (1 - 0.992) update mostly
+    rounds away."""
+    return copy.deepcopy(module).to("cpu", torch.float32).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, module: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * module, parameter by parameter."""
+    for e, p in zip(ema.parameters(), module.parameters()):
+        e.mul_(decay).add_(p.detach().to(e.device, e.dtype), alpha=1 - decay)
