@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from utils.losses import (entropy_from_logits, gae, kl_penalized_rewards, masked_mean, ppo_policy_loss,
-                          ppo_value_loss, whiten)
+from utils.losses import (adaptive_kl_coef, entropy_from_logits, gae, kl_penalized_rewards, masked_mean,
+                          ppo_policy_loss, ppo_value_loss, standardize, whiten)
 
 
 def brute_force_gae(rewards, values, gamma, lam):
@@ -46,6 +46,16 @@ def test_whiten_by_hand():
     # mean 2, population std 1 over the masked entries
     assert whiten(x, mask)[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
     assert whiten(x, mask, shift_mean=False)[0].tolist() == pytest.approx([1.0, 3.0, 0.0], abs=1e-4)
+
+
+def test_standardize_and_adaptive_kl_coef_by_hand():
+    # reference [1, 2, 3, 6]: mean 3, population std sqrt((4 + 1 + 0 + 9) / 4) = sqrt(3.5)
+    out = standardize(torch.tensor([3.0, 6.0]), torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    assert out.tolist() == pytest.approx([0.0, 3 / 3.5 ** 0.5], abs=1e-6)
+    # error 0.1 / 0.2 - 1 = -0.5 clips to -0.2: 0.1 * (1 - 0.2 * 64 / 1000)
+    assert adaptive_kl_coef(0.1, 0.1, 0.2, 64, 1000) == pytest.approx(0.1 * (1 - 0.0128))
+    # error 0.22 / 0.2 - 1 = 0.1 inside the clip: 0.1 * (1 + 0.1 * 500 / 1000)
+    assert adaptive_kl_coef(0.1, 0.22, 0.2, 500, 1000) == pytest.approx(0.105)
 
 
 def test_policy_loss_ratio_one_on_first_minibatch():
