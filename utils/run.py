@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import sys
 from contextlib import contextmanager
+from typing import Callable
 
 from . import distributed as dist
 
@@ -63,6 +64,19 @@ class Preemption:
 
     def due(self) -> bool:
         return dist.all_reduce_max(float(self.requested)) > 0
+
+    def after_step(self, step: int, save_steps: int, checkpoint: Callable[[], None], checkpoint_dir: str,
+                   close: Callable[[], None]) -> None:
+        """After optimizer step `step` (step 3: round): the --save_steps checkpoint; on SIGTERM a
+        checkpoint too (unless just written), then `close()` the logs and stop."""
+        saved = bool(save_steps and step % save_steps == 0)
+        if saved:
+            checkpoint()
+        if self.due():
+            if not saved:
+                checkpoint()
+            close()
+            self.stop(checkpoint_dir, step)
 
     def stop(self, checkpoint_dir: str, step: int) -> None:
         """After the checkpoint is written: say how to continue, tear down, exit 0."""

@@ -303,14 +303,7 @@ class Trainer:
                     last_eval = self.log_eval(eval_extra)
                 if after_step is not None:
                     after_step(epoch, step)
-                saved = bool(cfg.save_steps and step % cfg.save_steps == 0)
-                if saved:
-                    self.checkpoint()
-                if self.preemption.due():
-                    if not saved:
-                        self.checkpoint()
-                    self.logger.close()
-                    self.preemption.stop(str(self.ckpt_dir), step)
+                self.preemption.after_step(step, cfg.save_steps, self.checkpoint, str(self.ckpt_dir), self.logger.close)
                 if step >= total:
                     done = True
                     break

@@ -41,7 +41,9 @@ def build(cfg) -> Parts:
     prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss,
                                cfg.data_output_path, cfg.data_format)
     predict = make_predict_hook(cfg, tokenizer, cfg.max_prompt_seq_len)
-    ptx = load_pretraining_batches(cfg, tokenizer) if cfg.add_pretrained_loss and cfg.unsupervised_dataset_name else None
+    ptx = None
+    if cfg.add_pretrained_loss and cfg.unsupervised_dataset_name:
+        ptx = load_pretraining_batches(cfg, tokenizer)
     held_out = read_dataset(cfg.eval_data_path).train if cfg.eval_data_path else data.test
     eval_prompts = tokenize_prompts(held_out, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, False,
                                     fmt=cfg.data_format)

@@ -136,14 +136,8 @@ class PPORecipe:
             self.position = (Position(p.epoch + 1, 0, p.step + 1) if r + 1 == self.parts.rounds_per_epoch
                              else Position(p.epoch, r + 1, p.step + 1))
             self.after_round(stats, p.epoch)
-            saved = bool(cfg.save_steps and self.position.step % cfg.save_steps == 0)
-            if saved:
-                self.checkpoint()
-            if self.preemption.due():
-                if not saved:
-                    self.checkpoint()
-                self.logger.close()
-                self.preemption.stop(self.ckpt_dir, self.position.step)
+            self.preemption.after_step(self.position.step, cfg.save_steps, self.checkpoint, self.ckpt_dir,
+                                       self.logger.close)
         self.bar.close()
         self.logger.close()
         return self.history

@@ -215,7 +215,8 @@ class ExperienceMaker:
             keep = eliminate(conf, cfg.esrl_eliminate_ratio)
             round_conf = self._per_prompt(prompt_index, conf.tolist())
             k = keep.tolist()
-            prompts, prompt_index, answers = [prompts[i] for i in k], [prompt_index[i] for i in k], [answers[i] for i in k]
+            prompts, prompt_index = [prompts[i] for i in k], [prompt_index[i] for i in k]
+            answers = [answers[i] for i in k]
             keep = keep.to(self.device)
             seq, attn, action_mask, logprobs = seq[keep], attn[keep], action_mask[keep], logprobs[keep]
             stats["esrl/confidence"] = float(conf.mean())
