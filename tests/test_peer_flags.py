@@ -66,7 +66,7 @@ def test_fork_rlhf_batch_names_and_per_model_flags():
     assert (cfg.generation_batches, cfg.ppo_epochs, cfg.ppo_mini_epochs) == (2, 1, 4)
     assert cfg.gradient_accumulation_steps == 4 and cfg.reward_type == "lex" and not cfg.remove_critic_model
     actor, critic = cfg.side("actor"), cfg.side("critic")
-    assert actor.disable_dropout and not critic.disable_dropout
+    assert actor.disable_dropout and critic.disable_dropout   # the critic: step 3's default
     assert actor.gradient_checkpointing and critic.gradient_checkpointing
     assert (actor.weight_decay, critic.weight_decay) == (0.1, 0.1)
     assert (actor.learning_rate, critic.learning_rate) == (1e-5, 5e-6)
@@ -93,6 +93,17 @@ def test_fork_reward_scores_example():
     cfg = parse(find("training_reward_with_scores/train.sh"))
     assert cfg.gpt_annotated_score and cfg.rm_loss == "score" and cfg.disable_dropout
     assert (cfg.save_steps, cfg.eval_steps, cfg.zero_stage) == (500, 100, 3)
+
+
+def test_step3_dropout_is_off_unless_asked_for():
+    default = parse_config(RLHFConfig, BASE3)
+    assert default.side("actor").disable_dropout and default.side("critic").disable_dropout
+    kept = parse_config(RLHFConfig, BASE3 + ["--actor_dropout", "0.1", "--disable_critic_dropout", "false"])
+    actor, critic = kept.side("actor"), kept.side("critic")
+    assert (actor.disable_dropout, actor.dropout) == (False, 0.1)
+    assert (critic.disable_dropout, critic.dropout) == (False, None)   # the model's own dropout
+    both = parse_config(RLHFConfig, BASE3 + ["--dropout", "0.05"])
+    assert not both.side("actor").disable_dropout and both.side("critic").dropout == 0.05
 
 
 def test_dschat_step3_names_and_gpu_flags_on_cpu():

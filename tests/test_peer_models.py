@@ -10,8 +10,13 @@ from utils.trainer import optimizer_groups
 
 def test_dropout_value_reaches_modules_and_config(tiny_dir, tokenizer):
     model = load_causal_lm(str(tiny_dir), tokenizer, dropout=0.3)
-    assert model.config.attention_dropout == 0.3
-    assert load_causal_lm(str(tiny_dir), tokenizer, dropout=0.3, disable_dropout_=True).config.attention_dropout == 0
+    # the attention layers hold their own float copy of the probability, which they apply in training
+    assert model.config.attention_dropout == 0.3 and model.model.layers[0].self_attn.attention_dropout == 0.3
+    off = load_causal_lm(str(tiny_dir), tokenizer, dropout=0.3, disable_dropout_=True)
+    assert off.config.attention_dropout == 0 and off.model.layers[0].self_attn.attention_dropout == 0
+    ids = torch.tensor([tokenizer("User: hi\nAssistant: hello")["input_ids"]])
+    off.train()
+    torch.testing.assert_close(off(input_ids=ids).logits, off.eval()(input_ids=ids).logits, atol=0, rtol=0)
 
 
 def test_head_dropout_acts_in_training_only_and_keeps_stock_layout(tiny_dir, tokenizer, tmp_path):

@@ -154,3 +154,24 @@ def test_ema_of_a_bf16_actor_tracks_within_fp32_precision():
     err = max(float((e.double() - x).abs().max()) for e, x in zip(ema.parameters(), exact))
     naive_err = max(float((n.double() - x).abs().max()) for n, x in zip(naive, exact))
     assert err < 1e-5 and naive_err > 1000 * err, (err, naive_err)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "dropout_kept"])
+def test_first_minibatch_ratio_is_one_with_dropout_off_by_default(sft_dir, rm_dir, prompts, tmp_path, keep):
+    """A model whose config has dropout 0.1: step 3 switches it off, so the update's first forward
+    equals the sampling-time one (ratio 1, approx_kl 0); kept on, the two differ."""
+    import json
+    import shutil
+
+    actor = tmp_path / "actor0"
+    shutil.copytree(sft_dir, actor)
+    config = json.loads((actor / "config.json").read_text())
+    (actor / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.1}))
+    out = tmp_path / "out"
+    run_module(MODULE, rlhf_args(actor, rm_dir, prompts, out, "--max_steps", 1, "--per_device_training_batch_size",
+                                 8, "--ppo_epochs", 1, *(["--disable_actor_dropout", "false"] if keep else [])))
+    row = read_metrics(out)[0]
+    if keep:
+        assert abs(row["ratio"] - 1) > 1e-4 and row["approx_kl"] > 1e-6
+    else:
+        assert row["ratio"] == 1.0 and row["approx_kl"] == 0.0

@@ -600,10 +600,12 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     actor_dropout: Optional[float] = _f(None, "Actor dropout probability (default: --dropout, else the model's).")
     critic_dropout: Optional[float] = _f(None, "Critic dropout probability (default: --dropout, else the "
                                                "model's).")
-    disable_actor_dropout: Optional[bool] = _opt_bool("Actor dropout off (default: --disable_dropout).",
-                                               aliases=("actor_disable_dropout",))
-    disable_critic_dropout: Optional[bool] = _opt_bool("Critic dropout off (default: --disable_dropout).",
-                                                aliases=("critic_disable_dropout",))
+    disable_actor_dropout: Optional[bool] = _opt_bool("Actor dropout off (default: on unless --actor_dropout or "
+                                                      "--dropout sets a probability; `false` keeps the model's).",
+                                                      aliases=("actor_disable_dropout",))
+    disable_critic_dropout: Optional[bool] = _opt_bool("Critic dropout off (default: on unless --critic_dropout or "
+                                                       "--dropout sets a probability; `false` keeps the model's).",
+                                                       aliases=("critic_disable_dropout",))
     actor_lora_dim: Optional[int] = _f(None, "Actor LoRA rank (default: --lora_dim).")
     critic_lora_dim: Optional[int] = _f(None, "Critic LoRA rank (default: --lora_dim).")
     actor_lora_module_name: Optional[str] = _f(None, "Actor LoRA module filter (default: --lora_module_name).")
@@ -820,10 +822,16 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             own = getattr(self, f"{which}_{name}" if name != "disable_dropout" else f"disable_{which}_dropout")
             return own if own is not None else getattr(self, name)
         lora_lr = pick("lora_learning_rate")
+        # dropout off unless a probability is asked for or it is kept on by name: with dropout, the old
+        # log-probs (sampled in eval mode) and the update's (train mode) differ before any step, and
+        # clipping fires on that noise; TRL and OpenRLHF switch it off for RL too
+        off = getattr(self, f"disable_{which}_dropout")
+        if off is None:
+            off = self.disable_dropout or pick("dropout") is None
         return ModelSide(
             model_name_or_path=getattr(self, f"{which}_model_name_or_path"),
             trust_remote_code=self.trust_remote_code, gradient_checkpointing=pick("gradient_checkpointing"),
-            disable_dropout=pick("disable_dropout"), dropout=pick("dropout"), lora_dim=pick("lora_dim"),
+            disable_dropout=off, dropout=pick("dropout"), lora_dim=pick("lora_dim"),
             lora_alpha=self.lora_alpha, lora_module_name=pick("lora_module_name"),
             only_optimize_lora=self.only_optimize_lora, lora_learning_rate=lora_lr,
             add_eot_token=self.add_eot_token, eot_token=self.eot_token, weight_decay=pick("weight_decay"),

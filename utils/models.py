@@ -1,6 +1,8 @@
 """Tokenizer and model loading, dropout control, LoRA through peft."""
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
 from contextlib import contextmanager
 
@@ -40,13 +42,23 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, paddin
     return tok
 
 
+DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
+                "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout", "layerdrop",
+                "summary_first_dropout")
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
-    """Every dropout probability of the model (modules and config, so a saved model keeps it) = p."""
+    """Every dropout probability of the model = p: nn.Dropout modules, the plain float
+    probabilities many attention and decoder layers copy from the config at construction (llama's
+    `attention_dropout`, opt's `dropout`; changing the config alone leaves those on), and the
+    config, so a saved model keeps it."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = p
-    for key in ("dropout", "attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop",
-                "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout"):
+        for key in DROPOUT_KEYS:
+            if isinstance(m.__dict__.get(key), float):
+                setattr(m, key, p)
+    for key in DROPOUT_KEYS:
         if hasattr(model.config, key) and isinstance(getattr(model.config, key), float):
             setattr(model.config, key, p)
 
@@ -308,13 +320,38 @@ def unwrap(model: nn.Module) -> nn.Module:
 def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head applied at every position: [B, T] ids -> [B, T] float values.
 
-    `model` may be a DeepSpeed engine (the forward goes through it, so its hooks run). Stock
-    `*ForSequenceClassification` computes the same head output and pools it at the last
-    token; the reward is that value (`end_scores`), a critic uses every position.
+    Runs the model's own forward (through the DeepSpeed engine when given one, so its hooks run)
+    and takes the head's per-position output on its way to stock pooling: every
+    `*ForSequenceClassification` of a causal LM applies its head to the final hidden state
+    before picking the last token, so no other layer's activations are kept. The reward is the
+    value at the last token (`end_scores`); a critic uses every position.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                output_hidden_states=True, use_cache=False)
-    return value_head(model)(out.hidden_states[-1]).squeeze(-1).float()
+    captured = []
+    handle = value_head(model).register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        model(**model_inputs(model, input_ids, attention_mask))
+    finally:
+        handle.remove()
+    return captured[-1].squeeze(-1).float()
+
+
+def model_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """Forward arguments for a teacher-forced pass: ids, mask, and the position ids counted over
+    real tokens and no KV cache where the model's forward takes them (falcon's sequence
+    classifier takes no position ids)."""
+    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    takes = forward_arguments(type(unwrap(model)))
+    if "position_ids" in takes:
+        out["position_ids"] = position_ids(attention_mask)
+    if "use_cache" in takes:
+        out["use_cache"] = False
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def forward_arguments(cls: type) -> frozenset[str]:
+    """Names a model class's forward declares (not those it would swallow through **kwargs)."""
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from utils.data.rlhf import PromptExample
 from utils.generation import left_pad
 from utils.losses import (adaptive_kl_coef, gae, group_baseline, kl_penalized_rewards, reward_to_go, standardize,
                           token_logprobs, whiten)
-from utils.models import position_ids, token_values
+from utils.models import model_inputs, token_values
 from utils.rewards import RewardInputs, combine
 
 
@@ -100,7 +100,7 @@ class RewardNormalizer:
 
 def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced pass over [B, S] sequences: (logits [B, S, V], log-prob of each next token [B, S-1])."""
-    logits = model(input_ids=seq, attention_mask=attn, position_ids=position_ids(attn), use_cache=False).logits
+    logits = model(**model_inputs(model, seq, attn)).logits
     return logits, token_logprobs(logits, seq)
 
 
