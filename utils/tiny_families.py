@@ -121,6 +121,7 @@ def _byte_level_tokenizer(fam: Family, texts: list[str], vocab_size: int, output
 
     Special tokens take the first ids in `fam.specials` order. Only OPT prepends a token
     (its EOS "</s>" doubles as BOS), done with a template post-processor as in the real one.
+    `output_dir` is unused: everything lands in tokenizer.json when the caller saves.
     """
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -177,6 +178,8 @@ def _sentencepiece_tokenizer(fam: Family, texts: list[str], vocab_size: int, out
     cls = getattr(transformers, fam.tokenizer_class)
     tok = cls(vocab_file=str(sp_path), from_slow=True, legacy=False, add_prefix_space=False,
               add_bos_token=fam.prepend_bos, add_eos_token=False, **in_model)
+    # add_prefix_space stays in the saved config, as in utils/tiny.py: it makes a load re-convert
+    # from tokenizer.model exactly as here, and keeps the slow class from adding a leading space.
     tok.init_kwargs.pop("from_slow", None)
     added = {k: v for k, v in _special_kwargs(fam).items() if v is not None and v not in fam.specials}
     tok.add_special_tokens(added)
@@ -237,7 +240,7 @@ def build_family(family: str, texts: list[str], output_dir: str | Path, *, vocab
     tok = build_family_tokenizer(family, texts, output_dir, vocab_size)
     model = build_family_model(family, tok, hidden_size=hidden_size, layers=layers, heads=heads, seed=seed)
     model.save_pretrained(output_dir, safe_serialization=True)
-    return output_dir
+    return Path(output_dir)
 
 
 def main() -> None:
