@@ -63,3 +63,15 @@ def test_lora_learning_rate_gets_its_own_groups(tiny_dir, tokenizer):
     assert others and all("lora_" not in names[id(p)] for p in others)
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
     assert all("lr" not in g for g in optimizer_groups(model, 0.1))
+
+
+def test_models_load_directly_in_the_training_dtype(tiny_dir, tokenizer):
+    from utils.config import RewardConfig, SFTConfig, parse_config
+    from utils.models import load_trainable_lm
+
+    for cls, reward in ((SFTConfig, False), (RewardConfig, True)):
+        cfg = parse_config(cls, ["--model_name_or_path", str(tiny_dir), "--data_path", "d", "--output_dir", "o",
+                                 "--dtype", "bf16"])
+        model = load_trainable_lm(cfg, tokenizer, {"zero_optimization": {"stage": 0}}, reward=reward)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert load_causal_lm(str(tiny_dir), tokenizer).dtype == torch.float32

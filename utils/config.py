@@ -521,6 +521,7 @@ class ModelSide:
     eot_token: str
     weight_decay: float
     learning_rate: float
+    dtype: str
 
 
 @dataclass
@@ -835,7 +836,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             lora_alpha=self.lora_alpha, lora_module_name=pick("lora_module_name"),
             only_optimize_lora=self.only_optimize_lora, lora_learning_rate=lora_lr,
             add_eot_token=self.add_eot_token, eot_token=self.eot_token, weight_decay=pick("weight_decay"),
-            learning_rate=getattr(self, f"{which}_learning_rate"))
+            learning_rate=getattr(self, f"{which}_learning_rate"), dtype=self.dtype)
 
     def check_comet(self) -> None:
         from .distributed import on_gpu

@@ -67,11 +67,15 @@ def disable_dropout(model: nn.Module) -> None:
     set_dropout(model, 0.0)
 
 
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def load_causal_lm(name_or_path: str, tokenizer, *, trust_remote_code: bool = False,
                    disable_dropout_: bool = False, gradient_checkpointing: bool = False,
                    dtype: torch.dtype | None = None, dropout: float | None = None,
                    resize_embeddings: bool = False) -> nn.Module:
-    """AutoModelForCausalLM whose config agrees with the tokenizer on pad/EOS ids.
+    """AutoModelForCausalLM whose config agrees with the tokenizer on pad/EOS ids, loaded in
+    `dtype` (default fp32) directly, never materialised in fp32 first.
 
     Under ZeRO-3 call this while an `HfDeepSpeedConfig` is alive, on every rank, so the
     weights are partitioned at load time.
@@ -214,7 +218,8 @@ def zero3_disabled():
 
 def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, reward: bool = False) -> nn.Module:
     """The trained model of a step (a causal LM, or with `reward` a scalar-head model):
-    ZeRO-3 aware load, dropout, gradient checkpointing, LoRA."""
+    ZeRO-3 aware load in the training dtype (DeepSpeed keeps its own fp32 master weights for
+    bf16/fp16), dropout, gradient checkpointing, LoRA."""
     from .config import ConfigError
 
     path = path or cfg.model_name_or_path
@@ -224,7 +229,8 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
     try:
         model = loader(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
                        disable_dropout_=cfg.disable_dropout, gradient_checkpointing=cfg.gradient_checkpointing,
-                       dropout=cfg.dropout, resize_embeddings=cfg.add_eot_token, **extra)
+                       dropout=cfg.dropout, resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype],
+                       **extra)
     except OSError as e:
         raise ConfigError(f"cannot load model {path!r}: {str(e).splitlines()[0]}")
     if cfg.lora_dim > 0:
@@ -257,7 +263,7 @@ def load_tokenizer_for(cfg, path: str | None = None, padding_side: str = "right"
 def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool = False,
                       disable_dropout_: bool = False, gradient_checkpointing: bool = False,
                       dropout: float | None = None, resize_embeddings: bool = False,
-                      head_dropout: float = 0.0) -> nn.Module:
+                      head_dropout: float = 0.0, dtype: torch.dtype | None = None) -> nn.Module:
     """AutoModelForSequenceClassification with one output: a causal-LM backbone plus a scalar
     head (`score`), newly initialised when starting from a causal LM. Saved with
     `save_hf_model(..., model_cls=AutoModelForSequenceClassification)` it reloads in stock
@@ -267,7 +273,7 @@ def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
+            name_or_path, num_labels=1, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
     archs = getattr(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
                     "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):

@@ -22,7 +22,7 @@ from utils.data import step_examples
 from utils.data.preference import PreferenceBatch, collate_preferences, tokenize_preferences
 from utils.ds_config import eval_ds_config
 from utils.losses import dpo_loss, ipo_loss, orpo_loss, response_lengths, sequence_logprobs, simpo_loss
-from utils.models import load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
+from utils.models import TORCH_DTYPES, load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
 from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
 from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
@@ -94,7 +94,7 @@ def build_reference(cfg: DPOConfig, tokenizer):
     zero3_init_context(ds)
     ref = load_causal_lm(cfg.reference_model_name_or_path or cfg.model_name_or_path, tokenizer,
                          trust_remote_code=cfg.trust_remote_code, disable_dropout_=True,
-                         resize_embeddings=cfg.add_eot_token)
+                         resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype])
     ref.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=ref, config=ds)
     engine.eval()

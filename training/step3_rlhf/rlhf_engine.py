@@ -16,7 +16,7 @@ import torch
 
 from utils import distributed as dist
 from utils.ds_config import eval_ds_config
-from utils.models import (load_causal_lm, load_reward_model, load_trainable_lm, zero3_init_context)
+from utils.models import TORCH_DTYPES, load_causal_lm, load_reward_model, load_trainable_lm, zero3_init_context
 from utils.trainer import ds_config_for, init_engine
 
 
@@ -53,7 +53,8 @@ class DeepSpeedRLHFEngine:
                                     offload=cfg.offload_reference_model, dtype=cfg.dtype)
             zero3_init_context(ref_ds)
             ref = load_causal_lm(cfg.actor_model_name_or_path, tokenizer, trust_remote_code=cfg.trust_remote_code,
-                                 disable_dropout_=True, resize_embeddings=cfg.add_eot_token)
+                                 disable_dropout_=True, resize_embeddings=cfg.add_eot_token,
+                                 dtype=TORCH_DTYPES[cfg.dtype])
             self.ref = frozen(ref, cfg.actor_zero_stage, cfg.offload_reference_model)
 
         self.critic = None
@@ -77,7 +78,7 @@ class DeepSpeedRLHFEngine:
             zero3_init_context(rw_ds)
             rm = load_reward_model(cfg.reward_model_name_or_path, self.reward_tokenizer,
                                    trust_remote_code=cfg.trust_remote_code, disable_dropout_=True,
-                                   resize_embeddings=cfg.add_eot_token)
+                                   resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype])
             self.reward = frozen(rm, cfg.critic_zero_stage, cfg.offload_reward_model)
         zero3_init_context({"zero_optimization": {"stage": 0}})
 
