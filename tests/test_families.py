@@ -1,7 +1,7 @@
 """Twelve causal-LM families, each with its tokenizer's special-token habits (no pad token, pad ==
 EOS, a prepended BOS or none): every model call works (falcon's classifier takes no position ids),
-the value head is read as stock transformers reads it, and dropout switched off makes train-mode
-forwards equal eval-mode ones."""
+a saved reward model scores in stock transformers exactly as in our training, and dropout switched
+off makes train-mode forwards equal eval-mode ones."""
 from __future__ import annotations
 
 import pytest
@@ -37,6 +37,47 @@ def test_value_head_reads_what_stock_pools(family, family_dirs):
             values = token_values(model, ids, torch.ones_like(ids))
             stock = model(input_ids=ids).logits[0, 0]
         assert values.shape == ids.shape and torch.equal(values[0, -1], stock)
+
+
+def pair_texts(n: int = 6) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from tests.conftest import DEMO_DATA
+
+    rows = pq.read_table(DEMO_DATA / "preference" / "train.parquet").to_pylist()[:n]
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_reward_model_scores_in_stock_transformers_as_in_training(family, family_dirs, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from utils.data.preference import collate_preferences, tokenize_preferences
+    from utils.data.readers import Record
+    from utils.models import (add_distinct_pad, end_scores, load_reward_model, load_tokenizer,
+                              reward_tokenizer_for_export, token_values)
+
+    tok = load_tokenizer(str(family_dirs[family]))
+    grew = add_distinct_pad(tok)
+    assert tok.pad_token_id != tok.eos_token_id
+    model = load_reward_model(str(family_dirs[family]), tok, disable_dropout_=True, resize_embeddings=grew)
+    rows = pair_texts()
+    records = [Record("pairs.parquet", f" row {i}", r) for i, r in enumerate(rows)]
+    examples, _ = tokenize_preferences(records, tok, 256, joint=True)   # what reward-model training reads
+    export = reward_tokenizer_for_export(tok)
+    assert export is not None
+    model.save_pretrained(tmp_path / "rm")
+    export.save_pretrained(tmp_path / "rm")
+
+    stock_tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    texts = [r["prompt"] + r[k] for k in ("chosen", "rejected") for r in rows]
+    assert [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples] == stock_tok(texts)["input_ids"]
+    batch = collate_preferences(examples, tok.pad_token_id)
+    with torch.no_grad():
+        ours = end_scores(token_values(stock, batch.input_ids, batch.attention_mask), batch.attention_mask)
+        theirs = stock(**stock_tok(texts, padding=True, return_tensors="pt")).logits[:, 0]
+    assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -100,21 +100,24 @@ def test_adaptive_kl_and_reward_normalizer_by_hand():
     assert RewardNormalizer("batch", 4)(torch.tensor([1.0, 3.0])).tolist() == pytest.approx([-1.0, 1.0], abs=1e-5)
 
 
-def test_reward_model_source_reencodes_identically(rm_dir, tokenizer):
+def test_reward_model_source_scores_as_stock_transformers(rm_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
     from utils.data.sft import encode_prompts, encode_responses
+    from utils.models import reward_tokenizer_for_export
     from utils.rewards import RewardInputs, RewardModelSource
 
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
     prompts = ["User: Repeat after me: fox red owl\nAssistant: ", "User: Repeat after me: cat\nAssistant: "]
     answers = ["fox red owl", ""]
-    p_ids = encode_prompts(tokenizer, prompts)
-    a_ids = encode_responses(tokenizer, answers)  # the empty answer is just EOS
-    batch = RewardInputs(prompts, answers, ["", ""], prompts, p_ids, a_ids)
-    same = RewardModelSource(rm, tokenizer, True, 8, torch.device("cpu"))(batch)
-    other = RewardModelSource(rm, tokenizer, False, 1, torch.device("cpu"))(batch)
-    torch.testing.assert_close(same, other, atol=1e-5, rtol=0)
+    batch = RewardInputs(prompts, answers, ["", ""], prompts, encode_prompts(tokenizer, prompts),
+                         encode_responses(tokenizer, answers))
+    saved = reward_tokenizer_for_export(tokenizer)       # the tokenizer step 2 saves with a reward model
+    with torch.no_grad():
+        stock = torch.stack([rm(**saved(p + a, return_tensors="pt")).logits[0, 0] for p, a in zip(prompts, answers)])
+    assert torch.equal(RewardModelSource(rm, tokenizer, 1, torch.device("cpu"))(batch), stock)
+    torch.testing.assert_close(RewardModelSource(rm, tokenizer, 8, torch.device("cpu"))(batch), stock, atol=1e-6,
+                               rtol=0)
 
 
 def test_missing_eos_penalty_and_ema(sft_dir, rm_dir, prompts, tmp_path):

@@ -42,6 +42,56 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, paddin
     return tok
 
 
+def add_distinct_pad(tokenizer) -> bool:
+    """Give a tokenizer without a pad token, or whose pad is its EOS, a pad token of its own
+    (returns True when the vocabulary grew). Needed where stock transformers pools: a
+    `*ForSequenceClassification` reads the last token that is not the pad, so a pad equal to EOS
+    makes it skip the EOS where a reward model's score is read."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return len(tokenizer) > before
+
+
+def reward_tokenizer_for_export(tokenizer):
+    """A copy of `tokenizer` that appends EOS to every encoding, saved with a reward model so that
+    stock `tokenizer(prompt + answer)` gives the ids it was trained on (`reward_model_ids`). None
+    when this tokenizer cannot be made to (the caller says so in one line)."""
+    import copy
+    import json
+
+    from tokenizers import Tokenizer
+
+    tok = copy.deepcopy(tokenizer)
+    # right padding: left-padded stock batches get positions counted over the padding, other scores
+    tok.padding_side = tok.init_kwargs["padding_side"] = "right"
+    probe = "User: hi\nAssistant: hello"
+    want = tokenizer(probe)["input_ids"]
+    want = want if want and want[-1] == tokenizer.eos_token_id else want + [tokenizer.eos_token_id]
+    if hasattr(tok, "update_post_processor") and hasattr(tok, "add_eos_token"):
+        tok.add_eos_token = True          # llama-style classes rebuild their post-processor from this flag
+    elif getattr(tok, "is_fast", False):
+        spec = json.loads(tok.backend_tokenizer.to_str())
+        prefix = [tok.convert_ids_to_tokens(i) for i in tokenizer("")["input_ids"]]
+        template = {"type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": t, "type_id": 0}} for t in prefix]
+                    + [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": tok.eos_token, "type_id": 0}}],
+                    "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+                             {"SpecialToken": {"id": tok.eos_token, "type_id": 1}}],
+                    "special_tokens": {t: {"id": t, "ids": [tok.convert_tokens_to_ids(t)], "tokens": [t]}
+                                       for t in {*prefix, tok.eos_token}}}
+        pp = spec.get("post_processor")
+        if pp is None or pp["type"] == "TemplateProcessing":
+            spec["post_processor"] = template
+        elif pp["type"] == "Sequence":
+            pp["processors"] = [p for p in pp["processors"] if p["type"] != "TemplateProcessing"] + [template]
+        else:
+            spec["post_processor"] = {"type": "Sequence", "processors": [pp, template]}
+        tok._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    return tok if tok(probe)["input_ids"] == want else None
+
+
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop",
                 "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout", "layerdrop",
                 "summary_first_dropout")
@@ -216,7 +266,8 @@ def zero3_disabled():
         hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
-def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, reward: bool = False) -> nn.Module:
+def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, reward: bool = False,
+                      resize: bool = False) -> nn.Module:
     """The trained model of a step (a causal LM, or with `reward` a scalar-head model):
     ZeRO-3 aware load in the training dtype (DeepSpeed keeps its own fp32 master weights for
     bf16/fp16), dropout, gradient checkpointing, LoRA."""
@@ -229,7 +280,8 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
     try:
         model = loader(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
                        disable_dropout_=cfg.disable_dropout, gradient_checkpointing=cfg.gradient_checkpointing,
-                       dropout=cfg.dropout, resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype],
+                       dropout=cfg.dropout, resize_embeddings=cfg.add_eot_token or resize,
+                       dtype=TORCH_DTYPES[cfg.dtype],
                        **extra)
     except OSError as e:
         raise ConfigError(f"cannot load model {path!r}: {str(e).splitlines()[0]}")

@@ -4,8 +4,9 @@
     deepspeed --num_gpus 8 --module training.step2_reward.main --zero_stage 3 ...
     python -m training.step2_reward.main ... --rm_loss mixed --score_loss_weight 0.5
 
-The score of prompt+answer is the scalar head at the answer's last token (its EOS). The model
-is saved as an HF sequence-classification folder (AutoModelForSequenceClassification).
+The score of prompt + answer is the scalar head at the last token of `tokenizer(prompt + answer)`,
+read as stock transformers reads it (utils/data/preference.py). The model is saved as an HF
+sequence-classification folder (AutoModelForSequenceClassification) that scores the same there.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from utils.config import RewardConfig, parse_config
 from utils.data import step_examples
 from utils.data.preference import collate_preferences, tokenize_preferences
 from utils.losses import divergence_pairwise_loss, pairwise_loss, score_mse
-from utils.models import end_scores, load_tokenizer_for, load_trainable_lm, token_values
+from utils import distributed as dist
+from utils.models import (add_distinct_pad, end_scores, load_tokenizer_for, load_trainable_lm,
+                          reward_tokenizer_for_export, token_values)
 from utils.run import finish, start, user_errors
 from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
 
@@ -72,21 +75,29 @@ def main(argv: list[str] | None = None) -> dict:
     start(cfg)
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
+        grew = add_distinct_pad(tokenizer)
+        if grew:
+            dist.print_rank0(f"[models] pad token {tokenizer.pad_token!r} added (id {tokenizer.pad_token_id}): the "
+                             f"tokenizer's pad was none or its EOS, where stock transformers reads the score")
         need_scores = cfg.rm_loss != "pairwise"
         train, test = step_examples(cfg, 1, partial(tokenize_preferences, tokenizer=tokenizer,
-                                                    max_len=cfg.max_seq_len, need_scores=need_scores),
+                                                    max_len=cfg.max_seq_len, need_scores=need_scores, joint=True),
                                     "examples" + (" with scores" if need_scores else ""))
         if cfg.rm_loss == "pairwise" and not all(e.is_pair for e in train):
             from utils.config import ConfigError
             raise ConfigError("pointwise rows (prompt, response, score) need --rm_loss score or mixed")
         ds_config = ds_config_for(cfg)
-        model = load_trainable_lm(cfg, tokenizer, ds_config, reward=True)
+        model = load_trainable_lm(cfg, tokenizer, ds_config, reward=True, resize=grew)
     engine = start_engine(model, cfg, len(train), ds_config, "reward model")
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
                       loss_fn=reward_loss(cfg), count_fn=example_count, name="reward")
     result = trainer.fit(eval_extra=score_std)
 
-    save_hf_model(engine.module, tokenizer, cfg.output_dir, model_cls=AutoModelForSequenceClassification)
+    export = reward_tokenizer_for_export(tokenizer)
+    if export is None:
+        dist.print_rank0("[save] this tokenizer cannot be saved to append EOS: stock users must append it to "
+                         "prompt + answer themselves")
+    save_hf_model(engine.module, export or tokenizer, cfg.output_dir, model_cls=AutoModelForSequenceClassification)
     finish()
     return {"eval": result, "history": trainer.history}
 

@@ -4,8 +4,8 @@
         --prompt "User: Repeat after me: fox red owl\\nAssistant: " --response "fox red owl" --response "fox red"
     python -m training.step2_reward.rw_eval --model output/reward --file pairs.jsonl   # {"prompt","response"} per line
 
-Prompt and answer are tokenized as in training (separately, answer + EOS); the score is
-the head's value at the last token, exactly what step 3 uses as reward.
+Prompt and answer are encoded as in training, `tokenizer(prompt + answer)`; the score is the
+head's value at the last token, exactly what training, step 3 and stock transformers give.
 """
 from __future__ import annotations
 
@@ -20,19 +20,10 @@ from utils.run import typed_escapes
 
 @torch.no_grad()
 def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 32) -> list[float]:
-    from utils.data.collate import pad_right
-    from utils.data.sft import encode_prompts, encode_responses
-    from utils.models import end_scores, token_values
+    from utils.rewards import reward_model_scores
 
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        p = encode_prompts(tokenizer, prompts[i:i + batch_size])
-        r = encode_responses(tokenizer, responses[i:i + batch_size])
-        ids = [a + b for a, b in zip(p, r)]
-        mask = pad_right([[1] * len(x) for x in ids], 0)
-        values = token_values(model, pad_right(ids, tokenizer.pad_token_id), mask)
-        out += end_scores(values, mask).tolist()
-    return out
+    return reward_model_scores(model, tokenizer, [p + r for p, r in zip(prompts, responses)], batch_size,
+                               torch.device("cpu")).tolist()
 
 
 def main() -> None:

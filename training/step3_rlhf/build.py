@@ -83,8 +83,7 @@ def build_sources(cfg, rlhf, comet: list) -> tuple[dict, dict]:
     """name -> reward source and name -> weight, in a fixed order on every rank."""
     sources, weights = {}, {}
     if cfg.use_reward_model:
-        same = cfg.reward_tokenizer_name_or_path is None
-        sources["reward_model"] = RewardModelSource(rlhf.reward, rlhf.reward_tokenizer, same,
+        sources["reward_model"] = RewardModelSource(rlhf.reward, rlhf.reward_tokenizer,
                                                     cfg.per_device_training_batch_size, dist.device())
         weights["reward_model"] = cfg.reward_model_weight
     if len(set(cfg.reward_functions)) < len(cfg.reward_functions):

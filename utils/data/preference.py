@@ -7,10 +7,16 @@ Accepted rows (parquet columns or JSON keys):
 - chat pairs: `chosen` and `rejected` as message lists sharing every turn but the last
   assistant answer (`prompt` optional and ignored);
 - pointwise: `prompt, response, score`.
-Prompt and answers are tokenized separately, as in SFT; a plain answer ends with EOS.
-Long rows follow the length rule of sft.py: both answers of a pair follow one prompt, cut
-to leave room for the longer answer; a pair whose answers differ but become identical once
-cut is dropped. Step 1 trains on these rows too (`tokenize_chosen`: prompt -> chosen).
+For DPO (and step 1) prompt and answers are tokenized separately, as in SFT; a plain answer
+ends with EOS. Long rows follow the length rule of sft.py: both answers of a pair follow one
+prompt, cut to leave room for the longer answer; a pair whose answers differ but become
+identical once cut is dropped. Step 1 trains on these rows too (`tokenize_chosen`: prompt ->
+chosen).
+
+For the reward model (`joint=True`) each answer is encoded as a stock user encodes it:
+`tokenizer(prompt + answer)` (chat pairs: the rendered conversation) plus EOS, scored at that EOS
+(`reward_model_ids`, `utils.models.end_scores`). A row longer than --max_seq_len keeps its
+special prefix and its last tokens, where the score is read.
 """
 from __future__ import annotations
 
@@ -105,14 +111,60 @@ def _file_kind(records: list[Record]) -> str:
     return kinds[0]
 
 
+def reward_model_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """What a reward model reads for each full text (prompt + answer, or a rendered chat): the
+    tokenizer's own encoding (special tokens as it adds them) ending in EOS, where the score is
+    read. One encoding of the whole text, as a stock user calls the tokenizer (byte-level
+    tokenizers merge the space that ends a prompt into the answer's first token, which separate
+    encoding would not); the tokenizer saved with a reward model appends the EOS itself
+    (`utils.models.reward_tokenizer_for_export`)."""
+    eos = tokenizer.eos_token_id
+    return [x if x and x[-1] == eos else x + [eos] for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+
+def _keep_end(ids: list[int], n: int, prefix: list[int]) -> list[int] | None:
+    """`ids` cut to n tokens from the left after `prefix` (kept when it starts them); None when
+    nothing beyond the prefix would be left."""
+    if len(ids) <= n:
+        return ids
+    k = len(prefix) if prefix and ids[:len(prefix)] == prefix else 0
+    return ids[:k] + ids[len(ids) - (n - k):] if n > k else None
+
+
+def _joint_examples(records: list[Record], kind: str, tokenizer, max_len: int,
+                    scores: list[tuple[float, float]]) -> tuple[list[PreferenceExample], LengthStats]:
+    if kind == "chat":
+        texts = [[p + c, p + r] for p, c, r in (_chat_texts(rec, tokenizer) for rec in records)]
+        eos = tokenizer.eos_token_id
+        flat = [x if x and x[-1] == eos else x + [eos]   # templates that close a turn with EOS + "\n"
+                for x in tokenizer([t for pair in texts for t in pair], add_special_tokens=False)["input_ids"]]
+        rows = [flat[i:i + 2] for i in range(0, len(flat), 2)]
+    else:
+        names = ("chosen", "rejected") if kind == "pair" else ("response",)
+        texts = [[require_str(r, "prompt") + require_str(r, n) for n in names] for r in records]
+        flat = reward_model_ids(tokenizer, [t for row in texts for t in row])
+        rows = [flat[i:i + len(names)] for i in range(0, len(flat), len(names))]
+    prefix = special_prefix(tokenizer)
+    out, stats = [], LengthStats()
+    for answers, (cs, rs) in zip(rows, scores):
+        cut = [_keep_end(a, max_len, prefix) for a in answers]
+        if any(c is None for c in cut) or _cut_to_a_tie(answers, cut):
+            stats.dropped += 1
+            continue
+        stats.count(any(len(c) < len(a) for c, a in zip(cut, answers)), False)
+        out.append(PreferenceExample([], cut[0], cut[1] if len(cut) == 2 else None, cs, rs))
+    return out, stats
+
+
 def _cut_to_a_tie(answers: list[list[int]], cut: list[list[int]]) -> bool:
     """Whether cutting made a pair's differing answers identical: no preference is left to learn."""
     return len(answers) == 2 and cut[0] == cut[1] and answers[0] != answers[1]
 
 
 def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need_scores: bool = False,
-                         pairs_only: bool = False) -> tuple[list[PreferenceExample], LengthStats]:
+                         pairs_only: bool = False, joint: bool = False) -> tuple[list[PreferenceExample], LengthStats]:
     """Validate and tokenize one source's rows; returns (examples, what the length rule did).
+    `joint`: the reward model's encoding (module docstring); the examples' prompt_ids are empty.
 
     Every row is validated (scores included) before any is dropped, so bad input is an
     error even in a row too long to use.
@@ -122,6 +174,12 @@ def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need
     kind = _file_kind(records)
     if pairs_only and kind == "point":
         raise DataError(f"{records[0].where}: pointwise rows (prompt, response, score) have no pair to prefer")
+    scores = [_scores(rec, need_scores) if kind != "point" else (require_number(rec, "score"), NAN)
+              for rec in records]
+    if joint:
+        out, stats = _joint_examples(records, kind, tokenizer, max_len, scores)
+        require_usable(records[0].source, stats, f"--max_seq_len {max_len}")
+        return out, stats
     if kind == "chat":
         rows = []
         for rec in records:
@@ -132,8 +190,6 @@ def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need
         names = ("chosen", "rejected") if kind == "pair" else ("response",)
         answers = [encode_responses(tokenizer, [require_str(r, n) for r in records]) for n in names]
         rows = [(p, a) for p, *a in zip(prompts, *answers)]
-    scores = [_scores(rec, need_scores) if kind != "point" else (require_number(rec, "score"), NAN)
-              for rec in records]
     prefix = special_prefix(tokenizer)
     out, stats = [], LengthStats()
     for (prompt, answers), (cs, rs) in zip(rows, scores):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.collate import pad_right
-from ..data.sft import encode_prompts, encode_responses
+from ..data.preference import reward_model_ids
 from ..models import end_scores, token_values
 
 
@@ -47,32 +47,31 @@ class RewardSource:
 
 
 class RewardModelSource(RewardSource):
-    """The trained reward model's score at the answer's last token (its EOS).
-
-    With the actor's tokenizer the sampled ids are scored as they are; with another tokenizer
-    prompt and answer are decoded and re-encoded exactly as in reward-model training.
-    """
+    """The trained reward model's score of `prompt + answer` (the decoded answer, EOS excluded),
+    encoded by the reward model's tokenizer as in its training and as stock transformers reads it
+    (`reward_model_scores`), whichever tokenizer the actor uses."""
     name = "reward_model"
 
-    def __init__(self, engine, tokenizer, same_tokenizer: bool, batch_size: int, device):
-        self.engine, self.tokenizer, self.same = engine, tokenizer, same_tokenizer
-        self.batch_size, self.device = batch_size, device
+    def __init__(self, engine, tokenizer, batch_size: int, device):
+        self.engine, self.tokenizer, self.batch_size, self.device = engine, tokenizer, batch_size, device
 
-    @torch.no_grad()
     def __call__(self, batch: RewardInputs) -> torch.Tensor:
-        if self.same:
-            ids = [p + a for p, a in zip(batch.prompt_ids, batch.answer_ids)]
-        else:
-            p = encode_prompts(self.tokenizer, batch.prompts)
-            a = encode_responses(self.tokenizer, batch.answers)
-            ids = [x + y for x, y in zip(p, a)]
-        out = []
-        for i in range(0, len(ids), self.batch_size):
-            chunk = ids[i:i + self.batch_size]
-            mask = pad_right([[1] * len(x) for x in chunk], 0).to(self.device)
-            x = pad_right(chunk, self.tokenizer.pad_token_id).to(self.device)
-            out.append(end_scores(token_values(self.engine, x, mask), mask))
-        return torch.cat(out).float()
+        return reward_model_scores(self.engine, self.tokenizer, [p + a for p, a in zip(batch.prompts, batch.answers)],
+                                   self.batch_size, self.device)
+
+
+@torch.no_grad()
+def reward_model_scores(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
+    """[N] float scores of full texts by a reward model (engine or plain module), in batches of
+    right-padded `reward_model_ids`."""
+    out = []
+    ids = reward_model_ids(tokenizer, texts)
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        mask = pad_right([[1] * len(x) for x in chunk], 0).to(device)
+        x = pad_right(chunk, tokenizer.pad_token_id).to(device)
+        out.append(end_scores(token_values(model, x, mask), mask))
+    return torch.cat(out).float()
 
 
 class RuleSource(RewardSource):
