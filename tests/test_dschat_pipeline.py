@@ -57,7 +57,8 @@ def test_one_dataset_feeds_sft_reward_dpo_and_ppo(tiny_dir, rm_static, tmp_path)
     assert data_line(p.stdout) == (96, 40)   # 4/10: pairs
     assert "[flags] --num_padding_at_beginning: not needed" in p.stdout
     accs = [r["eval/accuracy"] for r in read_metrics(rm) if "eval/accuracy" in r]
-    assert accs[-1] > accs[0] and accs[-1] >= 0.75
+    # 40 held-out pairs, a reward model on 96 pairs over an SFT model of 48 rows
+    assert accs[-1] >= accs[0] + 0.1 and accs[-1] >= 0.6
 
     dpo = tmp_path / "dpo"
     p = run_module("training.step2_dpo.main", [

@@ -4,6 +4,7 @@ Used by the demo and the tests so nothing needs a hub download. The result is an
 HF folder: stock `AutoModelForCausalLM` / `AutoTokenizer` load it.
 
     python -m utils.tiny --text corpus.txt --output_dir build/tiny-llama
+    python -m utils.tiny --family gpt2 --text corpus.txt --output_dir build/tiny-gpt2   # tiny_families.py
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import io
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 # One chat template for the tiny tokenizer, matching the seed SFT prompt style
@@ -107,9 +109,13 @@ def build_tiny(texts: list[str], output_dir: str | Path, *, vocab_size: int = 51
 
 
 def main() -> None:
+    from .tiny_families import FAMILIES, build_family
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--text", required=True, help="UTF-8 text file; each line is a training sentence")
     p.add_argument("--output_dir", required=True)
+    p.add_argument("--family", choices=FAMILIES, help="a model family with its tokenizer habits (default: this "
+                                                      "module's Llama with a pad token)")
     p.add_argument("--vocab_size", type=int, default=512)
     p.add_argument("--hidden_size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
@@ -117,9 +123,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     texts = [line for line in Path(a.text).read_text(encoding="utf-8").splitlines() if line.strip()]
-    build_tiny(texts, a.output_dir, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
-               layers=a.layers, heads=a.heads, seed=a.seed)
-    print(f"tiny model and tokenizer written to {a.output_dir}")
+    build = partial(build_family, a.family) if a.family else build_tiny
+    build(texts, a.output_dir, vocab_size=a.vocab_size, hidden_size=a.hidden_size, layers=a.layers, heads=a.heads,
+          seed=a.seed)
+    print(f"tiny {a.family or 'llama'} model and tokenizer written to {a.output_dir}")
 
 
 if __name__ == "__main__":

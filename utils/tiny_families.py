@@ -7,11 +7,10 @@ a tokenizer trained on the given texts with that family's real special-token hab
 tokens exist, their ids, whether BOS is prepended, whether pad is EOS or absent). The result is
 an ordinary HF folder that stock `AutoModelForCausalLM` / `AutoTokenizer` load offline.
 
-    python -m utils.tiny_families --family gpt2 --text corpus.txt --output_dir build/tiny-gpt2
+    python -m utils.tiny --family gpt2 --text corpus.txt --output_dir build/tiny-gpt2
 """
 from __future__ import annotations
 
-import argparse
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,24 +240,3 @@ def build_family(family: str, texts: list[str], output_dir: str | Path, *, vocab
     model = build_family_model(family, tok, hidden_size=hidden_size, layers=layers, heads=heads, seed=seed)
     model.save_pretrained(output_dir, safe_serialization=True)
     return Path(output_dir)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", required=True, choices=FAMILIES)
-    p.add_argument("--text", required=True, help="UTF-8 text file; each line is a training sentence")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--vocab_size", type=int, default=400)
-    p.add_argument("--hidden_size", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    texts = [line for line in Path(a.text).read_text(encoding="utf-8").splitlines() if line.strip()]
-    build_family(a.family, texts, a.output_dir, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
-                 layers=a.layers, heads=a.heads, seed=a.seed)
-    print(f"tiny {a.family} model and tokenizer written to {a.output_dir}")
-
-
-if __name__ == "__main__":
-    main()
