@@ -3,7 +3,9 @@ families (utils/tiny_families.py), and the reward model's held-out accuracy as o
 it and as stock transformers scores the saved folder (`AutoTokenizer(rm)(prompt + answer)`).
 
     .venv/bin/python -m scripts.bench.families [--families gpt2 opt ...] [--out output/families]
-        [--sft_steps 150] [--rm_epochs 2] [--dpo_steps 50] [--ppo_steps 4]
+        [--sft_steps 150 | --sft_epochs 2] [--rm_epochs 2] [--rm_batch 8] [--dpo_steps 50] [--ppo_steps 4]
+
+`--sft_epochs 2 --rm_batch 16` is the demo's budget (scripts/sft.sh, scripts/reward.sh).
 
 Families alternate ZeRO stage 0 and 3. Prints one row per family: each stage's result (its last
 held-out metric, or FAIL with the log's path) and the reward model's own vs stock accuracy.
@@ -61,15 +63,17 @@ def family_row(family: str, a, out: Path, zero: int) -> dict:
     row = {"family": family, "zero": zero}
     ok, rows, t = run("training.step1_sft.main", ["--model_name_or_path", base, "--data_path", DATA / "sft",
                                                   "--max_seq_len", 64, "--per_device_train_batch_size", 16,
-                                                  "--learning_rate", 3e-3, "--max_steps", a.sft_steps,
-                                                  "--num_warmup_steps", 10, *common], out / "sft")
+                                                  "--learning_rate", 3e-3, "--num_warmup_steps", 10,
+                                                  *(["--num_train_epochs", a.sft_epochs] if a.sft_epochs else
+                                                    ["--max_steps", a.sft_steps]), *common], out / "sft")
     row["sft"] = f"loss {last(rows, 'eval/loss'):.2f}" if ok else f"FAIL {out / 'sft.log'}"
     if not ok:
         return row
     ok, rows, t = run("training.step2_reward.main", ["--model_name_or_path", out / "sft", "--data_path",
                                                      DATA / "preference", "--max_seq_len", 64,
-                                                     "--per_device_train_batch_size", 8, "--learning_rate", 1e-3,
-                                                     "--num_train_epochs", a.rm_epochs, *common], out / "rm")
+                                                     "--per_device_train_batch_size", a.rm_batch, "--learning_rate",
+                                                     1e-3, "--num_warmup_steps", 10, "--num_train_epochs", a.rm_epochs,
+                                                     *common], out / "rm")
     if ok:
         import pyarrow.parquet as pq
 
@@ -105,6 +109,8 @@ def main() -> None:
     ap.add_argument("--hidden_size", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--sft_steps", type=int, default=150)
+    ap.add_argument("--sft_epochs", type=int, default=None, help="whole epochs instead of --sft_steps")
+    ap.add_argument("--rm_batch", type=int, default=8)
     ap.add_argument("--rm_epochs", type=int, default=2)
     ap.add_argument("--dpo_steps", type=int, default=50)
     ap.add_argument("--ppo_steps", type=int, default=4)
