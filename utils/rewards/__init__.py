@@ -47,9 +47,11 @@ class RewardSource:
 
 
 class RewardModelSource(RewardSource):
-    """The trained reward model's score of `prompt + answer` (the decoded answer, EOS excluded),
-    encoded by the reward model's tokenizer as in its training and as stock transformers reads it
-    (`reward_model_scores`), whichever tokenizer the actor uses."""
+    """The trained reward model's score of `prompt + answer` (the decoded answer), encoded by the
+    reward model's tokenizer as in its training and as stock transformers reads it
+    (`reward_model_scores`), whichever tokenizer the actor uses. An answer cut at
+    --max_answer_seq_len is scored at an appended EOS like a finished one; --missing_eos_penalty
+    is what tells them apart."""
     name = "reward_model"
 
     def __init__(self, engine, tokenizer, batch_size: int, device):
