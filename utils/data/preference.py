@@ -27,8 +27,8 @@ import torch
 from .collate import pad_right
 from .errors import DataError
 from .readers import Record, require_number, require_str
-from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, encode_prompts, encode_responses, fit_row,
-                  prompt_answer_examples, require_usable, special_prefix, tokenize_chat)
+from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, encode_prompts, encode_responses, fit_prompt,
+                  fit_row, prompt_answer_examples, require_usable, special_prefix, tokenize_chat)
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 SCORE_COLUMNS = (("chosen_score", "rejected_score"), ("chosen_gpt_score", "rejected_gpt_score"))
@@ -118,26 +118,21 @@ def reward_model_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     tokenizers merge the space that ends a prompt into the answer's first token, which separate
     encoding would not); the tokenizer saved with a reward model appends the EOS itself
     (`utils.models.reward_tokenizer_for_export`)."""
+    return _ending_in_eos(tokenizer, tokenizer(texts, add_special_tokens=True)["input_ids"])
+
+
+def _ending_in_eos(tokenizer, ids: list[list[int]]) -> list[list[int]]:
     eos = tokenizer.eos_token_id
-    return [x if x and x[-1] == eos else x + [eos] for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-
-
-def _keep_end(ids: list[int], n: int, prefix: list[int]) -> list[int] | None:
-    """`ids` cut to n tokens from the left after `prefix` (kept when it starts them); None when
-    nothing beyond the prefix would be left."""
-    if len(ids) <= n:
-        return ids
-    k = len(prefix) if prefix and ids[:len(prefix)] == prefix else 0
-    return ids[:k] + ids[len(ids) - (n - k):] if n > k else None
+    return [x if x and x[-1] == eos else x + [eos] for x in ids]
 
 
 def _joint_examples(records: list[Record], kind: str, tokenizer, max_len: int,
                     scores: list[tuple[float, float]]) -> tuple[list[PreferenceExample], LengthStats]:
     if kind == "chat":
         texts = [[p + c, p + r] for p, c, r in (_chat_texts(rec, tokenizer) for rec in records)]
-        eos = tokenizer.eos_token_id
-        flat = [x if x and x[-1] == eos else x + [eos]   # templates that close a turn with EOS + "\n"
-                for x in tokenizer([t for pair in texts for t in pair], add_special_tokens=False)["input_ids"]]
+        # the template renders the special prefix itself, and may close a turn with EOS + "\n"
+        flat = _ending_in_eos(tokenizer, tokenizer([t for pair in texts for t in pair],
+                                                   add_special_tokens=False)["input_ids"])
         rows = [flat[i:i + 2] for i in range(0, len(flat), 2)]
     else:
         names = ("chosen", "rejected") if kind == "pair" else ("response",)
@@ -147,7 +142,7 @@ def _joint_examples(records: list[Record], kind: str, tokenizer, max_len: int,
     prefix = special_prefix(tokenizer)
     out, stats = [], LengthStats()
     for answers, (cs, rs) in zip(rows, scores):
-        cut = [_keep_end(a, max_len, prefix) for a in answers]
+        cut = [fit_prompt(a, max_len, prefix) for a in answers]   # the score is read at the end
         if any(c is None for c in cut) or _cut_to_a_tie(answers, cut):
             stats.dropped += 1
             continue
