@@ -33,6 +33,17 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory) -> dict:
+    """A tiny model of each of twelve families with its tokenizer's habits (utils/tiny_families.py)."""
+    from examples.demo.build_model import corpus
+    from utils.tiny_families import FAMILIES, build_family
+
+    root = tmp_path_factory.mktemp("families")
+    texts = corpus()[:1500]
+    return {f: build_family(f, texts, root / f, hidden_size=32, layers=2, heads=4) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_dir):
     from transformers import AutoTokenizer
 

@@ -75,3 +75,17 @@ def test_unknown_yaml_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_config(SFTConfig, [str(f)])
     assert "unknown config keys: lerning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, sft, step2", [
+    ([], False, True),                                   # TRL's defaults: SFT keeps dropout, RM and DPO don't
+    (["--disable_dropout"], True, True),
+    (["--disable_dropout", "false"], False, False),
+    (["--dropout", "0.1"], False, False),                # a probability asked for is used
+])
+def test_dropout_defaults_per_step(flags, sft, step2):
+    from utils.config import DPOConfig, RewardConfig
+
+    assert parse_config(SFTConfig, BASE + flags).disable_dropout is sft
+    for config in (RewardConfig, DPOConfig):
+        assert parse_config(config, BASE + flags).disable_dropout is step2

@@ -12,16 +12,6 @@ from utils.tiny_families import FAMILIES
 PROMPT = "User: Repeat after me: fox red owl\nAssistant: "
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory) -> dict:
-    from examples.demo.build_model import corpus
-    from utils.tiny_families import build_family
-
-    root = tmp_path_factory.mktemp("families")
-    texts = corpus()[:1500]
-    return {f: build_family(f, texts, root / f, hidden_size=32, layers=2, heads=4) for f in FAMILIES}
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_value_head_reads_what_stock_pools(family, family_dirs):
     """token_values runs the model's own forward (only the arguments it declares) and its value at

@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from .predict import PredictArgs
 
@@ -56,7 +56,9 @@ class ModelOptions(Notes):
     dtype: str = _f("fp32", "Training precision: fp32, bf16 or fp16 (mixed precision through DeepSpeed).",
                     choices=["fp32", "bf16", "fp16"])
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    disable_dropout: bool = _f(False, "Set every dropout probability in the model to 0.")
+    disable_dropout: Optional[bool] = _opt_bool("Every dropout probability in the model set to 0 (default: off in SFT; "
+                                                "on in the reward model and DPO unless --dropout gives one, as in "
+                                                "TRL; `false` keeps the model's own).")
     dropout: Optional[float] = _f(None, "Set every dropout probability in the model to this value (unset: the "
                                         "model's own).")
     lora_dim: int = _f(0, "LoRA rank; 0 disables LoRA.")
@@ -72,7 +74,13 @@ class ModelOptions(Notes):
     compute_fp32_loss: bool = _f(False, "Accepted for DeepSpeed-Chat scripts: every loss is computed in fp32 "
                                         "here anyway.")
 
+    # reward model and DPO compare two forwards (chosen vs rejected, policy vs reference): dropout
+    # adds noise to the difference they learn from, so these steps switch it off unless asked
+    dropout_off_by_default: ClassVar[bool] = False
+
     def check_model_options(self) -> None:
+        if self.disable_dropout is None:
+            self.disable_dropout = self.dropout_off_by_default and self.dropout is None
         if self.lora_dim < 0:
             raise ConfigError(f"--lora_dim must be >= 0, got {self.lora_dim}")
         if self.only_optimize_lora and self.lora_dim == 0:
@@ -430,6 +438,7 @@ def _as_list(cls, name: str, value):
 @dataclass
 class RewardConfig(TrainConfig):
     """Step 2: reward model (causal-LM backbone + scalar head) from preference pairs and/or scores."""
+    dropout_off_by_default: ClassVar[bool] = True
 
     rm_loss: str = _f("pairwise", "pairwise: -log sigmoid(r_chosen - r_rejected); score: MSE to annotated "
                                   "scores; mixed: pairwise + --score_loss_weight * MSE.",
@@ -465,6 +474,7 @@ class RewardConfig(TrainConfig):
 @dataclass
 class DPOConfig(TrainConfig, PredictOptions):
     """Step 2 (alternative): DPO and relatives against a frozen reference model."""
+    dropout_off_by_default: ClassVar[bool] = True
 
     loss_type: str = _f("sigmoid", "sigmoid (DPO; with --label_smoothing, cDPO), ipo, simpo (reference-free), "
                                    "orpo (reference-free).", choices=["sigmoid", "ipo", "simpo", "orpo"])
