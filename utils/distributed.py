@@ -141,7 +141,9 @@ def on_gpu() -> bool:
 def teardown() -> None:
     """Destroy the process group; without it ~1 multi-process CPU run in 3 crashes at exit.
     Through deepspeed.comm, which also drops DeepSpeed's cached groups: a later step run in the
-    same interpreter (a notebook, a test) then builds its engines on the new process group."""
+    same single-process interpreter (a notebook, a test) then builds its engines on the new
+    process group. Several steps in one multi-process launch are not supported (DPO's start
+    hangs after two steps there)."""
     import deepspeed.comm
     import torch.distributed as dist
 
