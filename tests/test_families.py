@@ -85,3 +85,48 @@ def test_dropout_off_makes_training_forwards_deterministic(family, family_dirs):
         train = model.train()(**model_inputs(model, ids, mask)).logits
         evaluated = model.eval()(**model_inputs(model, ids, mask)).logits
     assert torch.equal(train, evaluated)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_only_where_labelled(family, family_dirs):
+    """The LM head runs only from the token before the batch's first label (where the family's
+    forward takes `logits_to_keep`), and the loss and log-probs equal the whole sequence's."""
+    from utils.data import IGNORE_INDEX
+    from utils.losses import causal_lm_loss, sequence_logprobs
+    from utils.models import (forward_arguments, labelled_logits, lm_logits, load_causal_lm, load_tokenizer,
+                              model_inputs)
+
+    folder = family_dirs[family]
+    tok = load_tokenizer(str(folder))
+    model = load_causal_lm(str(folder), tok, disable_dropout_=True).eval()
+    rows = [tok(PROMPT + "fox red owl")["input_ids"], tok(PROMPT + "owl")["input_ids"] + [tok.eos_token_id] * 3]
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
+    labels = ids.clone()
+    labels[0, :T - 4] = IGNORE_INDEX      # answers start 4 and 6 tokens before the end
+    labels[1, :T - 6] = IGNORE_INDEX
+    labels[mask == 0] = IGNORE_INDEX
+    head_rows = []
+    model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_rows.append(i[0].shape[1]))
+    with torch.no_grad():
+        full = model(**model_inputs(model, ids, mask)).logits
+        logits, kept = labelled_logits(model, ids, mask, labels)
+        assert kept.shape[1] == logits.shape[1] == 7 and torch.equal(kept, labels[:, -7:])
+        if "logits_to_keep" in forward_arguments(type(model)):
+            assert head_rows == [T, 7]
+        torch.testing.assert_close(logits, full[:, -7:], atol=1e-6, rtol=0)
+        # sums over fewer padded zeros: the same to float32 rounding of a ~30-magnitude total
+        for a, b in zip(causal_lm_loss(logits, kept), causal_lm_loss(full, labels)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(sequence_logprobs(logits, kept), sequence_logprobs(full, labels), atol=1e-6,
+                                   rtol=1e-6)
+        assert torch.equal(lm_logits(model, ids, mask), full)
+        # step 3: left-padded prompts, answers from position P = T - 6
+        from training.step3_rlhf.rollout import forward_logprobs
+        from utils.losses import token_logprobs
+
+        _, lp = forward_logprobs(model, ids, mask, T - 7)
+        whole = token_logprobs(full, ids)
+        assert lp.shape == whole.shape and not lp[:, :T - 7].any()
+        torch.testing.assert_close(lp[:, T - 7:], whole[:, T - 7:], atol=1e-6, rtol=0)

@@ -406,6 +406,31 @@ def model_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     return out
 
 
+def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int = 0) -> torch.Tensor:
+    """[B, K, V] next-token logits of the last `keep` positions of [B, T] inputs (all T when 0).
+    With real vocabularies the LM head is the largest matmul and activation of a short-answer
+    batch, so it runs only on the kept positions when the model's forward takes transformers'
+    `logits_to_keep`; a family without it computes every position and is sliced (same values)."""
+    kwargs = model_inputs(model, input_ids, attention_mask)
+    if keep and "logits_to_keep" in forward_arguments(type(unwrap(model))):
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits
+    return logits[:, -keep:] if keep else logits
+
+
+def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, K, V], labels [B, K]): the last K positions, from the one before the batch's
+    first labelled token (IGNORE_INDEX elsewhere) to the end. Any causal-LM loss over `labels`
+    is the same on this pair as on the whole sequence: position t predicts label t + 1."""
+    from .data import IGNORE_INDEX
+
+    labelled = (labels != IGNORE_INDEX).any(0)
+    first = int(labelled.float().argmax()) if bool(labelled.any()) else 1
+    keep = labels.shape[1] - max(first - 1, 0)
+    return lm_logits(model, input_ids, attention_mask, keep), labels[:, -keep:]
+
+
 @functools.lru_cache(maxsize=None)
 def forward_arguments(cls: type) -> frozenset[str]:
     """Names a model class's forward declares (not those it would swallow through **kwargs)."""

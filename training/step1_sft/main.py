@@ -16,15 +16,14 @@ from utils.checkpoint import save_hf_model
 from utils.config import SFTConfig, parse_config
 from utils.data import IGNORE_INDEX, collate_lm, step_examples, tokenize_records
 from utils.losses import causal_lm_loss
-from utils.models import load_tokenizer_for, load_trainable_lm
+from utils.models import labelled_logits, load_tokenizer_for, load_trainable_lm
 from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
 from utils.trainer import LossOutput, Trainer, ds_config_for, perplexity, start_engine
 
 
 def sft_loss(model, batch) -> LossOutput:
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    loss_sum, n = causal_lm_loss(logits, batch.labels)
+    loss_sum, n = causal_lm_loss(*labelled_logits(model, batch.input_ids, batch.attention_mask, batch.labels))
     return LossOutput(loss_sum, float(n))
 
 

@@ -22,7 +22,8 @@ from utils.data import step_examples
 from utils.data.preference import PreferenceBatch, collate_preferences, tokenize_preferences
 from utils.ds_config import eval_ds_config
 from utils.losses import dpo_loss, ipo_loss, orpo_loss, response_lengths, sequence_logprobs, simpo_loss
-from utils.models import TORCH_DTYPES, load_causal_lm, load_tokenizer_for, load_trainable_lm, zero3_init_context
+from utils.models import (TORCH_DTYPES, labelled_logits, load_causal_lm, load_tokenizer_for, load_trainable_lm,
+                          zero3_init_context)
 from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
 from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
@@ -31,8 +32,7 @@ from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
 def response_logps(model, batch: PreferenceBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """([2P] summed or length-averaged answer log-probs, [2P] length-averaged ones);
     rows [0, P) chosen, [P, 2P) rejected."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    total = sequence_logprobs(logits, batch.labels)
+    total = sequence_logprobs(*labelled_logits(model, batch.input_ids, batch.attention_mask, batch.labels))
     mean = total / response_lengths(batch.labels)
     return (mean if average else total), mean
 

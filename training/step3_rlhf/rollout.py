@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, sample_counts,
@@ -26,7 +27,7 @@ from utils.data.rlhf import PromptExample
 from utils.generation import left_pad
 from utils.losses import (adaptive_kl_coef, gae, group_baseline, kl_penalized_rewards, reward_to_go, standardize,
                           token_logprobs, whiten)
-from utils.models import model_inputs, token_values
+from utils.models import lm_logits, token_values
 from utils.rewards import RewardInputs, combine
 
 
@@ -98,10 +99,18 @@ class RewardNormalizer:
         self.queue.extend(s["queue"])
 
 
-def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced pass over [B, S] sequences: (logits [B, S, V], log-prob of each next token [B, S-1])."""
-    logits = model(**model_inputs(model, seq, attn)).logits
-    return logits, token_logprobs(logits, seq)
+def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced pass over [B, S] sequences: (logits [B, S-start, V] of positions start.., the
+    log-prob of each next token [B, S-1], 0 before `start`). Only the answer's predictions are
+    used (start = P-1 for P prompt positions), so the LM head runs from there on."""
+    logits = lm_logits(model, seq, attn, keep=seq.shape[1] - start)
+    return logits, F.pad(token_logprobs(logits, seq[:, start:]), (start, 0))
+
+
+def answer_start(action_mask: torch.Tensor) -> int:
+    """The first position of [B, S-1] `action_mask` that any row acts at (P-1)."""
+    acting = action_mask.any(0)
+    return int(acting.float().argmax()) if bool(acting.any()) else 0
 
 
 class RowTemperature(LogitsProcessor):
@@ -207,7 +216,7 @@ class ExperienceMaker:
         action_mask[:, : P - 1] = 0
         self.rlhf.eval()
         # stage 2: one parallel teacher-forced pass gives the log-probs of every sampled token
-        _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn)
+        _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1)
         self.counters["sampled_sequences"] += len(rows)
         self.counters["sampled_tokens"] += int(action_mask.sum())
         if self.esrl is not None:
@@ -223,7 +232,7 @@ class ExperienceMaker:
             stats["esrl/kept"] = len(k) / len(rows)
         self.counters["scored_sequences"] += len(prompts)
         if self.rlhf.ref is not None:
-            _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn)
+            _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn, P - 1)
         else:  # --remove_kl_penalty: no reference, so the KL term is exactly 0
             ref_logprobs = logprobs
         if self.rlhf.critic is not None:

@@ -7,11 +7,11 @@ import time
 import torch
 
 from training.step3_rlhf.esrl import kept_count
-from training.step3_rlhf.rollout import Experience, forward_logprobs
+from training.step3_rlhf.rollout import Experience, answer_start, forward_logprobs
 from utils import distributed as dist
 from utils.data import collate_lm
 from utils.losses import causal_lm_loss, entropy_from_logits, masked_mean, ppo_policy_loss, ppo_value_loss
-from utils.models import token_values
+from utils.models import labelled_logits, token_values
 
 
 def optimizer_steps_per_round(cfg) -> int:
@@ -50,13 +50,11 @@ class PPOUpdater:
             examples = [e for e in exp.sft_examples if e is not None]
             if examples:
                 b = collate_lm(examples, self.tok.pad_token_id).to(self.device)
-                logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-                s, n = causal_lm_loss(logits, b.labels)
+                s, n = causal_lm_loss(*labelled_logits(self.rlhf.actor, b.input_ids, b.attention_mask, b.labels))
                 out["sft"] = s / n.clamp_min(1)
         if self.cfg.add_pretrained_loss and self.ptx is not None:
             b = next(self.ptx).to(self.device)
-            logits = self.rlhf.actor(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-            s, n = causal_lm_loss(logits, b.labels)
+            s, n = causal_lm_loss(*labelled_logits(self.rlhf.actor, b.input_ids, b.attention_mask, b.labels))
             out["ptx"] = s / n.clamp_min(1)
         elif self.cfg.add_pretrained_loss:
             prompt_tokens = exp.attention_mask[:, 1:].float() * (1 - exp.action_mask)
@@ -96,10 +94,11 @@ class PPOUpdater:
         out: dict[str, float] = {}
         if not critic_only:
             actor.set_gradient_accumulation_boundary(boundary)
-            logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask)
+            start = answer_start(mask)
+            logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask, start)
             pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
             with torch.no_grad():
-                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask)
+                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask[:, start:])
             extras = self.extra_losses(mb, logprobs)
             loss = cfg.factor_rl_loss * pg_loss
             if "sft" in extras:
