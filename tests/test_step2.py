@@ -216,9 +216,14 @@ def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_pat
     p = run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, pre, "--max_steps", 5,
                                                        "--precompute_ref_log_probs"))
     assert "reference log-probs precomputed" in p.stdout
+    # the reference log-probs agree to float32 rounding (other batch shapes); Adam scales such
+    # differences on rarely-updated rows up to ~1e-6 in five steps, where a misaligned reference
+    # moves weights by the whole update (~1e-4)
     wl, wp = load_weights(live), load_weights(pre)
     for k in wl:
-        torch.testing.assert_close(wl[k], wp[k], atol=1e-6, rtol=0, msg=k)
+        torch.testing.assert_close(wl[k], wp[k], atol=5e-6, rtol=0, msg=k)
+    losses = [[r["train/loss"] for r in read_metrics(d) if "train/loss" in r] for d in (live, pre)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["ipo", "simpo", "orpo"])

@@ -26,6 +26,7 @@ def main() -> None:
     from utils.config import SFTConfig
     from utils.data import Example, collate_lm
     from utils.losses import causal_lm_loss
+    from utils.models import labelled_logits
     from utils.trainer import Trainer, ds_config_for, init_engine
 
     vocab = len(AutoTokenizer.from_pretrained(folder))
@@ -38,12 +39,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     bare = AutoModelForCausalLM.from_pretrained(folder)
-    opt = torch.optim.AdamW(bare.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    # the fastest torch optimizer and the same answer-only logits as ours: a limit only if it is fast
+    opt = torch.optim.AdamW(bare.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
 
     def bare_step(i):
         batch = batches[i % len(batches)]
-        logits = bare(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        s, n = causal_lm_loss(logits, batch.labels)
+        s, n = causal_lm_loss(*labelled_logits(bare, batch.input_ids, batch.attention_mask, batch.labels))
         (s / n).backward()
         torch.nn.utils.clip_grad_norm_(bare.parameters(), 1.0)
         opt.step()
