@@ -1,8 +1,13 @@
-"""PPO throughput on a tiny model: samples/s and where a step's time goes.
+"""PPO throughput on a tiny model: samples/s, where a step's time goes, and the ratio to a
+bare-torch round.
 
 Runs step 3 itself (actor, reference, critic and reward model, all DeepSpeed engines) for a
 few rounds and reports, per round, generation vs the three experience forwards vs the PPO
 updates, so the printed samples/s counts the whole step (the experience forwards included).
+Then the same round without DeepSpeed or any of our bookkeeping, on the same models, batch
+and lengths: generate, the actor / reference / critic / reward forwards, GAE, and the actor
+and critic updates on the same minibatches with fused AdamW. Ours is timed from round to
+round (`time` of each metrics row: logging and sampling bookkeeping included).
 
     .venv/bin/python -m scripts.bench.ppo [--rounds 12 --batch 32 --answer_len 16 --hidden 128 --layers 4]
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from scripts.bench.common import parser, setup_tiny
@@ -53,6 +59,67 @@ def main() -> None:
     print(f"experience forwards   {exp * 1e3:8.1f} ms  {exp / total:6.1%}  (reward, actor, reference, critic)")
     print(f"PPO updates           {train * 1e3:8.1f} ms  {train / total:6.1%}")
     print(f"whole step            {total * 1e3:8.1f} ms  -> {a.batch / total:.1f} samples/s")
+    rows = [json.loads(x) for x in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
+    stamps = [r["time"] for r in rows if "time/generation" in r][2:]
+    ours = statistics.median(b - a_ for a_, b in zip(stamps, stamps[1:]))
+    bare = bare_round_time(folder, tmp / "rm", tmp / "prompts.txt", a)
+    print(f"ours, round to round  {ours * 1e3:8.1f} ms  -> {a.batch / ours:.1f} samples/s")
+    print(f"bare torch round      {bare * 1e3:8.1f} ms  -> {a.batch / bare:.1f} samples/s")
+    print(f"ratio ours/bare       {ours / bare:.3f}  (target <= 1.30)")
+
+
+def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
+    """Median seconds of a PPO round in plain torch (same models, batch, lengths, minibatches)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from utils.generation import left_pad
+    from utils.losses import gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss, token_logprobs
+    from utils.models import end_scores, lm_logits, token_values
+
+    tok = AutoTokenizer.from_pretrained(actor_dir)
+    actor, ref = (AutoModelForCausalLM.from_pretrained(actor_dir) for _ in range(2))
+    critic, reward = (AutoModelForSequenceClassification.from_pretrained(rm_dir) for _ in range(2))
+    ref.eval(), reward.eval()
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=True) for m in (actor, critic)]
+    rows = [json.loads(x) for x in Path(prompts_file).read_text().splitlines()]
+    prompts = [tok(r["instruction"])["input_ids"][-64:] for r in rows]
+
+    def logprobs(model, seq, attn, start):
+        return token_logprobs(lm_logits(model, seq, attn, seq.shape[1] - start), seq[:, start:])
+
+    def one_round(i):
+        ids, mask = left_pad(prompts[i * a.batch:(i + 1) * a.batch], tok.pad_token_id)
+        P = ids.shape[1]
+        with torch.no_grad():
+            actor.eval()
+            seq = actor.generate(input_ids=ids, attention_mask=mask, max_new_tokens=a.answer_len, do_sample=True,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            actor.train()
+            done = (seq[:, P:] == tok.eos_token_id).long().cumsum(1)
+            attn = torch.cat([mask, ((done - (seq[:, P:] == tok.eos_token_id).long()) == 0).long()], 1)
+            act = attn[:, P:].float()
+            old = logprobs(actor, seq, attn, P - 1)
+            ref_lp = logprobs(ref, seq, attn, P - 1)
+            old_values = token_values(critic, seq, attn)[:, P - 1:-1]
+            score = end_scores(token_values(reward, seq, attn), attn)
+            rewards, _ = kl_penalized_rewards(old, ref_lp, act, score, 0.1, 5.0)
+            adv, ret = gae(rewards, old_values, act, 1.0, 0.95)
+        for mb in torch.arange(len(seq)).split(a.batch // 2):
+            lp = logprobs(actor, seq[mb], attn[mb], P - 1)
+            ppo_policy_loss(lp, old[mb], adv[mb], act[mb], 0.2)[0].backward()
+            values = token_values(critic, seq[mb], attn[mb])[:, P - 1:-1]
+            ppo_value_loss(values, old_values[mb], ret[mb], act[mb], 0.2)[0].backward()
+            for opt in opts:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+    times = []
+    for i in range(a.rounds):
+        t = time.perf_counter()
+        one_round(i)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[2:])
 
 
 if __name__ == "__main__":
