@@ -50,12 +50,26 @@ def init_distributed() -> None:
             WORLD_SIZE="1",
             LOCAL_RANK="0",
         )
+    if os.environ.get("WORLD_SIZE") == "1":
+        _skip_shared_memory_allreduce()
     deepspeed.init_distributed(verbose=False)
     from deepspeed.accelerator import get_accelerator
 
     acc = get_accelerator()
     if acc.device_name() != "cpu":
         acc.set_device(local_rank())
+
+
+def _skip_shared_memory_allreduce() -> None:
+    """One process never reduces across ranks, yet DeepSpeed's CPU backend loads its shared-memory
+    allreduce op in every process group: compiled on a machine's first run (about a minute) and
+    a 69 MB /dev/shm buffer after that. Marking the op unavailable is DeepSpeed's own switch."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def rank() -> int:
