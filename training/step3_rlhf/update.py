@@ -77,24 +77,28 @@ class PPOUpdater:
                 order = torch.randperm(exp.sequences.shape[0], generator=g)
                 for part in torch.tensor_split(order, min(n_mb, len(order))):
                     updates += [exp.rows(part.tolist())] * cfg.ppo_mini_epochs
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         for k, mb in enumerate(updates):
             boundary = (k + 1) % cfg.gradient_accumulation_steps == 0 or k == len(updates) - 1
             for k_, v in self.step(mb, boundary, critic_only).items():
                 sums[k_] = sums.get(k_, 0.0) + v
-        stats = {k: v / max(len(updates), 1) for k, v in sums.items()}
+        # one host sync per round, not one per statistic and minibatch
+        means = torch.stack(list(sums.values())).div(max(len(updates), 1)).tolist() if sums else []
+        stats = dict(zip(sums, means))
         stats["time/training"] = time.perf_counter() - t0
         return stats
 
-    def step(self, mb: Experience, boundary: bool = True, critic_only: bool = False) -> dict[str, float]:
+    def step(self, mb: Experience, boundary: bool = True, critic_only: bool = False) -> dict[str, torch.Tensor]:
         """One PPO update of the actor (unless `critic_only`) and the critic on a minibatch; the
-        optimizers step when `boundary` (the end of an accumulation window)."""
+        optimizers step when `boundary` (the end of an accumulation window). Returns its
+        statistics as 0-d tensors, left on the device."""
         cfg, mask = self.cfg, mb.action_mask
         actor, critic = self.rlhf.actor, self.rlhf.critic
-        out: dict[str, float] = {}
+        out: dict[str, torch.Tensor] = {}
         if not critic_only:
             actor.set_gradient_accumulation_boundary(boundary)
-            start = answer_start(mask)
+            # the fork's pretraining loss without a dataset reads the prompt tokens' log-probs too
+            start = 0 if cfg.add_pretrained_loss and self.ptx is None else answer_start(mask)
             logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask, start)
             pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
             with torch.no_grad():
@@ -106,16 +110,15 @@ class PPOUpdater:
             if "ptx" in extras:
                 loss = loss + cfg.factor_pretrained_loss * extras["ptx"]
             actor.backward(loss)
-            out = {"pg_loss": float(pg_loss.detach()), "loss": float(loss.detach()),
-                   "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"]),
-                   "ratio": float(st["ratio"]), "entropy": float(entropy)}
-            out.update({f"{k}_loss": float(v.detach()) for k, v in extras.items()})
+            out = {"pg_loss": pg_loss, "loss": loss, "clipfrac": st["clipfrac"], "approx_kl": st["approx_kl"],
+                   "ratio": st["ratio"], "entropy": entropy}
+            out.update({f"{k}_loss": v for k, v in extras.items()})
         if critic is not None:
             critic.set_gradient_accumulation_boundary(boundary)
             values = token_values(critic, mb.sequences, mb.attention_mask)[:, :-1]
             vf_loss, vf_clipfrac = ppo_value_loss(values, mb.values, mb.returns, mask, cfg.cliprange_value)
             critic.backward(vf_loss)
-            out.update({"vf_loss": float(vf_loss.detach()), "vf_clipfrac": float(vf_clipfrac)})
+            out.update({"vf_loss": vf_loss, "vf_clipfrac": vf_clipfrac})
         if boundary and cfg.align_overflow and not critic_only:
             align_overflow(actor, critic)
         if not critic_only:
@@ -124,7 +127,7 @@ class PPOUpdater:
                 self.rlhf.update_ema()
         if critic is not None:
             critic.step()
-        return out
+        return {k: v.detach().float() for k, v in out.items()}
 
 
 def align_overflow(actor, critic) -> None:
