@@ -107,11 +107,6 @@ def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 
     return logits, F.pad(token_logprobs(logits, seq[:, start:]), (start, 0))
 
 
-def answer_start(action_mask: torch.Tensor) -> int:
-    """The first position of [B, S-1] `action_mask` that any row acts at (P-1)."""
-    acting = action_mask.any(0)
-    return int(acting.float().argmax()) if bool(acting.any()) else 0
-
 
 class RowTemperature(LogitsProcessor):
     """Divide each row's next-token logits by its own temperature (ESRL's per-prompt temperature)."""
