@@ -11,7 +11,7 @@ from training.step3_rlhf.rollout import Experience, forward_logprobs
 from utils import distributed as dist
 from utils.data import collate_lm
 from utils.losses import causal_lm_loss, entropy_from_logits, masked_mean, ppo_policy_loss, ppo_value_loss
-from utils.models import first_column, labelled_logits, token_values
+from utils.models import labelled_logits, token_values
 
 
 def optimizer_steps_per_round(cfg) -> int:
@@ -97,12 +97,10 @@ class PPOUpdater:
         out: dict[str, torch.Tensor] = {}
         if not critic_only:
             actor.set_gradient_accumulation_boundary(boundary)
-            # the fork's pretraining loss without a dataset reads the prompt tokens' log-probs too
-            start = 0 if cfg.add_pretrained_loss and self.ptx is None else first_column(mask > 0) or 0
-            logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask, start)
+            logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask)
             pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
             with torch.no_grad():
-                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask[:, start:])
+                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask)
             extras = self.extra_losses(mb, logprobs)
             loss = cfg.factor_rl_loss * pg_loss
             if "sft" in extras:
