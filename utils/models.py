@@ -425,15 +425,10 @@ def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     is the same on this pair as on the whole sequence: position t predicts label t + 1."""
     from .data import IGNORE_INDEX
 
-    first = first_column(labels != IGNORE_INDEX)
-    keep = labels.shape[1] - max((first or 1) - 1, 0)
+    labelled = (labels != IGNORE_INDEX).any(0)
+    first = int(labelled.float().argmax()) if bool(labelled.any()) else 0
+    keep = labels.shape[1] - max(first - 1, 0)
     return lm_logits(model, input_ids, attention_mask, keep), labels[:, -keep:]
-
-
-def first_column(mask: torch.Tensor) -> int | None:
-    """The first column of a [B, T] bool mask that any row sets (None when no row sets one)."""
-    cols = mask.any(0)
-    return int(cols.float().argmax()) if bool(cols.any()) else None
 
 
 @functools.lru_cache(maxsize=None)

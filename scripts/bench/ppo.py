@@ -73,9 +73,10 @@ def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from training.step3_rlhf.rollout import forward_logprobs
     from utils.generation import left_pad
-    from utils.losses import gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss, token_logprobs
-    from utils.models import end_scores, lm_logits, token_values
+    from utils.losses import gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
+    from utils.models import end_scores, token_values
 
     tok = AutoTokenizer.from_pretrained(actor_dir)
     actor, ref = (AutoModelForCausalLM.from_pretrained(actor_dir) for _ in range(2))
@@ -85,8 +86,8 @@ def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
     rows = [json.loads(x) for x in Path(prompts_file).read_text().splitlines()]
     prompts = [tok(r["instruction"])["input_ids"][-64:] for r in rows]
 
-    def logprobs(model, seq, attn, start):
-        return token_logprobs(lm_logits(model, seq, attn, seq.shape[1] - start), seq[:, start:])
+    def logprobs(model, seq, attn, start):   # every position, as step 3 computes them
+        return forward_logprobs(model, seq, attn)[1][:, start:]
 
     def one_round(i):
         ids, mask = left_pad(prompts[i * a.batch:(i + 1) * a.batch], tok.pad_token_id)
