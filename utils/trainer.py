@@ -297,6 +297,7 @@ class Trainer:
                     gn = self.engine.get_global_grad_norm()
                     if gn is not None:
                         row["train/grad_norm"] = float(gn)
+                    row.update(engine_stats({"train": self.engine}))
                     self.logger.log(step, row)
                     self.history.append({"step": step, **row})
                     t0, tok0 = time.perf_counter(), 0.0
@@ -316,6 +317,23 @@ class Trainer:
         bar.close()
         self.logger.close()
         return last_eval
+
+
+def engine_stats(engines: dict) -> dict[str, float]:
+    """What a metrics row adds beyond the losses: the peak device memory of this process so far
+    (GiB, on GPU) and, per fp16 engine, the optimizer steps its dynamic loss scaler skipped and the
+    current scale, so a run that keeps overflowing shows it in metrics.jsonl."""
+    out: dict[str, float] = {}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["memory/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    for name, engine in engines.items():
+        if engine is None or not engine.fp16_enabled():
+            continue
+        out[f"{name}/skipped_steps"] = float(engine.skipped_steps)
+        scale = getattr(engine.optimizer, "cur_scale", None)
+        if scale is not None:
+            out[f"{name}/loss_scale"] = float(scale)
+    return out
 
 
 def _accumulate(sums: dict, metrics: dict) -> None:

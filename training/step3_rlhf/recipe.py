@@ -23,6 +23,7 @@ from utils.config import ConfigError
 from utils.data import epoch_batches
 from utils.logging import MetricsLogger, progress
 from utils.run import Preemption, user_errors
+from utils.trainer import engine_stats
 
 
 @dataclass
@@ -108,6 +109,7 @@ class PPORecipe:
             stats.update(self.maker.evaluate(self.parts.eval_prompts))
             stats["time/eval"] = time.perf_counter() - t
         stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
+        stats.update(engine_stats({"actor": self.rlhf.actor, "critic": self.rlhf.critic}))
         self.logger.log(step, stats)
         self.history.append({"step": step, **stats})
         if self.parts.predict:
