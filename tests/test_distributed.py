@@ -28,3 +28,33 @@ def test_one_process_skips_the_shared_memory_allreduce(tmp_path):
     reduced, shm = in_fresh_process(one_process_group, str(tmp_path / "ext"))
     assert reduced == [1.0, 1.0, 1.0] and shm is None
     assert not (tmp_path / "ext").exists()   # nothing compiled (about a minute on a machine's first run)
+
+
+def test_arch_list_is_rewritten_to_what_deepspeeds_op_builder_parses():
+    from deepspeed.ops.op_builder.transformer_inference import InferenceBuilder
+
+    from utils.distributed import deepspeed_arch_list
+
+    assert deepspeed_arch_list("9.0a") == "9.0"
+    assert deepspeed_arch_list("8.0;9.0a+PTX 10.0f") == "8.0;9.0+PTX;10.0"
+    assert deepspeed_arch_list("9.0 9.0a") == "9.0"
+    assert deepspeed_arch_list("8.6+PTX") == "8.6+PTX"
+    # DeepSpeed's JIT builder takes the rewritten list (and crashes on the original)
+    builder = InferenceBuilder()
+    builder.jit_mode = True
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    try:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0a"
+        try:
+            builder.compute_capability_args()
+            raise AssertionError("DeepSpeed parses 9.0a now: the rewrite may be unnecessary")
+        except ValueError:
+            pass
+        os.environ["TORCH_CUDA_ARCH_LIST"] = deepspeed_arch_list("9.0a")
+        builder.compute_capability_args()  # in JIT mode it leaves torch its (parsed) list
+        assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0+PTX"
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = old

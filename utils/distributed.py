@@ -7,6 +7,7 @@ falls back to MPI discovery; `init_distributed` fills them in.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -26,7 +27,23 @@ def set_env_defaults() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions"))
     os.environ.setdefault("HF_DATASETS_CACHE", str(cache / "hf_datasets"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = deepspeed_arch_list(os.environ["TORCH_CUDA_ARCH_LIST"])
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def deepspeed_arch_list(value: str) -> str:
+    """TORCH_CUDA_ARCH_LIST in the form DeepSpeed's JIT op builder parses: it reads every entry as
+    numbers ("9.0", "8.6+PTX") and crashes on the architecture-specific forms torch also accepts
+    ("9.0a", "10.0f"), e.g. when --enable_hybrid_engine builds its inference kernels. Those become
+    their plain architecture (DeepSpeed's kernels use no sm_90a-only instruction); the rest stays."""
+    out: list[str] = []
+    for entry in value.replace(" ", ";").split(";"):
+        m = re.fullmatch(r"(\d+\.\d+)[a-z]?(\+PTX)?", entry.strip())
+        entry = f"{m[1]}{m[2] or ''}" if m else entry.strip()
+        if entry and entry not in out:
+            out.append(entry)
+    return ";".join(out)
 
 
 def _free_port() -> int:

@@ -280,7 +280,7 @@ def main() -> None:
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--hybrid", action="store_true")
     p.add_argument("--esrl", action="store_true", help="ppo: ESRL dynamic sampling with its default knobs")
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="ppo: rounds left out of the medians")
     p.add_argument("--prompt_len", type=int, default=256)
     p.add_argument("--answer_len", type=int, default=256)

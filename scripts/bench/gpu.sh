@@ -41,7 +41,7 @@ if [[ -d .whl ]] && ! "$PY" -c "import deepspeed, datasets" 2>/dev/null; then
   export PYTHONPATH="/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+export MAX_JOBS="${MAX_JOBS:-$(( $(nproc) / 2 ))}"  # half the cores: the build runs beside a section
 
 declare -A SECTIONS=(
   [peak]="peak"
@@ -51,7 +51,7 @@ declare -A SECTIONS=(
   [ppo-z2-he]="ppo --zero 2 --hybrid"
   [ppo-z3]="ppo --zero 3"
   [ppo-z3-he]="ppo --zero 3 --hybrid"
-  [ppo-fp16]="ppo --zero 2 --dtype fp16 --rounds 10"
+  [ppo-fp16]="ppo --zero 2 --dtype fp16 --rounds 8"
   [esrl]="ppo --zero 2 --esrl"
 )
 ORDER=(peak sft fp16 ppo-z2 esrl ppo-fp16 ppo-z3 ppo-z2-he ppo-z3-he)
