@@ -171,6 +171,9 @@ class PredictOptions(PredictArgs, Notes):
 class ModelArgs(ModelOptions):
     model_name_or_path: Optional[str] = _f(None, "Local folder or hub name of a causal LM to start from.")
     tokenizer_name_or_path: Optional[str] = _f(None, "Tokenizer to use; defaults to --model_name_or_path.")
+    torch_compile: bool = _f(False, "Compile the model with torch.compile (DeepSpeed's engine.compile) before "
+                                    "training: fused element-wise kernels; the first steps pay the compilation. "
+                                    "As TRL's --torch_compile.")
 
     def check_model(self) -> None:
         if not self.model_name_or_path:

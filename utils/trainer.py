@@ -107,7 +107,10 @@ def start_engine(model, cfg, n_train: int, ds_config: dict, what: str = "model")
 
     trainable, total = count_parameters(model)
     dist.print_rank0(f"[model] {what} from {cfg.model_name_or_path}: {total:,} parameters, {trainable:,} trained")
-    return init_engine(model, cfg, total_steps(n_train, cfg, dist.world_size()), ds_config=ds_config)
+    engine = init_engine(model, cfg, total_steps(n_train, cfg, dist.world_size()), ds_config=ds_config)
+    if cfg.torch_compile:
+        engine.compile()
+    return engine
 
 
 def init_engine(model, cfg, total_steps: int, *, ds_config: dict, side=None):

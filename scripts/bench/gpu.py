@@ -164,12 +164,16 @@ def section_sft(a) -> None:
     lines = [rng.choice(texts) for _ in range((a.steps + 2) * a.batch * a.seq // 20)]
     (tmp / "corpus.txt").write_text("\n".join(lines) + "\n")
     reset_peak_memory()
+    prof = ProfileWindows(a.profile) if a.profile and on_gpu() else None
     out = sft_main([
         "--model_name_or_path", str(tmp / "m"), "--data_path", str(tmp / "corpus.txt"), "--data_format", "text",
         "--max_seq_len", str(a.seq), "--per_device_train_batch_size", str(a.batch), "--dtype", a.dtype,
         "--zero_stage", str(a.zero), "--max_steps", str(a.steps), "--logging_steps", str(a.log_every),
         "--learning_rate", "1e-4", "--output_dir", str(tmp / "out"), "--disable_tqdm",
-        *(["--gradient_checkpointing"] if a.gradient_checkpointing else [])])
+        *(["--gradient_checkpointing"] if a.gradient_checkpointing else []),
+        *(["--torch_compile"] if a.compile else [])])
+    if prof is not None:
+        prof.summary()
     rows = [h for h in out["history"] if "train/tokens_per_s" in h]
     tps = statistics.median(r["train/tokens_per_s"] for r in rows[1:])  # the first window warms up
     fpt = flops_per_token(a.spec(SFT_MODEL), a.seq)
@@ -180,12 +184,75 @@ def section_sft(a) -> None:
     mem = peak_memory_gib()
     losses = [r["train/loss"] for r in rows]
     report(f"SFT {counts['params'] / 1e6:.0f}M Llama (embedding {counts['embedding'] / 1e6:.0f}M, vocab "
-          f"{counts['vocab']}), {a.dtype}, ZeRO-{a.zero}, batch {a.batch} x {a.seq} tokens, {a.steps} steps")
+          f"{counts['vocab']}), {a.dtype}, ZeRO-{a.zero}, batch {a.batch} x {a.seq} tokens, {a.steps} steps"
+           + (", torch.compile" if a.compile else ""))
     report(f"  {tps:,.0f} tokens/s, {fpt / 1e9:.2f} GFLOP/token -> {achieved:.0f} TFLOP/s"
           + (f" = MFU {mfu:.1%} of {peak:.0f} ({name})" if mfu else f" ({name}: no peak on record)"))
     report(f"  loss {losses[0]:.3f} -> {losses[-1]:.3f}; peak device memory {mem:.1f} GiB")
     result(section="sft", params=counts["params"], dtype=a.dtype, zero=a.zero, batch=a.batch, seq=a.seq,
+           compile=a.compile,
            tokens_per_s=tps, tflops=achieved, mfu=mfu, peak_gib=mem, loss_first=losses[0], loss_last=losses[-1])
+
+
+KERNEL_KINDS = [("matmul (GEMM)", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90")),
+                ("attention", ("flash", "fmha", "attention", "sdpa")),
+                ("optimizer", ("adam", "multi_tensor", "foreach")),
+                ("loss / softmax", ("softmax", "cross_entropy", "nll"))]
+
+
+class ProfileWindows:
+    """torch.profiler over optimizer steps `first` .. `first + count - 1` of a Trainer run (the
+    bench wraps Trainer.train_window: the product has no profiling hook)."""
+
+    def __init__(self, first: int, count: int = 3):
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        from utils.trainer import Trainer
+
+        self.profile = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        self.count, self.wall = count, None
+        orig, calls = Trainer.train_window, [0]
+
+        def wrapped(trainer, window):
+            calls[0] += 1
+            if calls[0] == first:
+                torch.cuda.synchronize()
+                self.profile.__enter__()
+                self.t0 = time.perf_counter()
+            out = orig(trainer, window)
+            if calls[0] == first + count - 1:
+                torch.cuda.synchronize()
+                self.wall = time.perf_counter() - self.t0
+                self.profile.__exit__(None, None, None)
+            return out
+
+        Trainer.train_window = wrapped
+
+    def summary(self) -> None:
+        """GPU kernel time per step by kind, the busiest kernels, and the share of wall time the GPU
+        was busy."""
+        if self.wall is None:
+            report("  profile: the run ended before the profiled steps")
+            return
+        kinds: dict[str, float] = {}
+        top: list[tuple[float, str]] = []
+        for e in self.profile.key_averages():
+            t = getattr(e, "self_device_time_total", None)
+            t = getattr(e, "self_cuda_time_total", 0.0) if t is None else t
+            if t <= 0:
+                continue
+            name = e.key.lower()
+            kind = next((k for k, pats in KERNEL_KINDS if any(p in name for p in pats)), "element-wise / other")
+            kinds[kind] = kinds.get(kind, 0.0) + t
+            top.append((t, e.key[:100]))
+        n, busy = self.count, sum(kinds.values()) / 1e6
+        report(f"  profile of {n} steps: wall {self.wall / n * 1e3:.1f} ms/step, GPU kernels {busy / n * 1e3:.1f} "
+               f"ms/step ({busy / self.wall:.0%} busy)")
+        for k, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
+            report(f"    {k:<22} {t / 1e3 / n:8.1f} ms/step  {t / 1e6 / busy:6.1%}")
+        for t, name in sorted(top, reverse=True)[:10]:
+            report(f"    {t / 1e3 / n:8.2f} ms/step  {name}")
 
 
 def prompts_file(path: Path, n: int, words: int) -> None:
@@ -242,6 +309,45 @@ def section_ppo(a) -> None:
            samples_per_s=samples / total, generation_s=gen, experience_s=exp, training_s=train,
            generation_share=gen / total, peak_gib=mem, answer_len=length, skipped=skipped,
            vf_first=vf[0] if vf else None, vf_last=vf[-1] if vf else None)
+    if hybrid and a.zero < 3:  # ZeRO-3 would gather weights over the process group main() closed
+        result(section="hybrid_check", zero=a.zero, **hybrid_vs_native(out["engine"].actor, tmp / "actor"))
+
+
+def hybrid_vs_native(actor, actor_dir: Path) -> dict:
+    """Greedy answers of the trained actor through the hybrid engine's kernels and through the
+    model's own forward, from the same prompts: equal prompt lengths, then left-padded ones.
+    Reports, per case, the first step where the greedy tokens differ and the largest logit gap
+    before it (bf16 kernels differ in rounding, so a late divergence is expected)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from utils.generation import left_pad
+
+    tok = AutoTokenizer.from_pretrained(actor_dir)
+    rng = random.Random(1)
+    cases = {"equal": [[rng.randrange(4, 500) for _ in range(64)] for _ in range(8)],
+             "padded": [[rng.randrange(4, 500) for _ in range(16 + 6 * i)] for i in range(8)]}
+    out = {}
+    for case, rows in cases.items():
+        ids, mask = (t.cuda() for t in left_pad(rows, tok.pad_token_id))
+        kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=32, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=tok.pad_token_id, eos_token_id=None)
+        with torch.no_grad():
+            actor.eval()
+            fast = actor.generate(**kw)
+            actor.train()
+            actor.module.eval()
+            slow = actor.module.generate(**kw)
+            actor.module.train()
+        P = ids.shape[1]
+        same = (fast.sequences[:, P:] == slow.sequences[:, P:]).all(0).tolist() + [False]
+        first = same.index(False)
+        gap = max((float((f.float() - s.float()).abs().max()) for f, s in zip(fast.scores[:max(first, 1)],
+                                                                              slow.scores)), default=0.0)
+        report(f"  hybrid vs native greedy ({case} prompt lengths): tokens equal for {first} of 32 steps; "
+               f"largest logit gap before that {gap:.3f}")
+        out[f"he_equal_steps_{case}"], out[f"he_logit_gap_{case}"] = first, gap
+    return out
 
 
 def section_fp16(a) -> None:
@@ -278,6 +384,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--log_every", type=int, default=5)
     p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="sft: --torch_compile")
+    p.add_argument("--profile", type=int, default=0, help="sft: profile 3 optimizer steps from this one (0: none)")
     p.add_argument("--hybrid", action="store_true")
     p.add_argument("--esrl", action="store_true", help="ppo: ESRL dynamic sampling with its default knobs")
     p.add_argument("--rounds", type=int, default=5)

@@ -5,6 +5,7 @@
 #   bash scripts/bench/gpu.sh --download     # on a machine with network: wheels into .whl/
 #   bash scripts/bench/gpu.sh                # on the GPU machine (no network needed): every section
 #   bash scripts/bench/gpu.sh sft ppo-z2     # some sections (names below)
+#   bash scripts/bench/gpu.sh "z3-short=ppo --zero 3 --answer_len 64"   # a section of your own
 #
 # On the GPU machine, whatever `python3` lacks of our stack (DeepSpeed, datasets, our pinned
 # transformers) is installed from .whl/ into /tmp/gpu-site, ahead of its own packages; its torch is
@@ -45,7 +46,8 @@ export MAX_JOBS="${MAX_JOBS:-$(( $(nproc) / 2 ))}"  # half the cores: the build 
 
 declare -A SECTIONS=(
   [peak]="peak"
-  [sft]="sft --zero 2"
+  [sft]="sft --zero 2 --profile 12"
+  [sft-compile]="sft --zero 2 --compile"
   [fp16]="fp16 --zero 2"
   [ppo-z2]="ppo --zero 2"
   [ppo-z2-he]="ppo --zero 2 --hybrid"
@@ -54,7 +56,7 @@ declare -A SECTIONS=(
   [ppo-fp16]="ppo --zero 2 --dtype fp16 --rounds 8"
   [esrl]="ppo --zero 2 --esrl"
 )
-ORDER=(peak sft fp16 ppo-z2 esrl ppo-fp16 ppo-z3 ppo-z2-he ppo-z3-he)
+ORDER=(peak sft sft-compile fp16 ppo-z2 esrl ppo-fp16 ppo-z3 ppo-z2-he ppo-z3-he)
 (( $# )) && ORDER=("$@")
 
 log="${GPU_BENCH_LOG:-$(mktemp)}"
@@ -73,6 +75,10 @@ import time; t = time.time()
 from deepspeed.ops.op_builder import InferenceBuilder; InferenceBuilder().load()
 print(f'inference kernels ready in {time.time() - t:.0f} s')" > "$log.build" 2>&1 &
 fi
+for i in "${!ORDER[@]}"; do
+  s="${ORDER[$i]}"
+  if [[ "$s" == *=* ]]; then SECTIONS[${s%%=*}]="${s#*=}"; s="${s%%=*}"; ORDER[$i]="$s"; fi
+done
 for s in "${ORDER[@]}"; do
   [[ -n "${SECTIONS[$s]:-}" ]] || { echo "error: unknown section $s (one of ${ORDER[*]})"; exit 2; }
   echo "== $s: python -m scripts.bench.gpu ${SECTIONS[$s]}" | tee -a "$log"

@@ -46,6 +46,8 @@ class DeepSpeedRLHFEngine:
         actor_side = cfg.side("actor")
         actor = load_trainable_lm(actor_side, tokenizer, actor_ds)
         self.actor = init_engine(actor, cfg, total_steps, ds_config=actor_ds, side=actor_side)
+        if self.hybrid:
+            adapt_inference_layers(self.actor)
 
         self.ref = None
         if not cfg.remove_kl_penalty:
@@ -105,6 +107,38 @@ def hybrid_engine_config(cfg) -> dict:
     return {"enabled": True, "max_out_tokens": cfg.max_prompt_seq_len + cfg.max_answer_seq_len,
             "inference_tp_size": cfg.inference_tp_size, "release_inference_cache": cfg.release_inference_cache,
             "pin_parameters": not cfg.unpin_actor_parameters, "tp_gather_partition_size": cfg.tp_gather_partition_size}
+
+
+def adapt_inference_layers(engine) -> int:
+    """Make the hybrid engine's inference layers keep the decoder-layer contract of the installed
+    transformers; returns how many were adapted.
+
+    In generation DeepSpeed swaps every decoder layer's forward for its inference kernel's, which
+    keeps the contract of transformers before 4.48: it returns a tuple (hidden states, present
+    key/values) and reads the attention mask as additive floats. Decoder layers that take
+    `past_key_values` (Llama, Mistral, Qwen2... since then) return the hidden states alone and get a
+    boolean 4-D mask (or none), so the next layer received a tuple and generation crashed. The
+    kernels keep their own key/value cache, so the tuple's second part is not needed."""
+    import inspect
+
+    containers = getattr(engine, "_inference_containers", [])
+    originals = getattr(engine, "_orig_modules", [])
+    if not containers or "past_key_values" not in inspect.signature(type(originals[0]).forward).parameters:
+        return 0
+    for c in containers:
+        c.module.forward = _tensor_contract(c.module.forward, c.module.config.dtype)
+    return len(containers)
+
+
+def _tensor_contract(forward, dtype: torch.dtype):
+    def adapted(*args, **kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dtype == torch.bool:
+            kwargs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(dtype).min)
+        out = forward(*args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+    return adapted
 
 
 def ema_copy(module: torch.nn.Module) -> torch.nn.Module:
