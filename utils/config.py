@@ -578,8 +578,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (ZeRO-3 only).")
     offload_reward_model: bool = _f(False, "Keep the reward model's weights in CPU memory (ZeRO-3 only).",
                                     aliases=("offload_critic_model",))
-    enable_hybrid_engine: bool = _f(False, "Generate with DeepSpeed's hybrid engine (GPU only; switched off "
-                                           "with a note on CPU).")
+    enable_hybrid_engine: bool = _f(False, "Generate with DeepSpeed's hybrid engine (GPU only). Switched off with "
+                                           "a note on CPU and for models whose decoder layers DeepSpeed's "
+                                           "inference kernels do not match (with transformers 4.57, every family "
+                                           "they cover; see README 'GPU').")
     inference_tp_size: int = _f(1, "Hybrid engine: tensor-parallel degree of generation.")
     tp_gather_partition_size: int = _f(8, "Hybrid engine: layers gathered at a time for tensor-parallel "
                                           "generation.")

@@ -238,6 +238,8 @@ class ProfileWindows:
         kinds: dict[str, float] = {}
         top: list[tuple[float, str]] = []
         for e in self.profile.key_averages():
+            if "CUDA" not in str(getattr(e, "device_type", "")):
+                continue  # an operator (aten::mm...): its kernels are counted as themselves
             t = getattr(e, "self_device_time_total", None)
             t = getattr(e, "self_cuda_time_total", 0.0) if t is None else t
             if t <= 0:

@@ -37,17 +37,20 @@ class DeepSpeedRLHFEngine:
             return engine
 
         actor_ds = ds_config_for(cfg, micro_batch_size=mbs, zero_stage=cfg.actor_zero_stage, what="actor")
-        self.hybrid = cfg.enable_hybrid_engine and dist.on_gpu()
-        if self.hybrid:
-            actor_ds["hybrid_engine"] = hybrid_engine_config(cfg)
         if cfg.enable_mixed_precision_lora and dist.on_gpu():
             # ZeRO++: frozen base weights quantized, the LoRA adapters train in full precision
             actor_ds["zero_optimization"]["zero_quantized_nontrainable_weights"] = True
         actor_side = cfg.side("actor")
         actor = load_trainable_lm(actor_side, tokenizer, actor_ds)
-        self.actor = init_engine(actor, cfg, total_steps, ds_config=actor_ds, side=actor_side)
+        self.hybrid = cfg.enable_hybrid_engine and dist.on_gpu()
         if self.hybrid:
-            adapt_inference_layers(self.actor)
+            why_not = hybrid_engine_unsupported(actor)
+            if why_not:
+                dist.print_rank0(f"[hybrid engine] off: {why_not}; generating with the model's own forward")
+                self.hybrid = False
+            else:
+                actor_ds["hybrid_engine"] = hybrid_engine_config(cfg)
+        self.actor = init_engine(actor, cfg, total_steps, ds_config=actor_ds, side=actor_side)
 
         self.ref = None
         if not cfg.remove_kl_penalty:
@@ -109,36 +112,35 @@ def hybrid_engine_config(cfg) -> dict:
             "pin_parameters": not cfg.unpin_actor_parameters, "tp_gather_partition_size": cfg.tp_gather_partition_size}
 
 
-def adapt_inference_layers(engine) -> int:
-    """Make the hybrid engine's inference layers keep the decoder-layer contract of the installed
-    transformers; returns how many were adapted.
+def hybrid_engine_unsupported(model: torch.nn.Module) -> str | None:
+    """Why DeepSpeed's hybrid engine cannot generate for `model`, or None when it can.
 
-    In generation DeepSpeed swaps every decoder layer's forward for its inference kernel's, which
-    keeps the contract of transformers before 4.48: it returns a tuple (hidden states, present
-    key/values) and reads the attention mask as additive floats. Decoder layers that take
-    `past_key_values` (Llama, Mistral, Qwen2... since then) return the hidden states alone and get a
-    boolean 4-D mask (or none), so the next layer received a tuple and generation crashed. The
-    kernels keep their own key/value cache, so the tuple's second part is not needed."""
+    In generation the hybrid engine swaps each decoder layer's forward for its inference kernel's,
+    written for the layer contract of transformers before the Cache classes (a tuple out, a legacy
+    key/value tuple, an additive mask). DeepSpeed itself keeps OPT off that path once its layer takes
+    `past_key_values` / `cache_position`; on Llama it does not, and on an H100 (DeepSpeed 0.19.8,
+    transformers 4.57) generation first crashed on the tuple, and with the contract adapted ran 3x
+    faster but with greedy tokens different from the model's own from the first step (logits
+    apart by up to 1.9). So every such layer keeps its own forward."""
     import inspect
 
-    containers = getattr(engine, "_inference_containers", [])
-    originals = getattr(engine, "_orig_modules", [])
-    if not containers or "past_key_values" not in inspect.signature(type(originals[0]).forward).parameters:
-        return 0
-    for c in containers:
-        c.module.forward = _tensor_contract(c.module.forward, c.module.config.dtype)
-    return len(containers)
+    from deepspeed.module_inject.replace_policy import replace_policies
 
-
-def _tensor_contract(forward, dtype: torch.dtype):
-    def adapted(*args, **kwargs):
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dtype == torch.bool:
-            kwargs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(dtype).min)
-        out = forward(*args, **kwargs)
-        return out[0] if isinstance(out, tuple) else out
-    return adapted
+    kernels = set()
+    for policy in replace_policies:
+        policy(None)  # as DeepSpeed does: sets the policy's transformers layer class, if installed
+        orig = policy._orig_layer_class
+        kernels.update(orig if isinstance(orig, list) else [orig] if orig is not None else [])
+    layers = {type(m) for m in model.modules() if type(m) in kernels}
+    if not layers:
+        return f"DeepSpeed has no inference kernels for {type(model).__name__}"
+    modern = sorted(c.__name__ for c in layers
+                    if {"past_key_values", "cache_position"} & set(inspect.signature(c.forward).parameters))
+    if modern:
+        return (f"DeepSpeed's inference kernels for {', '.join(modern)} expect the decoder-layer contract from "
+                f"before transformers' Cache classes (on Llama they crashed; adapted, they generated other tokens "
+                f"than the model)")
+    return None
 
 
 def ema_copy(module: torch.nn.Module) -> torch.nn.Module:
