@@ -334,6 +334,10 @@ class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, Ch
 class SFTConfig(TrainConfig, PredictOptions):
     """Step 1: supervised fine-tuning (instruction, chat) or continued pretraining (text)."""
     sft_only_data_path: list[str] = _f([], "Datasets used whole by this step only (never split by --data_split).")
+    padding_free: bool = _f(False, "Pack each micro-batch's examples into one row, position ids restarting per "
+                                   "example (TRL's padding_free): no padding is computed, the loss is the padded "
+                                   "one. Needs a model whose attention reads the restarts as boundaries (checked "
+                                   "at start: llama, mistral, qwen2, gemma, phi3, gpt2, gpt_neox do).")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -393,25 +393,32 @@ def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     return captured[-1].squeeze(-1).float()
 
 
-def model_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+def model_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 packed_positions: torch.Tensor | None = None) -> dict:
     """Forward arguments for a teacher-forced pass: ids, mask, and the position ids counted over
     real tokens and no KV cache where the model's forward takes them (falcon's sequence
-    classifier takes no position ids)."""
+    classifier takes no position ids). `packed_positions` (a padding-free row, collate_packed):
+    those position ids and no mask, which is how transformers recognises packed sequences."""
     out = {"input_ids": input_ids, "attention_mask": attention_mask}
     takes = forward_arguments(type(unwrap(model)))
-    if "position_ids" in takes:
+    if packed_positions is not None:
+        if "position_ids" not in takes:
+            raise ValueError(f"{type(unwrap(model)).__name__} takes no position ids: it cannot read packed rows")
+        out.update(attention_mask=None, position_ids=packed_positions)
+    elif "position_ids" in takes:
         out["position_ids"] = position_ids(attention_mask)
     if "use_cache" in takes:
         out["use_cache"] = False
     return out
 
 
-def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int = 0) -> torch.Tensor:
+def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int = 0,
+              packed_positions: torch.Tensor | None = None) -> torch.Tensor:
     """[B, K, V] next-token logits of the last `keep` positions of [B, T] inputs (all T when 0).
     With real vocabularies the LM head is the largest matmul and activation of a short-answer
     batch, so it runs only on the kept positions when the model's forward takes transformers'
     `logits_to_keep`; a family without it computes every position and is sliced (same values)."""
-    kwargs = model_inputs(model, input_ids, attention_mask)
+    kwargs = model_inputs(model, input_ids, attention_mask, packed_positions)
     if keep and "logits_to_keep" in forward_arguments(type(unwrap(model))):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits
@@ -419,7 +426,8 @@ def lm_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
 
 
 def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    labels: torch.Tensor, packed_positions: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [B, K, V], labels [B, K]): the last K positions, from the one before the batch's
     first labelled token (IGNORE_INDEX elsewhere) to the end. Any causal-LM loss over `labels`
     is the same on this pair as on the whole sequence: position t predicts label t + 1."""
@@ -428,7 +436,30 @@ def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     labelled = (labels != IGNORE_INDEX).any(0)
     first = int(labelled.float().argmax()) if bool(labelled.any()) else 0
     keep = labels.shape[1] - max(first - 1, 0)
-    return lm_logits(model, input_ids, attention_mask, keep), labels[:, -keep:]
+    return lm_logits(model, input_ids, attention_mask, keep, packed_positions), labels[:, -keep:]
+
+
+@torch.no_grad()
+def separates_packed_sequences(model: nn.Module, device) -> bool:
+    """Whether `model` (an engine too) reads position-id restarts in a row without a mask as
+    sequence boundaries: two short sequences packed give the logits they give one by one. True
+    for the families on transformers' masking utilities (llama, mistral, qwen2, gemma, phi3,
+    gpt2, gpt_neox in 4.57), false where packed tokens attend across (opt, gptj, falcon, gpt_neo,
+    bloom). Every rank must call it (a ZeRO-3 forward is collective)."""
+    if "position_ids" not in forward_arguments(type(unwrap(model))):
+        return False
+    a = torch.tensor([[5, 6, 7, 8, 9]], device=device)
+    b = torch.tensor([[10, 11, 12]], device=device)
+    module = unwrap(model)
+    was_training = module.training
+    module.eval()
+    try:
+        one = torch.cat([lm_logits(model, x, torch.ones_like(x)) for x in (a, b)], 1)
+        packed = lm_logits(model, torch.cat([a, b], 1), None,
+                           packed_positions=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]], device=device))
+    finally:
+        module.train(was_training)
+    return bool(torch.allclose(one.float(), packed.float(), atol=1e-3, rtol=1e-3))
 
 
 @functools.lru_cache(maxsize=None)

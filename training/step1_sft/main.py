@@ -13,17 +13,19 @@ from __future__ import annotations
 from functools import partial
 
 from utils.checkpoint import save_hf_model
-from utils.config import SFTConfig, parse_config
-from utils.data import IGNORE_INDEX, collate_lm, step_examples, tokenize_records
+from utils import distributed as dist
+from utils.config import ConfigError, SFTConfig, parse_config
+from utils.data import IGNORE_INDEX, collate_lm, collate_packed, step_examples, tokenize_records
 from utils.losses import causal_lm_loss
-from utils.models import labelled_logits, load_tokenizer_for, load_trainable_lm
+from utils.models import labelled_logits, load_tokenizer_for, load_trainable_lm, separates_packed_sequences
 from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
 from utils.trainer import LossOutput, Trainer, ds_config_for, perplexity, start_engine
 
 
 def sft_loss(model, batch) -> LossOutput:
-    loss_sum, n = causal_lm_loss(*labelled_logits(model, batch.input_ids, batch.attention_mask, batch.labels))
+    loss_sum, n = causal_lm_loss(*labelled_logits(model, batch.input_ids, batch.attention_mask, batch.labels,
+                                                  batch.position_ids))
     return LossOutput(loss_sum, float(n))
 
 
@@ -42,7 +44,12 @@ def main(argv: list[str] | None = None) -> dict:
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
     engine = start_engine(model, cfg, len(train), ds_config)
-    trainer = Trainer(cfg, engine, train, test, collate=partial(collate_lm, pad_id=tokenizer.pad_token_id),
+    with user_errors():
+        if cfg.padding_free and not separates_packed_sequences(engine, dist.device()):
+            raise ConfigError(f"--padding_free: {type(engine.module).__name__} lets packed examples attend to each "
+                              f"other (its attention ignores position-id restarts); train without it")
+    collate = collate_packed if cfg.padding_free else collate_lm
+    trainer = Trainer(cfg, engine, train, test, collate=partial(collate, pad_id=tokenizer.pad_token_id),
                       loss_fn=sft_loss, count_fn=label_count)
     result = trainer.fit(eval_extra=perplexity, after_step=predict and partial(predict, engine))
 

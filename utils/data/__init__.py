@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .collate import LMBatch, collate_lm, epoch_batches, pad_right
+from .collate import LMBatch, collate_lm, collate_packed, epoch_batches, pad_right
 from .errors import DataError
 from .readers import RawDataset, Record, read_dataset
 from .sft import IGNORE_INDEX, Example, LengthStats, by_source, encode_prompts, sft_prompt, tokenize_records
@@ -74,6 +74,6 @@ def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list,
 
 __all__ = [
     "DataError", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "RawDataset", "Record", "StepData",
-    "collate_lm", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
+    "collate_lm", "collate_packed", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
     "read_dataset", "sft_prompt", "step_examples", "tokenize_per_source", "tokenize_records",
 ]

@@ -14,9 +14,13 @@ class LMBatch:
     input_ids: torch.Tensor       # [B, T] long, right-padded with pad_id
     attention_mask: torch.Tensor  # [B, T] long, 1 on real tokens
     labels: torch.Tensor          # [B, T] long, IGNORE_INDEX on prompt, context and padding
+    # [1, T] long, restarting at 0 at each example packed into the one row (collate_packed);
+    # None: positions are counted from attention_mask
+    position_ids: torch.Tensor | None = None
 
     def to(self, device) -> "LMBatch":
-        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return type(self)(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                             for f in fields(self)})
 
 
 def pad_right(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
@@ -36,6 +40,19 @@ def collate_lm(examples: list[Example], pad_id: int, pad_to_multiple_of: int = 1
     mask = pad_right([[1] * len(e.input_ids) for e in examples], 0, length)
     labels = pad_right([e.labels for e in examples], IGNORE_INDEX, length)
     return LMBatch(ids, mask, labels)
+
+
+def collate_packed(examples: list[Example], pad_id: int = 0) -> LMBatch:
+    """Padding-free: the examples end to end in one row, position ids restarting at each (TRL's
+    padding_free). transformers' attention reads the restarts as sequence boundaries (a block-
+    diagonal causal mask, or flash attention's varlen form), so each example sees only itself.
+    Each example's first label is dropped: it would be predicted from the previous example's last
+    token (in a padded batch no position predicts it). `pad_id` is unused (no padding)."""
+    ids = [t for e in examples for t in e.input_ids]
+    labels = [lab for e in examples for lab in [IGNORE_INDEX, *e.labels[1:]]]
+    pos = [i for e in examples for i in range(len(e.input_ids))]
+    as_row = lambda xs: torch.tensor([xs], dtype=torch.long)  # noqa: E731
+    return LMBatch(as_row(ids), torch.ones((1, len(ids)), dtype=torch.long), as_row(labels), as_row(pos))
 
 
 def epoch_batches(n: int, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
