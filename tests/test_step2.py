@@ -200,7 +200,8 @@ def changed_reference_parameters(argv, initial_dir) -> list[str]:
 
 def test_dpo_trains_policy_and_leaves_reference_unchanged(sft_dir, pref_data, tmp_path):
     out = tmp_path / "dpo"
-    assert in_fresh_process(changed_reference_parameters, dpo_args(sft_dir, pref_data, out), sft_dir) == []
+    argv = dpo_args(sft_dir, pref_data, out, "--precompute_ref_log_probs", "false")  # the reference stays live
+    assert in_fresh_process(changed_reference_parameters, argv, sft_dir) == []
     initial = load_weights(sft_dir)
     trained = load_weights(out)
     assert all(not torch.equal(initial[k], trained[k]) for k in initial)
@@ -212,7 +213,8 @@ def test_dpo_trains_policy_and_leaves_reference_unchanged(sft_dir, pref_data, tm
 
 def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_path):
     live, pre = tmp_path / "live", tmp_path / "pre"
-    run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, live, "--max_steps", 5))
+    run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, live, "--max_steps", 5,
+                                                   "--precompute_ref_log_probs", "false"))
     p = run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, pre, "--max_steps", 5,
                                                        "--precompute_ref_log_probs"))
     assert "reference log-probs precomputed" in p.stdout
@@ -224,6 +226,23 @@ def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_pat
         torch.testing.assert_close(wl[k], wp[k], atol=5e-6, rtol=0, msg=k)
     losses = [[r["train/loss"] for r in read_metrics(d) if "train/loss" in r] for d in (live, pre)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_reference_precomputed_by_default_only_when_every_pair_is_trained_on():
+    from training.step2_dpo.main import covers_every_pair
+    from utils.config import DPOConfig, parse_config
+
+    def cfg(*extra):
+        return parse_config(DPOConfig, ["--model_name_or_path", "m", "--data_path", "d", "--output_dir", "o",
+                                        "--per_device_train_batch_size", "8", *extra])
+
+    assert covers_every_pair(cfg(), 100)                          # one epoch: 13 steps of 8
+    assert covers_every_pair(cfg("--max_steps", "13"), 100)       # 104 pairs >= 100
+    assert not covers_every_pair(cfg("--max_steps", "12"), 100)   # 96 pairs: 4 never trained on
+    # 13 micro-batches make 6 windows of 2: the 13th batch (4 pairs) is never trained on
+    assert not covers_every_pair(cfg("--gradient_accumulation_steps", "2"), 100)
+    assert covers_every_pair(cfg("--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "10"), 100)
+    assert cfg().precompute_ref_log_probs is None and cfg("--precompute_ref_log_probs").precompute_ref_log_probs
 
 
 @pytest.mark.parametrize("loss", ["ipo", "simpo", "orpo"])
@@ -246,10 +265,14 @@ def test_two_process_zero3_reward_and_dpo(tiny_dir, sft_dir, pref_data, tmp_path
     assert evals[-1]["eval/accuracy"] >= max(0.7, evals[0]["eval/accuracy"] + 0.15)
     assert evals[-1]["eval/loss"] < 0.6 * evals[0]["eval/loss"]
     AutoModelForSequenceClassification.from_pretrained(rm)
-    run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, dpo, "--zero_stage", 3,
-                                                   "--reference_zero_stage", 3, "--per_device_train_batch_size", 4),
-               nproc=2)
+    p = run_module("training.step2_dpo.main", dpo_args(sft_dir, pref_data, dpo, "--zero_stage", 3,
+                                                       "--reference_zero_stage", 3, "--per_device_train_batch_size", 4),
+                   nproc=2)
+    # by default the reference is precomputed, each rank scoring a share, the test split in the
+    # very batches evaluation forms: at step 0 policy == reference exactly
+    assert "reference log-probs precomputed" in p.stdout
     evals = [m for m in read_metrics(dpo) if "eval/rewards/accuracy" in m]
+    assert evals[0]["eval/rewards/margin"] == 0.0 and evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-7)
     assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] and evals[-1]["eval/rewards/margin"] > 0
     initial, trained = load_weights(sft_dir), load_weights(dpo)
     assert all(not torch.equal(initial[k], trained[k]) for k in initial)

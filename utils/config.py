@@ -494,8 +494,10 @@ class DPOConfig(TrainConfig, PredictOptions):
     reference_zero_stage: Optional[int] = _f(None, "ZeRO stage of the reference (3 shards its weights); defaults "
                                                    "to --zero_stage.", choices=[0, 1, 2, 3])
     offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (ZeRO-3 only).")
-    precompute_ref_log_probs: bool = _f(False, "Score every pair with the reference once before training, "
-                                               "then free it.")
+    precompute_ref_log_probs: Optional[bool] = _opt_bool(
+        "Score every pair with the reference once before training (each rank a share), then free it. Default: on "
+        "when the run trains on every pair at least once (then it takes no more reference forwards than a live "
+        "reference and no reference memory after); false keeps the reference live.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -516,6 +518,8 @@ class DPOConfig(TrainConfig, PredictOptions):
             self.offload_reference_model = False
         if not self.uses_reference and self.offload_reference_model:
             self.note("--offload_reference_model", f"--loss_type {self.loss_type} has no reference model")
+        if not self.uses_reference and self.precompute_ref_log_probs:
+            self.note("--precompute_ref_log_probs", f"--loss_type {self.loss_type} has no reference model")
 
     @property
     def uses_reference(self) -> bool:

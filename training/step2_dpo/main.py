@@ -26,7 +26,7 @@ from utils.models import (TORCH_DTYPES, labelled_logits, load_causal_lm, load_to
                           zero3_init_context)
 from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
+from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine, total_steps
 
 
 def response_logps(model, batch: PreferenceBatch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,14 +103,30 @@ def build_reference(cfg: DPOConfig, tokenizer):
 
 @torch.no_grad()
 def precompute_reference(reference, examples: list, pad_id: int, batch_size: int) -> None:
-    """Store the reference's answer log-probs on every example (each rank scores all of them)."""
+    """Store the reference's answer log-probs on every example: each rank scores a contiguous share
+    (a rank with fewer batches repeats a forward and discards it, so ZeRO-3's collective forwards
+    stay matched), then every rank receives all of them. The shares and batches are Trainer.evaluate's,
+    so on the test split the reference scores each pair in the batch the policy is evaluated in."""
+    if not examples:
+        return
     device = dist.device()
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        lp = response_logps(reference, collate_preferences(chunk, pad_id).to(device), average=False)[0].cpu()
-        P = len(chunk)
-        for j, e in enumerate(chunk):
-            e.ref_chosen, e.ref_rejected = float(lp[j]), float(lp[P + j])
+    per_rank = -(-len(examples) // dist.world_size())
+    mine = examples[dist.rank() * per_rank:(dist.rank() + 1) * per_rank]
+    scores: list[tuple[float, float]] = []
+    for b in range(-(-per_rank // batch_size)):
+        chunk = mine[b * batch_size:(b + 1) * batch_size]
+        lp = response_logps(reference, collate_preferences(chunk or examples[:1], pad_id).to(device),
+                            average=False)[0].cpu()
+        scores += [(float(lp[j]), float(lp[len(chunk) + j])) for j in range(len(chunk))]
+    gathered = [s for part in dist.all_gather_object(scores) for s in part]
+    for e, (chosen, rejected) in zip(examples, gathered, strict=True):
+        e.ref_chosen, e.ref_rejected = chosen, rejected
+
+
+def covers_every_pair(cfg: DPOConfig, n_train: int) -> bool:
+    """Whether the run trains on each pair at least once (the default for precomputing)."""
+    steps = total_steps(n_train, cfg, dist.world_size())
+    return steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dist.world_size() >= n_train
 
 
 def pair_count(batch: PreferenceBatch) -> int:
@@ -129,10 +145,17 @@ def main(argv: list[str] | None = None) -> dict:
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
     engine = start_engine(model, cfg, len(train), ds_config, f"policy ({cfg.loss_type}, beta {cfg.beta})")
-    if reference is not None and cfg.precompute_ref_log_probs:
-        precompute_reference(reference, train + test, tokenizer.pad_token_id, cfg.per_device_eval_batch_size)
+    precompute = cfg.precompute_ref_log_probs
+    if precompute is None:
+        precompute = covers_every_pair(cfg, len(train))
+    if reference is not None and precompute:
+        for split in (train, test):  # test apart: scored in the very batches evaluation forms
+            precompute_reference(reference, split, tokenizer.pad_token_id, cfg.per_device_eval_batch_size)
         reference = None
-        dist.print_rank0(f"[dpo] reference log-probs precomputed for {len(train) + len(test)} pairs")
+        why = "" if cfg.precompute_ref_log_probs else " (the default when every pair is trained on; " \
+                                                      "--precompute_ref_log_probs false keeps it live)"
+        dist.print_rank0(f"[dpo] reference log-probs precomputed for {len(train) + len(test)} pairs, the reference "
+                         f"freed{why}")
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
                       loss_fn=DPOObjective(cfg, reference), count_fn=pair_count, name="dpo")
     result = trainer.fit(after_step=predict and partial(predict, engine))
