@@ -14,6 +14,9 @@ weight decay, gradient clipping at 1.0 and seed, for 5 warm-up + --steps optimiz
         --batch sequences per step, at most 64 tokens.
 - dpo:  TRL `DPOTrainer` vs our step 2 DPO, both sigmoid loss, beta 0.1, a live frozen
         reference loaded from the same folder; --batch pairs per step, at most 64 tokens.
+        "sft pf": the same TRL run vs ours with --padding_free.
+        "dpo pre": the same TRL run vs ours with the reference log-probs precomputed (our
+        default when a run covers every pair; the scoring pass counts in start-up).
 - rlhf: TRL `RLOOTrainer` (num_generations 4) vs our step 3 critic-free (--dynamic_sampling
         with 4 samples per prompt for every prompt, eliminate ratio 0, --remove_critic_model:
         REINFORCE with the leave-one-out baseline); --batch prompts per step, so 4 x --batch
@@ -281,9 +284,10 @@ def summary(ends: list[float], steps: int, t0: float, rss: float) -> dict[str, f
     return {"step": statistics.median(per_step), "startup": ends[0] - t0, "rss": rss}
 
 
-def run_ours(kind: str, inputs: dict[str, Path], batch: int, steps: int, tmp: Path, env: dict) -> dict[str, float]:
-    out = tmp / f"ours_{kind}"
-    cmd = [sys.executable, "-m", MODULES[kind], *our_argv(kind, inputs, batch, steps), "--output_dir", str(out)]
+def run_ours(kind: str, inputs: dict[str, Path], batch: int, steps: int, tmp: Path, env: dict,
+             extra: tuple[str, ...] = (), name: str = "") -> dict[str, float]:
+    out = tmp / f"ours_{name or kind}"
+    cmd = [sys.executable, "-m", MODULES[kind], *our_argv(kind, inputs, batch, steps), *extra, "--output_dir", str(out)]
     t0, rss = launch(cmd, out, env)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return summary([r["time"] for r in logged], steps, t0, rss)
@@ -310,11 +314,11 @@ def warm_up_deepspeed(env: dict) -> None:
 
 
 def table(results: dict[str, dict], header: str) -> str:
-    lines = [header, f"{'step':<5} {'TRL ms':>8} {'ours ms':>8} {'TRL/ours':>8} {'start TRL':>10} "
+    lines = [header, f"{'step':<7} {'TRL ms':>8} {'ours ms':>8} {'TRL/ours':>8} {'start TRL':>10} "
                      f"{'start ours':>10} {'RSS TRL':>9} {'RSS ours':>9}"]
     for kind, r in results.items():
         t, o = r["trl"], r["ours"]
-        lines.append(f"{kind:<5} {t['step'] * 1e3:8.1f} {o['step'] * 1e3:8.1f} {t['step'] / o['step']:8.2f} "
+        lines.append(f"{kind:<7} {t['step'] * 1e3:8.1f} {o['step'] * 1e3:8.1f} {t['step'] / o['step']:8.2f} "
                      f"{t['startup']:9.1f}s {o['startup']:9.1f}s {t['rss']:5.0f} MiB {o['rss']:5.0f} MiB")
     return "\n".join(lines)
 
@@ -342,6 +346,13 @@ def main() -> None:
     for kind in a.only:
         results[kind] = {"trl": run_trl(kind, inputs, a.batch, steps, tmp, env),
                          "ours": run_ours(kind, inputs, a.batch, steps, tmp, env)}
+        if kind == "sft":  # ours with --padding_free (TRL's default pads, as ours does)
+            results["sft pf"] = {"trl": results["sft"]["trl"],
+                                 "ours": run_ours(kind, inputs, a.batch, steps, tmp, env, ("--padding_free",), "sft_pf")}
+        if kind == "dpo":  # ours with the reference scored once up front (our default on whole epochs)
+            results["dpo pre"] = {"trl": results["dpo"]["trl"],
+                                  "ours": run_ours(kind, inputs, a.batch, steps, tmp, env,
+                                                   ("--precompute_ref_log_probs",), "dpo_pre")}
     v = stack_versions()
     print(table(results, f"TRL {TRL_VERSION} vs ours: tiny Llama {a.hidden} hidden x {a.layers} layers, fp32, "
                          f"batch {a.batch}, median of {a.steps} steps after {WARMUP} warm-up, one process each "
