@@ -42,11 +42,12 @@ if [[ -d .whl ]] && ! "$PY" -c "import deepspeed, datasets" 2>/dev/null; then
   export PYTHONPATH="/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-export MAX_JOBS="${MAX_JOBS:-$(( $(nproc) / 2 ))}"  # half the cores: the build runs beside a section
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
 declare -A SECTIONS=(
   [peak]="peak"
-  [sft]="sft --zero 2 --profile 12"
+  [sft]="sft --zero 2"
+  [sft-profile]="sft --zero 2 --steps 15 --profile 8"
   [sft-compile]="sft --zero 2 --compile --batch 32"
   [fp16]="fp16 --zero 2"
   [ppo-z2]="ppo --zero 2"
@@ -56,7 +57,7 @@ declare -A SECTIONS=(
   [ppo-fp16]="ppo --zero 2 --dtype fp16 --rounds 8"
   [esrl]="ppo --zero 2 --esrl"
 )
-ORDER=(peak sft sft-compile fp16 ppo-z2 esrl ppo-fp16 ppo-z3 ppo-z2-he ppo-z3-he)
+ORDER=(peak sft sft-profile sft-compile fp16 ppo-z2 esrl ppo-fp16 ppo-z3 ppo-z2-he ppo-z3-he)
 (( $# )) && ORDER=("$@")
 
 log="${GPU_BENCH_LOG:-$(mktemp)}"
@@ -66,15 +67,6 @@ log="${GPU_BENCH_LOG:-$(mktemp)}"
   "$PY" -c "import torch, transformers, deepspeed; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__)"
 } 2>&1 | tee -a "$log"
-if [[ " ${ORDER[*]} " == *-he\ * ]]; then
-  # The hybrid engine's inference kernels compile on first use (minutes): start that now, beside
-  # the sections before them; the first hybrid-engine run waits on the build's lock.
-  echo "== building DeepSpeed's inference kernels in the background (log: $log.build)" | tee -a "$log"
-  "$PY" -c "from utils import distributed as d; d.set_env_defaults()
-import time; t = time.time()
-from deepspeed.ops.op_builder import InferenceBuilder; InferenceBuilder().load()
-print(f'inference kernels ready in {time.time() - t:.0f} s')" > "$log.build" 2>&1 &
-fi
 for i in "${!ORDER[@]}"; do
   s="${ORDER[$i]}"
   if [[ "$s" == *=* ]]; then SECTIONS[${s%%=*}]="${s#*=}"; s="${s%%=*}"; ORDER[$i]="$s"; fi
@@ -94,8 +86,6 @@ for s in "${ORDER[@]}"; do
   fi
   echo "   ($(( SECONDS - t )) s)"
 done
-wait
-[[ -f "$log.build" ]] && tail -n 3 "$log.build"
 echo "== results (JSON, one per section)"
 grep -h '^RESULT ' "$log".* 2>/dev/null | cut -c8-
 echo "full log: $log"
