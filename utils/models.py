@@ -9,7 +9,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from . import masks
 from .distributed import print_rank0
+
+masks.install()  # every forward of an sdpa model with padding builds its mask directly (utils/masks.py)
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, padding_side: str = "right",
