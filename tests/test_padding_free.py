@@ -5,20 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import DEMO_DATA, read_metrics, run_module, write_jsonl
+from tests.conftest import DEMO_DATA, read_metrics, run_module
 from tests.test_sft_train import MODULE, sft_args
 from utils.data import IGNORE_INDEX, Example, collate_lm, collate_packed
 
 I = IGNORE_INDEX
-
-
-@pytest.fixture(scope="module")
-def sft_rows(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sftdata") / "sft"
-    lines = (DEMO_DATA / "sft" / "train.txt").read_text().splitlines()
-    write_jsonl(out / "train.txt", lines[:96])
-    write_jsonl(out / "test.txt", lines[96:112])
-    return out
 
 
 def test_collate_packed_exact_tensors():
