@@ -161,10 +161,10 @@ def in_fresh_process(fn, *args, timeout: int = 600):
 
 
 @pytest.fixture(scope="module")
-def sft_rows(tmp_path_factory) -> Path:
-    """96 training and 16 held-out demo SFT rows (a folder with train.txt / test.txt)."""
-    out = tmp_path_factory.mktemp("sftrows") / "sft"
+def sft_data(tmp_path_factory) -> Path:
+    """160 training and 32 held-out demo SFT rows (a folder with train.txt / test.txt)."""
+    out = tmp_path_factory.mktemp("sftdata") / "sft"
     lines = (DEMO_DATA / "sft" / "train.txt").read_text().splitlines()
-    write_jsonl(out / "train.txt", lines[:96])
-    write_jsonl(out / "test.txt", lines[96:112])
+    write_jsonl(out / "train.txt", lines[:160])
+    write_jsonl(out / "test.txt", lines[160:192])
     return out

@@ -38,10 +38,10 @@ def test_engine_stats_reports_fp16_skips_and_scale_only_for_fp16_engines():
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_as_eager(tiny_dir, sft_rows, tmp_path):
+def test_torch_compile_trains_as_eager(tiny_dir, sft_data, tmp_path):
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    run_module(MODULE, sft_args(tiny_dir, sft_rows, eager, "--max_steps", 3))
-    run_module(MODULE, sft_args(tiny_dir, sft_rows, compiled, "--max_steps", 3, "--torch_compile"))
+    run_module(MODULE, sft_args(tiny_dir, sft_data, eager, "--max_steps", 3))
+    run_module(MODULE, sft_args(tiny_dir, sft_data, compiled, "--max_steps", 3, "--torch_compile"))
     le = [m["train/loss"] for m in read_metrics(eager) if "train/loss" in m]
     lc = [m["train/loss"] for m in read_metrics(compiled) if "train/loss" in m]
     assert len(le) == 3

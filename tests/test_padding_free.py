@@ -42,10 +42,10 @@ def test_packed_loss_equals_padded_loss(tiny_dir, tokenizer):
 
 
 @pytest.mark.slow
-def test_padding_free_run_trains_as_padded(tiny_dir, sft_rows, tmp_path):
+def test_padding_free_run_trains_as_padded(tiny_dir, sft_data, tmp_path):
     padded, packed = tmp_path / "padded", tmp_path / "packed"
-    run_module(MODULE, sft_args(tiny_dir, sft_rows, padded, "--max_steps", 3))
-    run_module(MODULE, sft_args(tiny_dir, sft_rows, packed, "--max_steps", 3, "--padding_free"))
+    run_module(MODULE, sft_args(tiny_dir, sft_data, padded, "--max_steps", 3))
+    run_module(MODULE, sft_args(tiny_dir, sft_data, packed, "--max_steps", 3, "--padding_free"))
     la = [m["train/loss"] for m in read_metrics(padded) if "train/loss" in m]
     lb = [m["train/loss"] for m in read_metrics(packed) if "train/loss" in m]
     ea = [m["eval/loss"] for m in read_metrics(padded) if "eval/loss" in m]
@@ -55,13 +55,13 @@ def test_padding_free_run_trains_as_padded(tiny_dir, sft_rows, tmp_path):
     assert eb == pytest.approx(ea, abs=1e-5)
 
 
-def test_padding_free_refuses_a_model_that_attends_across_examples(sft_rows, tmp_path):
+def test_padding_free_refuses_a_model_that_attends_across_examples(sft_data, tmp_path):
     from examples.demo.build_model import corpus
     from utils.tiny_families import build_family
 
     opt = build_family("opt", corpus()[:300], tmp_path / "opt", hidden_size=32, layers=2, heads=4)
     out = tmp_path / "never"
-    p = run_module(MODULE, sft_args(opt, sft_rows, out, "--max_steps", 1, "--padding_free"), check=False)
+    p = run_module(MODULE, sft_args(opt, sft_data, out, "--max_steps", 1, "--padding_free"), check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1] == (
         "error: --padding_free: OPTForCausalLM lets packed examples attend to each other (its attention ignores "

@@ -12,19 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import DEMO_DATA, ROOT, load_weights, read_metrics, run_module, write_jsonl
+from tests.conftest import ROOT, load_weights, read_metrics, run_module, write_jsonl
 
 MODULE = "training.step1_sft.main"
-
-
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory) -> Path:
-    """160 training and 32 held-out demo rows (a folder with train.txt / test.txt)."""
-    out = tmp_path_factory.mktemp("sftdata") / "sft"
-    lines = (DEMO_DATA / "sft" / "train.txt").read_text().splitlines()
-    write_jsonl(out / "train.txt", lines[:160])
-    write_jsonl(out / "test.txt", lines[160:192])
-    return out
 
 
 def sft_args(tiny_dir, data, out, *extra) -> list[str]:
