@@ -1,14 +1,11 @@
-"""The parts of the GPU path whose logic runs on a CPU: the hybrid engine's guard, the metrics
-an fp16 / GPU run adds, and --torch_compile (fused kernels must train as eager does)."""
+"""The parts of the GPU path whose logic runs on a CPU: the hybrid engine's guard and the metrics
+an fp16 / GPU run adds (--torch_compile: tests/test_sft_train.py)."""
 from __future__ import annotations
 
 import types
 
-import pytest
 import torch
 
-from tests.conftest import read_metrics, run_module
-from tests.test_sft_train import MODULE, sft_args
 
 
 def test_hybrid_engine_stays_off_for_cache_contract_layers():
@@ -35,15 +32,3 @@ def test_engine_stats_reports_fp16_skips_and_scale_only_for_fp16_engines():
                           "none": None})
     # on a CPU there is no device memory to report
     assert stats == {"actor/skipped_steps": 3.0, "actor/loss_scale": 32768.0, "critic/skipped_steps": 1.0}
-
-
-@pytest.mark.slow
-def test_torch_compile_trains_as_eager(tiny_dir, sft_data, tmp_path):
-    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    run_module(MODULE, sft_args(tiny_dir, sft_data, eager, "--max_steps", 3))
-    run_module(MODULE, sft_args(tiny_dir, sft_data, compiled, "--max_steps", 3, "--torch_compile"))
-    le = [m["train/loss"] for m in read_metrics(eager) if "train/loss" in m]
-    lc = [m["train/loss"] for m in read_metrics(compiled) if "train/loss" in m]
-    assert len(le) == 3
-    assert lc == pytest.approx(le, abs=1e-5)
-    assert le[-1] < le[0]

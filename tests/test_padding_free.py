@@ -1,11 +1,10 @@
-"""SFT's --padding_free: one packed row per micro-batch gives the padded batch's loss, and a model
-whose attention ignores position-id restarts is refused in one line."""
+"""SFT's --padding_free: one packed row per micro-batch gives the padded batch's loss (a whole run:
+tests/test_sft_train.py), and a model whose attention ignores position-id restarts is refused in one line."""
 from __future__ import annotations
 
-import pytest
 import torch
 
-from tests.conftest import DEMO_DATA, read_metrics, run_module
+from tests.conftest import DEMO_DATA, run_module
 from tests.test_sft_train import MODULE, sft_args
 from utils.data import IGNORE_INDEX, Example, collate_lm, collate_packed
 
@@ -39,20 +38,6 @@ def test_packed_loss_equals_padded_loss(tiny_dir, tokenizer):
         a, b = sft_loss(model, padded), sft_loss(model, packed)
     assert a.count == b.count
     torch.testing.assert_close(b.loss_sum, a.loss_sum, atol=1e-5, rtol=1e-6)
-
-
-@pytest.mark.slow
-def test_padding_free_run_trains_as_padded(tiny_dir, sft_data, tmp_path):
-    padded, packed = tmp_path / "padded", tmp_path / "packed"
-    run_module(MODULE, sft_args(tiny_dir, sft_data, padded, "--max_steps", 3))
-    run_module(MODULE, sft_args(tiny_dir, sft_data, packed, "--max_steps", 3, "--padding_free"))
-    la = [m["train/loss"] for m in read_metrics(padded) if "train/loss" in m]
-    lb = [m["train/loss"] for m in read_metrics(packed) if "train/loss" in m]
-    ea = [m["eval/loss"] for m in read_metrics(padded) if "eval/loss" in m]
-    eb = [m["eval/loss"] for m in read_metrics(packed) if "eval/loss" in m]
-    assert len(la) == 3 and la[-1] < la[0]
-    assert lb == pytest.approx(la, abs=1e-5)
-    assert eb == pytest.approx(ea, abs=1e-5)
 
 
 def test_padding_free_refuses_a_model_that_attends_across_examples(sft_data, tmp_path):

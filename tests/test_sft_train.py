@@ -97,6 +97,27 @@ def test_batch_8_equals_batch_4_times_2(tiny_dir, sft_data, tmp_path):
     assert la == pytest.approx(lb, abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def three_steps(tiny_dir, sft_data, tmp_path_factory) -> Path:
+    """Three SFT steps with the default flags: the run the flags below must reproduce."""
+    out = tmp_path_factory.mktemp("three") / "default"
+    run_module(MODULE, sft_args(tiny_dir, sft_data, out, "--max_steps", 3))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--torch_compile", "--padding_free"])
+def test_speed_flags_train_as_the_default(tiny_dir, sft_data, three_steps, tmp_path, flag):
+    """Fused kernels (torch.compile) and packed rows (padding-free) change the arithmetic's order
+    only: train and eval losses match the default run to 1e-5, and the loss falls."""
+    out = tmp_path / "flagged"
+    run_module(MODULE, sft_args(tiny_dir, sft_data, out, "--max_steps", 3, flag))
+    train = [[m["train/loss"] for m in read_metrics(d) if "train/loss" in m] for d in (three_steps, out)]
+    assert len(train[0]) == 3 and train[0][-1] < train[0][0]
+    assert train[1] == pytest.approx(train[0], abs=1e-5)
+    assert eval_losses(out) == pytest.approx(eval_losses(three_steps), abs=1e-5)
+
+
 def test_two_process_zero3_equals_one_process(tiny_dir, sft_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_module(MODULE, sft_args(tiny_dir, sft_data, one, "--max_steps", 6))
