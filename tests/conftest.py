@@ -56,13 +56,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_env(nproc: int, extra: dict | None = None) -> dict:
+    """The environment of a run started as a subprocess. Every run a test compares with another
+    gets the same thread count: a CPU matmul's rounding may depend on how many threads split it
+    (one per rank at several processes)."""
+    e = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1" if nproc > 1 else
+         os.environ.get("OMP_NUM_THREADS", "2"), **(extra or {})}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(k, None)
+    return e
+
+
 def run_module(module: str, args: list[str], *, nproc: int = 1, timeout: int = 600, check: bool = True,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m module args` (nproc=1) or through the deepspeed launcher."""
-    e = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1" if nproc > 1 else
-         os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(k, None)
+    e = child_env(nproc, env)
     if nproc == 1:
         cmd = [sys.executable, "-m", module, *args]
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import (DEMO_DATA, ROOT, free_port, load_weights, read_metrics, run_module, step3_args,
+from tests.conftest import (DEMO_DATA, ROOT, child_env, free_port, load_weights, read_metrics, run_module, step3_args,
                             write_jsonl)
 from tests.test_step2 import dpo_args, rm_args, write_parquet
 from utils.losses import adaptive_kl_coef
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.slow
 
 def launch(module: str, args: list, nproc: int) -> subprocess.Popen:
     """The run as a user starts it (the deepspeed launcher at nproc > 1), in its own process group."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = child_env(nproc)
     cmd = ([sys.executable, "-m", module] if nproc == 1 else
            [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
             str(free_port()), "--module", module])

@@ -122,3 +122,11 @@ def test_logits_only_where_labelled(family, family_dirs):
         torch.testing.assert_close(sequence_logprobs(logits, kept), sequence_logprobs(full, labels), atol=1e-6,
                                    rtol=1e-6)
         assert torch.equal(lm_logits(model, ids, mask), full)
+        # step 3: left-padded prompts, answers from position P = T - 6
+        from training.step3_rlhf.rollout import forward_logprobs
+        from utils.losses import token_logprobs
+
+        _, lp = forward_logprobs(model, ids, mask, T - 7)
+        whole = token_logprobs(full, ids)
+        assert lp.shape == whole.shape and not lp[:, :T - 7].any()
+        torch.testing.assert_close(lp[:, T - 7:], whole[:, T - 7:], atol=1e-6, rtol=0)

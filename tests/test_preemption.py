@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,14 +10,12 @@ import time
 
 import torch
 
-from tests.conftest import DEMO_DATA, ROOT, load_weights, step3_args, write_jsonl
+from tests.conftest import DEMO_DATA, ROOT, child_env, load_weights, step3_args, write_jsonl
 
 
 def run_until_sigterm(module: str, args: list[str], out, after_step: int) -> subprocess.CompletedProcess:
     """Start `python -m module`, send SIGTERM once metrics.jsonl shows `after_step`, wait for it."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = child_env(1)
     p = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, load_weights, read_metrics, run_module, write_jsonl
+from tests.conftest import ROOT, child_env, load_weights, read_metrics, run_module, write_jsonl
 
 MODULE = "training.step1_sft.main"
 
@@ -138,9 +137,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_dir, sft_data, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_module(MODULE, sft_args(tiny_dir, sft_data, full, *common))
 
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = child_env(1)
     proc = subprocess.Popen([sys.executable, "-m", MODULE, *sft_args(tiny_dir, sft_data, killed, *common)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed / "checkpoints" / "latest"

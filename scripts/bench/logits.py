@@ -1,9 +1,10 @@
-"""The LM head on answer positions only vs on every position: one SFT training step of a
-tiny Llama with a real-sized vocabulary, side by side (same model, batch and optimizer).
+"""The LM head on answer positions only vs on every position, on a tiny Llama with a
+real-sized vocabulary, side by side (same model, batch and optimizer): one SFT training step,
+step 3's no-grad log-prob pass (old and reference log-probs) and its policy update.
 
     .venv/bin/python -m scripts.bench.logits [--vocab 32000 --seq 64 --answer 16 --batch 16]
 
-Prints both losses (equal) and the median step times (alternating blocks).
+Prints both losses and log-probs (equal) and the median times (alternating blocks).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def main() -> None:
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from utils.losses import causal_lm_loss
+    from training.step3_rlhf.rollout import forward_logprobs
+    from utils.losses import causal_lm_loss, ppo_policy_loss
     from utils.models import labelled_logits
 
     torch.manual_seed(0)
@@ -47,13 +49,35 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    start = a.seq - a.answer - 1   # step 3: the last prompt token predicts the first answer token
+    act = torch.zeros(a.batch, a.seq - 1)
+    act[:, start:] = 1
+
+    def logprob_pass(s):
+        with torch.no_grad():
+            return forward_logprobs(model, ids, mask, s)[1]
+
+    def policy_update(s):
+        lp = forward_logprobs(model, ids, mask, s)[1]
+        ppo_policy_loss(lp, old, torch.ones_like(lp), act, 0.2)[0].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     with torch.no_grad():
         losses = [float(s / n) for s, n in (every_position(), answers_only())]
-    t = alternate({"all": lambda i: step(every_position), "answers": lambda i: step(answers_only)}, a.rounds, a.steps)
+    old = logprob_pass(0)
+    gap = float((old[:, start:] - logprob_pass(start)[:, start:]).abs().max())
+    t = alternate({"all": lambda i: step(every_position), "answers": lambda i: step(answers_only),
+                   "lp all": lambda i: logprob_pass(0), "lp answers": lambda i: logprob_pass(start),
+                   "ppo all": lambda i: policy_update(0), "ppo answers": lambda i: policy_update(start)},
+                  a.rounds, a.steps)
     print(f"vocab {a.vocab}, {a.hidden} hidden x {a.layers} layers, batch {a.batch} x {a.seq} tokens, "
-          f"{a.answer}-token answers; loss {losses[0]:.6f} vs {losses[1]:.6f}")
-    print(f"LM head on every position : {t['all'] * 1e3:8.1f} ms/step")
-    print(f"LM head on answers only   : {t['answers'] * 1e3:8.1f} ms/step   ({t['all'] / t['answers']:.2f}x)")
+          f"{a.answer}-token answers; loss {losses[0]:.6f} vs {losses[1]:.6f}; step-3 log-probs differ by "
+          f"at most {gap:.1e}")
+    print(f"{'LM head on':<34} {'every position':>15} {'answers only':>13}")
+    for name, key in (("SFT step", ""), ("step 3 log-prob pass (no grad)", "lp "), ("step 3 policy update", "ppo ")):
+        every, answers = t[f"{key}all"], t[f"{key}answers"]
+        print(f"{name:<34} {every * 1e3:12.1f} ms {answers * 1e3:10.1f} ms   ({every / answers:.2f}x)")
 
 
 if __name__ == "__main__":

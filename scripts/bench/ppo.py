@@ -86,8 +86,8 @@ def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
     rows = [json.loads(x) for x in Path(prompts_file).read_text().splitlines()]
     prompts = [tok(r["instruction"])["input_ids"][-64:] for r in rows]
 
-    def logprobs(model, seq, attn, start):   # every position, as step 3 computes them
-        return forward_logprobs(model, seq, attn)[1][:, start:]
+    def logprobs(model, seq, attn, start):   # the LM head from the last prompt token on, as step 3
+        return forward_logprobs(model, seq, attn, start)[1][:, start:]
 
     def one_round(i):
         ids, mask = left_pad(prompts[i * a.batch:(i + 1) * a.batch], tok.pad_token_id)

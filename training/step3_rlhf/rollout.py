@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, sample_counts,
@@ -98,13 +99,12 @@ class RewardNormalizer:
         self.queue.extend(s["queue"])
 
 
-def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced pass over [B, S] sequences: (logits [B, S, V], log-prob of each next token [B, S-1]).
-    Every position: with the LM head on answer positions only, a run resumed with --dynamic_sampling
-    was no longer bit-identical (tests/test_exact_resume.py, killed after round 4), not yet understood."""
-    logits = lm_logits(model, seq, attn)
-    return logits, token_logprobs(logits, seq)
-
+def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced pass over [B, S] sequences: (logits [B, S-start, V] of positions start.., the
+    log-prob of each next token [B, S-1], 0 before `start`). Only the answer's predictions are
+    used (start = P-1 for P prompt positions), so the LM head runs from there on."""
+    logits = lm_logits(model, seq, attn, keep=seq.shape[1] - start)
+    return logits, F.pad(token_logprobs(logits, seq[:, start:]), (start, 0))
 
 
 class RowTemperature(LogitsProcessor):
@@ -210,7 +210,7 @@ class ExperienceMaker:
         action_mask[:, : P - 1] = 0
         self.rlhf.eval()
         # stage 2: one parallel teacher-forced pass gives the log-probs of every sampled token
-        _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn)
+        _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1)
         self.counters["sampled_sequences"] += len(rows)
         self.counters["sampled_tokens"] += int(action_mask.sum())
         if self.esrl is not None:
@@ -226,7 +226,7 @@ class ExperienceMaker:
             stats["esrl/kept"] = len(k) / len(rows)
         self.counters["scored_sequences"] += len(prompts)
         if self.rlhf.ref is not None:
-            _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn)
+            _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn, P - 1)
         else:  # --remove_kl_penalty: no reference, so the KL term is exactly 0
             ref_logprobs = logprobs
         if self.rlhf.critic is not None:

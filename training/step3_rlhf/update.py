@@ -97,10 +97,13 @@ class PPOUpdater:
         out: dict[str, torch.Tensor] = {}
         if not critic_only:
             actor.set_gradient_accumulation_boundary(boundary)
-            logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask)
+            # the LM head from the last prompt token on (every row of a generation batch has the same
+            # prompt width); the fork's pretraining loss without a dataset reads the prompts' log-probs too
+            start = 0 if cfg.add_pretrained_loss and self.ptx is None else int((mask > 0).any(0).float().argmax())
+            logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask, start)
             pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
             with torch.no_grad():
-                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask)
+                entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask[:, start:])
             extras = self.extra_losses(mb, logprobs)
             loss = cfg.factor_rl_loss * pg_loss
             if "sft" in extras:
