@@ -32,7 +32,9 @@ sampling and scoring included, the same on both sides): TRL's from a `TrainerCal
 table gives the median of the rest, TRL / ours (> 1: we are faster), start-up (process
 launch to the end of the first optimizer step, so imports, model and data loading and one
 step) and peak RSS (`ru_maxrss` of the child, from os.wait4). Evaluation, checkpoints and
-mid-run saving are off on both sides; our final save comes after the last timed step.
+mid-run saving are off on both sides; our final save comes after the last timed step. The
+last line is the start-up floor: the time a fresh process takes just to import torch,
+transformers' model classes and deepspeed, which no change of ours can go below.
 
 TRL environment: on first use `pip install --target .cache/trl-1.16.0 --no-deps trl==1.16.0`
 plus, also with --no-deps, any of TRL's requirements that our venv does not satisfy (none
@@ -313,6 +315,17 @@ def warm_up_deepspeed(env: dict) -> None:
         raise SystemExit(f"error: DeepSpeed start-up failed:\n{done.stderr}")
 
 
+def import_floor(env: dict) -> float:
+    """Seconds a fresh process takes to import what both sides must before their first step
+    (torch, transformers with its Llama and Auto classes, deepspeed): the best of three."""
+    code = ("import time; t = time.perf_counter(); import torch, deepspeed; "
+            "from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM; "
+            "print(time.perf_counter() - t)")
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+            for _ in range(3)]
+    return min(float(r.stdout.split()[-1]) for r in runs)
+
+
 def table(results: dict[str, dict], header: str) -> str:
     lines = [header, f"{'step':<7} {'TRL ms':>8} {'ours ms':>8} {'TRL/ours':>8} {'start TRL':>10} "
                      f"{'start ours':>10} {'RSS TRL':>9} {'RSS ours':>9}"]
@@ -357,6 +370,8 @@ def main() -> None:
     print(table(results, f"TRL {TRL_VERSION} vs ours: tiny Llama {a.hidden} hidden x {a.layers} layers, fp32, "
                          f"batch {a.batch}, median of {a.steps} steps after {WARMUP} warm-up, one process each "
                          f"(torch {v['torch']}, transformers {v['transformers']}); logs in {tmp}"))
+    print(f"start-up floor: importing torch, transformers' Llama and deepspeed takes {import_floor(env):.1f} s "
+          f"in a fresh process")
 
 
 if __name__ == "__main__":

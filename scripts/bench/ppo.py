@@ -10,6 +10,11 @@ and critic updates on the same minibatches with fused AdamW. Ours is timed from 
 round (`time` of each metrics row: logging and sampling bookkeeping included).
 
     .venv/bin/python -m scripts.bench.ppo [--rounds 12 --batch 32 --answer_len 16 --hidden 128 --layers 4]
+        [--profile 3]
+
+--profile N: torch.profiler over N rounds after the warm-up, printing where a round's time goes
+(the busiest operators) and how close its matmuls run to this machine's matmul peak: the floor
+under any PPO round that does this arithmetic.
 """
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ def main() -> None:
     p = parser(__doc__, steps=0, rounds=12)
     p.set_defaults(batch=32)
     p.add_argument("--answer_len", type=int, default=16)
+    p.add_argument("--profile", type=int, default=0, help="rounds to profile after the warm-up (0: none)")
     a = p.parse_args()
     folder = setup_tiny(a.hidden, a.layers, 64 + a.answer_len)
+    prof = RoundProfile(first=3, count=a.profile) if a.profile else None
 
     from transformers import AutoTokenizer
 
@@ -66,6 +73,68 @@ def main() -> None:
     print(f"ours, round to round  {ours * 1e3:8.1f} ms  -> {a.batch / ours:.1f} samples/s")
     print(f"bare torch round      {bare * 1e3:8.1f} ms  -> {a.batch / bare:.1f} samples/s")
     print(f"ratio ours/bare       {ours / bare:.3f}  (target <= 1.30)")
+    if prof is not None:
+        prof.summary(a.batch)
+
+
+class RoundProfile:
+    """torch.profiler over step-3 rounds `first` .. `first + count - 1` (the bench wraps
+    PPORecipe.run_round: the product has no profiling hook)."""
+
+    def __init__(self, first: int, count: int):
+        from torch.profiler import ProfilerActivity, profile
+
+        from training.step3_rlhf.recipe import PPORecipe
+
+        self.profile = profile(activities=[ProfilerActivity.CPU], with_flops=True)
+        self.count, self.wall = count, 0.0
+        orig, calls = PPORecipe.run_round, [0]
+
+        def wrapped(recipe, batches):
+            calls[0] += 1
+            if not first <= calls[0] < first + count:
+                return orig(recipe, batches)
+            if calls[0] == first:
+                self.profile.__enter__()
+            t = time.perf_counter()
+            out = orig(recipe, batches)
+            self.wall += time.perf_counter() - t
+            if calls[0] == first + count - 1:
+                self.profile.__exit__(None, None, None)
+            return out
+
+        PPORecipe.run_round = wrapped
+
+    def summary(self, batch: int) -> None:
+        events = [e for e in self.profile.key_averages() if e.self_cpu_time_total > 0]
+        n, wall = self.count, self.wall / self.count
+        total = sum(e.self_cpu_time_total for e in events) / 1e6 / n
+        mm = [e for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
+        mm_time = sum(e.self_cpu_time_total for e in mm) / 1e6 / n
+        mm_flops = sum(e.flops for e in mm) / n
+        peak = matmul_peak()
+        print(f"profile of {n} rounds: {wall * 1e3:.1f} ms/round under the profiler, operators' own time "
+              f"{total * 1e3:.1f} ms")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+            t = e.self_cpu_time_total / 1e6 / n
+            print(f"  {e.key[:48]:<48} {t * 1e3:8.1f} ms  {t / total:6.1%}  {e.count // n:6d} calls")
+        print(f"matmuls: {mm_flops / 1e9:.2f} GFLOP per round in {mm_time * 1e3:.1f} ms = "
+              f"{mm_flops / mm_time / 1e9:.0f} GFLOP/s; this machine's fp32 matmul peak {peak / 1e9:.0f} GFLOP/s, "
+              f"so the matmuls alone take >= {mm_flops / peak * 1e3:.1f} ms per round "
+              f"(<= {batch * peak / mm_flops:.0f} samples/s)")
+
+
+def matmul_peak() -> float:
+    """FLOP/s of a large fp32 matmul on this machine (the best of a few)."""
+    import torch
+
+    x, y = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(10):
+        t = time.perf_counter()
+        x @ y
+        best = min(best, time.perf_counter() - t)
+    return 2 * 1024 ** 3 / best
 
 
 def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
