@@ -1,4 +1,5 @@
-"""What every benchmark shares: the common flags, one process group, a tiny model, timing."""
+"""What every benchmark shares: the common flags, one process group, a tiny model, timing, a
+profiler window over a method of the product, and the matmul peak."""
 from __future__ import annotations
 
 import argparse
@@ -46,3 +47,54 @@ def alternate(a: dict, rounds: int, steps: int) -> dict[str, float]:
         for k, fn in a.items():
             times[k].append(block(fn))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+class CallWindow:
+    """torch.profiler over calls `first` .. `first + count - 1` of `owner.<method>` (the product has
+    no profiling hook, so a bench wraps one of its methods). `wall`: those calls' summed seconds;
+    `done`: the window was reached and closed. `sync` runs before each clock reading
+    (torch.cuda.synchronize on a GPU)."""
+
+    def __init__(self, owner: type, method: str, first: int, count: int, activities: list, sync=None, **profile_kw):
+        from torch.profiler import profile
+
+        self.profile = profile(activities=activities, **profile_kw)
+        self.count, self.wall, self.done = count, 0.0, False
+        sync = sync or (lambda: None)
+        orig, calls = getattr(owner, method), [0]
+
+        def wrapped(obj, *args, **kwargs):
+            calls[0] += 1
+            if not first <= calls[0] < first + count:
+                return orig(obj, *args, **kwargs)
+            if calls[0] == first:
+                self.profile.__enter__()
+            sync()
+            t = time.perf_counter()
+            out = orig(obj, *args, **kwargs)
+            sync()
+            self.wall += time.perf_counter() - t
+            if calls[0] == first + count - 1:
+                self.profile.__exit__(None, None, None)
+                self.done = True
+            return out
+
+        setattr(owner, method, wrapped)
+
+
+def matmul_peak(n: int, dtype=None, device: str = "cpu", reps: int = 10) -> float:
+    """FLOP/s of an n x n x n matmul on `device` (fp32 unless `dtype`), the best of `reps` after a
+    warm-up: the ceiling no training loop passes."""
+    import torch
+
+    x, y = (torch.randn(n, n, device=device, dtype=dtype or torch.float32) for _ in range(2))
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    x @ y
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        x @ y
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best

@@ -20,8 +20,9 @@ import json
 import random
 import statistics
 import tempfile
-import time
 from pathlib import Path
+
+from scripts.bench.common import CallWindow, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo" / "data"
@@ -138,15 +139,7 @@ def section_peak(a) -> None:
     import torch
 
     n = 8192
-    x, y = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        x @ y
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        x @ y
-    torch.cuda.synchronize()
-    tflops = 10 * 2 * n ** 3 / (time.perf_counter() - t) / 1e12
+    tflops = matmul_peak(n, torch.bfloat16, "cuda") / 1e12
     name = device_name()
     report(f"{name}: {n}^3 bf16 matmul {tflops:.0f} TFLOP/s (spec dense peak {peak_tflops(name)})")
     result(section="peak", device=name, matmul_tflops=tflops, spec_peak_tflops=peak_tflops(name),
@@ -200,39 +193,23 @@ KERNEL_KINDS = [("matmul (GEMM)", ("gemm", "cutlass", "xmma", "nvjet", "cublas",
                 ("loss / softmax", ("softmax", "cross_entropy", "nll"))]
 
 
-class ProfileWindows:
-    """torch.profiler over optimizer steps `first` .. `first + count - 1` of a Trainer run (the
-    bench wraps Trainer.train_window: the product has no profiling hook)."""
+class ProfileWindows(CallWindow):
+    """The profiler over optimizer windows `first` .. `first + count - 1` of a Trainer run
+    (Trainer.train_window), CPU and GPU activity."""
 
     def __init__(self, first: int, count: int = 3):
         import torch
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity
 
         from utils.trainer import Trainer
 
-        self.profile = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-        self.count, self.wall = count, None
-        orig, calls = Trainer.train_window, [0]
-
-        def wrapped(trainer, window):
-            calls[0] += 1
-            if calls[0] == first:
-                torch.cuda.synchronize()
-                self.profile.__enter__()
-                self.t0 = time.perf_counter()
-            out = orig(trainer, window)
-            if calls[0] == first + count - 1:
-                torch.cuda.synchronize()
-                self.wall = time.perf_counter() - self.t0
-                self.profile.__exit__(None, None, None)
-            return out
-
-        Trainer.train_window = wrapped
+        super().__init__(Trainer, "train_window", first, count, [ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                         sync=torch.cuda.synchronize)
 
     def summary(self) -> None:
         """GPU kernel time per step by kind, the busiest kernels, and the share of wall time the GPU
         was busy."""
-        if self.wall is None:
+        if not self.done:
             report("  profile: the run ended before the profiled steps")
             return
         kinds: dict[str, float] = {}

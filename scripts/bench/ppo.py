@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.bench.common import parser, setup_tiny
+from scripts.bench.common import CallWindow, matmul_peak, parser, setup_tiny
 
 
 def main() -> None:
@@ -77,33 +77,15 @@ def main() -> None:
         prof.summary(a.batch)
 
 
-class RoundProfile:
-    """torch.profiler over step-3 rounds `first` .. `first + count - 1` (the bench wraps
-    PPORecipe.run_round: the product has no profiling hook)."""
+class RoundProfile(CallWindow):
+    """The profiler over step-3 rounds `first` .. `first + count - 1` (PPORecipe.run_round)."""
 
     def __init__(self, first: int, count: int):
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity
 
         from training.step3_rlhf.recipe import PPORecipe
 
-        self.profile = profile(activities=[ProfilerActivity.CPU], with_flops=True)
-        self.count, self.wall = count, 0.0
-        orig, calls = PPORecipe.run_round, [0]
-
-        def wrapped(recipe, batches):
-            calls[0] += 1
-            if not first <= calls[0] < first + count:
-                return orig(recipe, batches)
-            if calls[0] == first:
-                self.profile.__enter__()
-            t = time.perf_counter()
-            out = orig(recipe, batches)
-            self.wall += time.perf_counter() - t
-            if calls[0] == first + count - 1:
-                self.profile.__exit__(None, None, None)
-            return out
-
-        PPORecipe.run_round = wrapped
+        super().__init__(PPORecipe, "run_round", first, count, [ProfilerActivity.CPU], with_flops=True)
 
     def summary(self, batch: int) -> None:
         events = [e for e in self.profile.key_averages() if e.self_cpu_time_total > 0]
@@ -112,7 +94,7 @@ class RoundProfile:
         mm = [e for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
         mm_time = sum(e.self_cpu_time_total for e in mm) / 1e6 / n
         mm_flops = sum(e.flops for e in mm) / n
-        peak = matmul_peak()
+        peak = matmul_peak(1024)
         print(f"profile of {n} rounds: {wall * 1e3:.1f} ms/round under the profiler, operators' own time "
               f"{total * 1e3:.1f} ms")
         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
@@ -122,19 +104,6 @@ class RoundProfile:
               f"{mm_flops / mm_time / 1e9:.0f} GFLOP/s; this machine's fp32 matmul peak {peak / 1e9:.0f} GFLOP/s, "
               f"so the matmuls alone take >= {mm_flops / peak * 1e3:.1f} ms per round "
               f"(<= {batch * peak / mm_flops:.0f} samples/s)")
-
-
-def matmul_peak() -> float:
-    """FLOP/s of a large fp32 matmul on this machine (the best of a few)."""
-    import torch
-
-    x, y = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    best = float("inf")
-    for _ in range(10):
-        t = time.perf_counter()
-        x @ y
-        best = min(best, time.perf_counter() - t)
-    return 2 * 1024 ** 3 / best
 
 
 def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
