@@ -200,7 +200,7 @@ def test_step3_behaviour_flags():
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--remove_kl_penalty", "--adaptive_kl"], "--adaptive_kl needs the KL penalty"),
+    (["--remove_kl_penalty", "--adaptive_kl"], "--adaptive_kl steers the KL penalty in the reward"),
     (["--critic_go_first_steps", "2", "--remove_critic_model"], "--critic_go_first_steps needs a critic"),
     (["--update_reference_with_sampling"], "--update_reference_with_sampling needs --add_sft_loss"),
     (["--enable_mixed_precision_lora"], "--enable_mixed_precision_lora needs --actor_lora_dim > 0"),

@@ -117,11 +117,11 @@ def test_minibatch_order_changes_from_round_to_round():
 
     n = 8
     t = torch.arange(n, dtype=torch.float32)[:, None]
-    exp = Experience(*([t] * 10), list(range(n)), [None] * n)
+    exp = Experience(*([t] * 11), list(range(n)), [None] * n)
     updater = PPOUpdater.__new__(PPOUpdater)
     updater.cfg = SimpleNamespace(seed=1, ppo_epochs=1, ppo_mini_epochs=1, gradient_accumulation_steps=1,
                                   per_device_generation_batch_size=n, per_device_training_batch_size=4,
-                                  dynamic_sampling=False)
+                                  dynamic_sampling=False, num_samples_per_prompt=1)
     seen = []
     updater.step = lambda mb, *a: seen.append(mb.sequences[:, 0].tolist()) or {}
     orders = []

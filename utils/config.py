@@ -651,6 +651,40 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     gamma: float = _f(1.0, "GAE discount.")
     lam: float = _f(0.95, "GAE lambda.")
     cliprange: float = _f(0.2, "PPO policy ratio clip epsilon.")
+    cliprange_low: Optional[float] = _f(None, "Lower clip epsilon of the ratio, 1 - this (default: --cliprange).",
+                                        aliases=("clip_ratio_low",))
+    cliprange_high: Optional[float] = _f(None, "Upper clip epsilon of the ratio, 1 + this (default: --cliprange; "
+                                               "DAPO's clip-higher uses 0.28 with 0.2 below).",
+                                         aliases=("clip_ratio_high",))
+    advantage_estimator: Optional[str] = _f(None, "gae: PPO with the critic; grpo: reward minus its prompt group's "
+                                                  "mean, divided by the group's std; rloo: reward minus the mean "
+                                                  "of the prompt's other samples; reinforce_pp: REINFORCE++, "
+                                                  "KL in the per-token reward, advantages whitened over the "
+                                                  "round on all ranks. Critic-free estimators load no critic "
+                                                  "(default: gae, rloo with --remove_critic_model; README: "
+                                                  "'Advantage estimators').",
+                                            choices=["gae", "grpo", "rloo", "reinforce_pp", "group_norm",
+                                                     "dr_grpo", "reinforce_plus_plus", "reinforce"])
+    num_samples_per_prompt: int = _f(1, "Answers sampled per prompt in each generation batch (the group of GRPO "
+                                        "and RLOO); with --dynamic_sampling the most ESRL may give a prompt.",
+                                     aliases=("n_samples_per_prompt", "num_generations"))
+    norm_adv_by_std_in_grpo: bool = _f(True, "grpo: divide by the group's reward std (false: Dr. GRPO).")
+    use_kl_loss: bool = _f(False, "KL to the reference as a loss term (--kl_loss_coef x --kl_estimator), as GRPO; "
+                                  "the reward then carries no KL unless --use_kl_in_reward.")
+    kl_loss_coef: float = _f(0.001, "Weight of the KL loss term (--use_kl_loss).")
+    kl_estimator: Optional[str] = _f(None, "Per-token KL estimate: k1 = log pi - log ref, k2 = its square / 2, "
+                                           "k3 = exp(-k1) + k1 - 1 (default: k3 for the loss term, k1 in the "
+                                           "reward).", choices=["k1", "k2", "k3"])
+    use_kl_in_reward: Optional[bool] = _opt_bool("Subtract --kl_ctl x KL from the per-token reward (default: on, "
+                                                 "off with --use_kl_loss).")
+    loss_agg_mode: str = _f("token-mean", "How per-token policy and KL losses are reduced: token-mean, "
+                                          "seq-mean-token-mean, seq-mean-token-sum, or seq-mean-token-sum-norm "
+                                          "(token sums over --max_answer_seq_len, Dr. GRPO).",
+                            choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                                     "seq-mean-token-sum-norm"])
+    drop_uniform_groups: bool = _f(False, "Leave out of the update the samples of prompts whose samples all got the "
+                                          "same reward (DAPO's filter; needs --num_samples_per_prompt > 1 or "
+                                          "--dynamic_sampling).")
     cliprange_value: float = _f(0.2, "Value clip epsilon.")
     reward_type: str = _f("lex", "lex: token-level credit, the critic's values and GAE (PPO); seq: every answer "
                                  "token is credited with the discounted sequence reward and no critic is "
@@ -660,7 +694,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     whiten_rewards: Optional[bool] = _opt_bool("The fork's name: true = --reward_normalization queue, false = "
                                               "none.")
     reward_queue_size: int = _f(1024, "FIFO size for --reward_normalization queue.")
-    whiten_advantages: bool = _f(True, "Whiten advantages per experience round.",
+    whiten_advantages: bool = _f(True, "Whiten advantages per generation batch (gae, rloo); reinforce_pp whitens "
+                                       "over the whole round on all ranks; grpo's are normalised per group.",
                                  aliases=("whiten_critic_values",))
     shuffle_reward_score_randomly: bool = _f(False, "Ablation: permute the sequence rewards within each "
                                                     "generation batch (seeded).")
@@ -690,7 +725,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                        "the model's estimated capability, and the most confident samples dropped "
                                        "before scoring (README: ESRL).")
     esrl_min_samples: int = _f(1, "Fewest samples per prompt (for the most capable prompts).")
-    esrl_max_samples: int = _f(4, "Most samples per prompt (for the least capable prompts).")
+    esrl_max_samples: Optional[int] = _f(None, "Most samples per prompt (for the least capable prompts; default: "
+                                               "--num_samples_per_prompt when above 1, else 4).")
     esrl_temperature_min: float = _f(0.8, "Sampling temperature at capability 0.")
     esrl_temperature_max: float = _f(1.2, "Sampling temperature at capability 1.")
     esrl_eliminate_ratio: float = _f(0.3, "Fraction of each round's samples, the most confident, dropped before "
@@ -721,6 +757,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.note("--reward_type seq", "sequence-level credit needs no value function: the critic is not "
                                            "loaded (as --remove_critic_model)")
             self.remove_critic_model = True
+        self.check_estimator()
         if not self.critic_model_name_or_path:
             self.critic_model_name_or_path = self.reward_model_name_or_path
         if not self.critic_model_name_or_path and not self.remove_critic_model:
@@ -746,8 +783,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if self.critic_go_first_steps and self.remove_critic_model:
             raise ConfigError("--critic_go_first_steps needs a critic (not --remove_critic_model or "
                               "--reward_type seq)")
-        if self.remove_kl_penalty and self.adaptive_kl:
-            raise ConfigError("--adaptive_kl needs the KL penalty (drop --remove_kl_penalty)")
+        if self.adaptive_kl and (self.remove_kl_penalty or not self.use_kl_in_reward):
+            raise ConfigError("--adaptive_kl steers the KL penalty in the reward (drop --remove_kl_penalty, "
+                              "keep --use_kl_in_reward)")
         if self.whiten_rewards is not None:
             self.reward_normalization = "queue" if self.whiten_rewards else "none"
         if not 0 < self.temperature:
@@ -776,6 +814,50 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                 raise ConfigError(f"--{side}_lora_dim must be >= 0")
         if self.data_seed is None:
             self.data_seed = self.seed
+
+    def check_estimator(self) -> None:
+        """The advantage estimator (OpenRLHF's and verl's names accepted), the critic it needs, the
+        KL's place and the clip range."""
+        aliases = {"group_norm": "grpo", "dr_grpo": "grpo", "reinforce_plus_plus": "reinforce_pp",
+                   "reinforce": "reinforce_pp"}
+        est = self.advantage_estimator
+        if est == "dr_grpo":
+            self.norm_adv_by_std_in_grpo = False
+        est = aliases.get(est, est) or ("rloo" if self.remove_critic_model else "gae")
+        if est == "gae" and self.remove_critic_model:
+            raise ConfigError("--advantage_estimator gae needs the critic (drop --remove_critic_model and "
+                              "--reward_type seq, or choose grpo, rloo or reinforce_pp)")
+        self.advantage_estimator = est
+        self.remove_critic_model = est != "gae"
+        if self.num_samples_per_prompt < 1:
+            raise ConfigError("--num_samples_per_prompt must be >= 1")
+        if est in ("grpo", "rloo") and self.num_samples_per_prompt < 2 and not self.dynamic_sampling:
+            self.note("--advantage_estimator", f"{est} compares the samples of one prompt; with one sample per "
+                                               f"prompt each is compared with a moving average of past rewards "
+                                               f"(set --num_samples_per_prompt)")
+        if self.drop_uniform_groups and self.num_samples_per_prompt < 2 and not self.dynamic_sampling:
+            raise ConfigError("--drop_uniform_groups needs groups: --num_samples_per_prompt > 1 or "
+                              "--dynamic_sampling")
+        if self.use_kl_in_reward is None:
+            self.use_kl_in_reward = not self.use_kl_loss
+        if self.use_kl_loss and self.remove_kl_penalty:
+            raise ConfigError("--use_kl_loss needs the reference model (drop --remove_kl_penalty)")
+        if self.use_kl_loss and self.kl_loss_coef < 0:
+            raise ConfigError("--kl_loss_coef must be >= 0")
+        if not self.use_kl_loss and self.kl_loss_coef != 0.001:
+            self.note("--kl_loss_coef", "used with --use_kl_loss only")
+        if not self.use_kl_in_reward and not self.use_kl_loss and not self.remove_kl_penalty:
+            self.note("--use_kl_in_reward false", "no KL anywhere: the reference model is not loaded "
+                                                  "(as --remove_kl_penalty)")
+            self.remove_kl_penalty = True
+        if self.kl_estimator is None:
+            self.kl_estimator = "k3" if self.use_kl_loss else "k1"
+        if self.cliprange_low is None:
+            self.cliprange_low = self.cliprange
+        if self.cliprange_high is None:
+            self.cliprange_high = self.cliprange
+        if not (0 <= self.cliprange_low < 1 and self.cliprange_high >= 0):
+            raise ConfigError("--cliprange_low must be in [0, 1) and --cliprange_high >= 0")
 
     def check_extra_losses(self) -> None:
         dschat_ptx = bool(self.unsupervised_dataset_name and self.unsupervised_dataset_config_name)
@@ -883,6 +965,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.weights_comet_model = [1.0 / n] * n
 
     def check_esrl(self) -> None:
+        if self.esrl_max_samples is None:
+            self.esrl_max_samples = self.num_samples_per_prompt if self.num_samples_per_prompt > 1 else 4
         if not 1 <= self.esrl_min_samples <= self.esrl_max_samples:
             raise ConfigError("--esrl_min_samples and --esrl_max_samples need 1 <= min <= max")
         if not 0 < self.esrl_temperature_min <= self.esrl_temperature_max:

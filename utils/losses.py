@@ -153,14 +153,31 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[sum, sum of squares, count] of the masked entries: partial statistics that add up over
+    batches and ranks, for `whiten(..., moments=)`. [B, T], [B, T] -> [3] float64."""
+    m = mask.to(torch.float64)
+    x = x.to(torch.float64)
+    return torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()])
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           moments: torch.Tensor | None = None) -> torch.Tensor:
     """(x - mean) / std over masked entries (population variance); masked-out entries -> 0.
 
     With shift_mean=False the mean is added back (rewards keep their sign, as in
-    DeepSpeed-Chat and TRL).
+    DeepSpeed-Chat and TRL). `moments` ([3] from `masked_moments`, summed over more data than
+    x, e.g. a round's batches on all ranks) sets the mean and std instead of x itself.
     """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    if moments is None:
+        mean = masked_mean(x, mask)
+        var = masked_mean((x - mean) ** 2, mask)
+    else:
+        s, sq, n = moments.tolist()
+        n = max(n, 1.0)
+        mean = s / n
+        var = max(sq / n - mean * mean, 0.0)
+        mean, var = torch.tensor(mean, dtype=x.dtype), torch.tensor(var, dtype=x.dtype)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -168,9 +185,10 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
 
 
 def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                         end_rewards: torch.Tensor, kl_ctl: float, clip_reward_value: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards r_t = -kl_ctl * (log pi - log ref) on every answer token, plus the
-    sequence reward (clipped to +-clip_reward_value) on the last answer token.
+                         end_rewards: torch.Tensor, kl_ctl: float, clip_reward_value: float,
+                         kl_kind: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards r_t = -kl_ctl * kl_t on every answer token, kl_t = `kl_estimate` (k1: log pi -
+    log ref), plus the sequence reward (clipped to +-clip_reward_value) on the last answer token.
 
     Args:
         logprobs, ref_logprobs: [B, T] log-probs of the taken tokens (actor at sampling time, reference).
@@ -180,7 +198,7 @@ def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mas
         (rewards [B, T], kl [B, T]) with zeros outside the mask.
     """
     m = mask.to(logprobs.dtype)
-    kl = (logprobs - ref_logprobs) * m
+    kl = kl_estimate(logprobs, ref_logprobs, kl_kind) * m
     rewards = -kl_ctl * kl
     last = (m * torch.arange(m.shape[1], device=m.device)).argmax(1)
     clipped = end_rewards.to(rewards.dtype).clamp(-clip_reward_value, clip_reward_value)
@@ -215,19 +233,50 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * m
 
 
+def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+                   horizon: int | None = None) -> torch.Tensor:
+    """Reduce per-token losses to one number (verl's names for the modes):
+
+    token-mean               sum_bt l * m / sum_bt m          every token weighs the same (PPO, DAPO)
+    seq-mean-token-mean      mean_b (sum_t l * m / sum_t m)    every sequence weighs the same (GRPO paper)
+    seq-mean-token-sum       mean_b sum_t l * m                long answers weigh more
+    seq-mean-token-sum-norm  mean_b (sum_t l * m) / horizon    Dr. GRPO: a constant, not the length, divides
+
+    Args: loss, mask: [B, T]; horizon: the constant of the last mode (the answer budget).
+    Returns: [] the reduced loss.
+    """
+    m = mask.to(loss.dtype)
+    if mode == "token-mean":
+        return masked_mean(loss, m)
+    per_seq = (loss * m).sum(-1)
+    if mode == "seq-mean-token-mean":
+        per_seq = per_seq / m.sum(-1).clamp_min(1)
+    elif mode == "seq-mean-token-sum-norm":
+        if not horizon:
+            raise ValueError("seq-mean-token-sum-norm needs a horizon")
+        per_seq = per_seq / horizon
+    elif mode != "seq-mean-token-sum":
+        raise ValueError(f"unknown loss aggregation {mode!r}")
+    return per_seq.mean()
+
+
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    mask: torch.Tensor, cliprange: float, cliprange_high: float | None = None,
+                    agg_mode: str = "token-mean", horizon: int | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
-    pg_loss = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1-eps, 1+eps)), ratio = exp(logp - old_logp).
-    Args: [B, T] tensors; mask 1 on answer tokens.
+    pg_loss = agg_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1-eps_low, 1+eps_high)), ratio = exp(logp - old_logp);
+    eps_low = cliprange, eps_high = cliprange_high (default: cliprange; DAPO raises it, "clip-higher").
+    Args: [B, T] tensors; mask 1 on answer tokens; agg_mode, horizon: as `aggregate_loss`.
     Returns: (pg_loss [], {"clipfrac", "approx_kl", "ratio"}) where approx_kl = mean((ratio - 1) - log ratio).
     """
+    high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
-    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
+    pg_loss = aggregate_loss(torch.max(pg_losses, pg_losses2), mask, agg_mode, horizon)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((pg_losses2 > pg_losses).float(), mask),
@@ -235,6 +284,26 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
             "ratio": masked_mean(ratio, mask),
         }
     return pg_loss, stats
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from the sampled token's log-probs (Schulman 2020,
+    "Approximating KL divergence"), with d = log ref - log pi:
+
+    k1 = -d                   unbiased, can be negative (the reward penalty's form)
+    k2 = d^2 / 2              biased, low variance
+    k3 = exp(d) - d - 1       unbiased, >= 0, low variance (GRPO's KL loss)
+
+    Args: logprobs, ref_logprobs: [B, T]. Returns: [B, T].
+    """
+    d = ref_logprobs - logprobs
+    if kind == "k1":
+        return -d
+    if kind == "k2":
+        return 0.5 * d ** 2
+    if kind == "k3":
+        return torch.exp(d) - d - 1
+    raise ValueError(f"unknown KL estimator {kind!r}")
 
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
@@ -282,6 +351,35 @@ def group_baseline(rewards: torch.Tensor, groups: list[int], fallback: float) ->
     n = same.sum(1)
     loo = (same @ rewards - rewards) / (n - 1).clamp_min(1)
     return torch.where(n > 1, loo, torch.full_like(rewards, fallback))
+
+
+def grpo_advantages(rewards: torch.Tensor, groups: list[int], scale_by_std: bool = True,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's group-normalised sequence advantage (Shao et al. 2024, eq. 3):
+    A_i = (r_i - mean_g r) / (std_g r + eps) over the samples of i's prompt (population std);
+    scale_by_std=False leaves out the division (Dr. GRPO, Liu et al. 2025). A group of one has no
+    mean to compare with: its advantage is 0 (callers give lone samples another baseline).
+
+    Args: rewards [N]; groups: N prompt ids. Returns: [N].
+    """
+    g = torch.tensor(groups, device=rewards.device)
+    same = (g[:, None] == g[None, :]).to(rewards.dtype)
+    n = same.sum(1)
+    mean = same @ rewards / n
+    centred = rewards - mean
+    if scale_by_std:
+        var = same @ (rewards ** 2) / n - mean ** 2
+        centred = centred / (var.clamp_min(0).sqrt() + eps)
+    return torch.where(n > 1, centred, torch.zeros_like(rewards))
+
+
+def uniform_groups(rewards: torch.Tensor, groups: list[int]) -> torch.Tensor:
+    """True for samples whose prompt has two or more samples, all with the same reward: such a
+    group carries no preference (DAPO's dynamic sampling drops it). [N], N ids -> [N] bool."""
+    g = torch.tensor(groups, device=rewards.device)
+    same = g[:, None] == g[None, :]
+    differ = same & (rewards[:, None] != rewards[None, :])
+    return (same.sum(1) > 1) & ~differ.any(1)
 
 
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:

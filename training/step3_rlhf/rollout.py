@@ -4,7 +4,8 @@ One generation batch: sample with no autograd graph (stage 1) -> one teacher-for
 the actor over all samples (stage 2: the old log-probs, which the policy loss shares) -> with
 --dynamic_sampling, drop the most confident samples -> one teacher-forced forward each of
 reference and critic -> reward sources -> per-token KL penalty and clipped end reward -> GAE
-(or, with --remove_critic_model, reward-to-go minus a baseline). Every formula is a pure
+or a critic-free estimator (GRPO, RLOO, REINFORCE++: reward-to-go of the shaped rewards; README
+"Advantage estimators"). Every formula is a pure
 function in `utils/losses.py` or `esrl.py`; what steers the shaping (the KL coefficient, the
 reward normaliser, ESRL's estimates, the baseline) is computed over all ranks, so every rank
 holds the same values, and lives in `ExperienceMaker.state_dict()`.
@@ -25,8 +26,8 @@ from utils import distributed as dist
 from utils.data import IGNORE_INDEX, Example
 from utils.data.rlhf import PromptExample
 from utils.generation import left_pad
-from utils.losses import (adaptive_kl_coef, gae, group_baseline, kl_penalized_rewards, reward_to_go, standardize,
-                          token_logprobs, whiten)
+from utils.losses import (adaptive_kl_coef, gae, group_baseline, grpo_advantages, kl_penalized_rewards,
+                          masked_moments, reward_to_go, standardize, token_logprobs, uniform_groups, whiten)
 from utils.models import lm_logits, token_values
 from utils.rewards import RewardInputs, combine
 
@@ -38,6 +39,8 @@ class Experience:
     sequences: torch.Tensor       # [B, S] long
     attention_mask: torch.Tensor  # [B, S] long
     action_mask: torch.Tensor     # [B, S-1] float, 1 where token t+1 is an answer token (EOS included)
+    loss_mask: torch.Tensor       # [B, S-1] float, action_mask less the rows left out of the update
+                                  #   (--drop_uniform_groups)
     logprobs: torch.Tensor        # [B, S-1] actor log-probs when sampled ("old")
     ref_logprobs: torch.Tensor    # [B, S-1] reference log-probs
     values: torch.Tensor          # [B, S-1] critic values when sampled (zeros without a critic)
@@ -186,7 +189,8 @@ class ExperienceMaker:
         """Rows to sample (prompt positions, repeated) and their temperatures; ESRL decides both."""
         cfg = self.cfg
         if self.esrl is None:
-            return list(range(len(prompt_index))), None, {}
+            k = cfg.num_samples_per_prompt
+            return [i for i in range(len(prompt_index)) for _ in range(k)], None, {}
         cap = self.esrl.capability(prompt_index)
         counts = sample_counts(cap, cfg.esrl_min_samples, cfg.esrl_max_samples)
         counts = equalize_counts(counts, cap, int(dist.all_reduce_max(sum(counts))))
@@ -249,20 +253,24 @@ class ExperienceMaker:
         end_norm = self.normalizer(end)
         if self.esrl is not None:
             self.esrl.update(self._gather(round_conf), self._gather(self._per_prompt(prompt_index, end.tolist())))
-        if self.esrl is not None or self.rlhf.critic is None:
-            end_norm = self.subtract_baseline(end_norm, prompt_index)
-        end_norm = end_norm.to(self.device)
+        end_norm = self.shape_rewards(end_norm, prompt_index).to(self.device)
 
-        rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, end_norm, self.kl.value,
-                                           cfg.clip_reward_value)
-        if self.rlhf.critic is not None:
+        kl_ctl = self.kl.value if cfg.use_kl_in_reward else 0.0
+        rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, end_norm, kl_ctl,
+                                           cfg.clip_reward_value, cfg.kl_estimator if cfg.use_kl_in_reward else "k1")
+        if cfg.advantage_estimator == "gae":
             advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
         else:
             advantages = returns = reward_to_go(rewards, action_mask, cfg.gamma)
-        if cfg.whiten_advantages:
+        if cfg.whiten_advantages and cfg.advantage_estimator in ("gae", "rloo"):
             advantages = whiten(advantages, action_mask)
-        exp = Experience(seq, attn, action_mask, logprobs, ref_logprobs, values, rewards, advantages, returns,
-                         end, list(prompt_index), sft_examples)
+        loss_mask = action_mask
+        if cfg.drop_uniform_groups:
+            uniform = uniform_groups(end, prompt_index).to(self.device)
+            loss_mask = action_mask * (~uniform).to(action_mask.dtype)[:, None]
+            stats["dropped_uniform"] = float(uniform.float().mean())
+        exp = Experience(seq, attn, action_mask, loss_mask, logprobs, ref_logprobs, values, rewards, advantages,
+                         returns, end, list(prompt_index), sft_examples)
         lengths = action_mask.sum(1)
         stats.update({f"reward/{k}": float(v.mean()) for k, v in scores.items()})
         stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in scores.items()})
@@ -279,6 +287,33 @@ class ExperienceMaker:
         n_all = dist.all_reduce_sum(float(len(prompts)))
         self.kl.update(dist.all_reduce_sum(float(kl.sum())) / n_all, int(n_all))
         return exp, stats
+
+    def shape_rewards(self, end: torch.Tensor, prompt_index: list[int]) -> torch.Tensor:
+        """Sequence rewards [N] as the estimator credits them: GRPO and RLOO compare each sample with
+        its prompt's other samples; GAE does too under ESRL (its groups of samples are free baselines);
+        REINFORCE++ and plain GAE take them as they are."""
+        est = self.cfg.advantage_estimator
+        if est == "grpo":
+            centred = self.subtract_baseline(end, prompt_index)   # what a lone sample gets: no group to compare
+            g = torch.tensor(prompt_index)
+            grouped = (g[:, None] == g[None, :]).sum(1) > 1
+            return torch.where(grouped, grpo_advantages(end, prompt_index, self.cfg.norm_adv_by_std_in_grpo),
+                               centred)
+        if est == "rloo" or (est == "gae" and self.esrl is not None):
+            return self.subtract_baseline(end, prompt_index)
+        return end
+
+    def finish_round(self, exps: list[Experience]) -> None:
+        """REINFORCE++: whiten the advantages over the whole round, every rank's rows at once (the
+        other estimators finish per generation batch)."""
+        cfg = self.cfg
+        if cfg.advantage_estimator != "reinforce_pp" or not cfg.whiten_advantages:
+            return
+        moments = sum(masked_moments(e.advantages, e.action_mask) for e in exps)
+        moments = torch.tensor([dist.all_reduce_sum(v) for v in moments.tolist()], dtype=torch.float64)
+        for e in exps:
+            e.advantages = whiten(e.advantages, e.action_mask, moments=moments)
+            e.returns = e.advantages
 
     def subtract_baseline(self, end: torch.Tensor, prompt_index: list[int]) -> torch.Tensor:
         """End rewards [N] minus their baseline: several samples of one prompt are each other's

@@ -10,7 +10,8 @@ from training.step3_rlhf.esrl import kept_count
 from training.step3_rlhf.rollout import Experience, forward_logprobs
 from utils import distributed as dist
 from utils.data import collate_lm
-from utils.losses import causal_lm_loss, entropy_from_logits, masked_mean, ppo_policy_loss, ppo_value_loss
+from utils.losses import (aggregate_loss, causal_lm_loss, entropy_from_logits, kl_estimate, masked_mean,
+                          ppo_policy_loss, ppo_value_loss)
 from utils.models import labelled_logits, token_values
 
 
@@ -25,11 +26,12 @@ def optimizer_steps_per_round(cfg) -> int:
 def minibatches_per_round(cfg) -> int:
     """PPO minibatches (optimizer steps) per generation batch and PPO epoch: enough that none holds
     more than --per_device_training_batch_size sequences when a generation batch keeps the most it
-    can (with ESRL: every prompt at --esrl_max_samples, less the eliminated fraction). Fixed, so the
-    LR schedule and every rank's step count are known before training."""
-    rows = cfg.per_device_generation_batch_size
+    can (--num_samples_per_prompt per prompt; with ESRL: every prompt at --esrl_max_samples, less the
+    eliminated fraction). Fixed, so the LR schedule and every rank's step count are known before training."""
+    prompts = cfg.per_device_generation_batch_size
+    rows = prompts * cfg.num_samples_per_prompt
     if cfg.dynamic_sampling:
-        rows = kept_count(rows * cfg.esrl_max_samples, cfg.esrl_eliminate_ratio)
+        rows = kept_count(prompts * cfg.esrl_max_samples, cfg.esrl_eliminate_ratio)
     return -(-rows // cfg.per_device_training_batch_size)
 
 
@@ -92,20 +94,28 @@ class PPOUpdater:
         """One PPO update of the actor (unless `critic_only`) and the critic on a minibatch; the
         optimizers step when `boundary` (the end of an accumulation window). Returns its
         statistics as 0-d tensors, left on the device."""
-        cfg, mask = self.cfg, mb.action_mask
+        cfg, mask = self.cfg, mb.loss_mask
         actor, critic = self.rlhf.actor, self.rlhf.critic
         out: dict[str, torch.Tensor] = {}
         if not critic_only:
             actor.set_gradient_accumulation_boundary(boundary)
             # the LM head from the last prompt token on (every row of a generation batch has the same
             # prompt width); the fork's pretraining loss without a dataset reads the prompts' log-probs too
-            start = 0 if cfg.add_pretrained_loss and self.ptx is None else int((mask > 0).any(0).float().argmax())
+            answer = mb.action_mask > 0
+            start = 0 if cfg.add_pretrained_loss and self.ptx is None else int(answer.any(0).float().argmax())
             logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask, start)
-            pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange)
+            agg = {"agg_mode": cfg.loss_agg_mode, "horizon": cfg.max_answer_seq_len}
+            pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange_low,
+                                          cfg.cliprange_high, **agg)
             with torch.no_grad():
                 entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask[:, start:])
             extras = self.extra_losses(mb, logprobs)
             loss = cfg.factor_rl_loss * pg_loss
+            if cfg.use_kl_loss:
+                kl_loss = aggregate_loss(kl_estimate(logprobs, mb.ref_logprobs, cfg.kl_estimator), mask,
+                                         cfg.loss_agg_mode, cfg.max_answer_seq_len)
+                loss = loss + cfg.kl_loss_coef * kl_loss
+                extras["kl"] = kl_loss
             if "sft" in extras:
                 loss = loss + cfg.factor_sft_loss * extras["sft"]
             if "ptx" in extras:
