@@ -17,9 +17,9 @@ weight decay, gradient clipping at 1.0 and seed, for 5 warm-up + --steps optimiz
         "sft pf": the same TRL run vs ours with --padding_free.
         "dpo pre": the same TRL run vs ours with the reference log-probs precomputed (our
         default when a run covers every pair; the scoring pass counts in start-up).
-- rlhf: TRL `RLOOTrainer` (num_generations 4) vs our step 3 critic-free (--dynamic_sampling
-        with 4 samples per prompt for every prompt, eliminate ratio 0, --remove_critic_model:
-        REINFORCE with the leave-one-out baseline); --batch prompts per step, so 4 x --batch
+- rlhf: TRL `RLOOTrainer` (num_generations 4) vs our step 3 `--advantage_estimator rloo
+        --num_samples_per_prompt 4` (critic-free, the leave-one-out baseline); --batch prompts
+        per step, so 4 x --batch
         answers of at most 16 new tokens sampled at temperature 1.0 (no top-p, no top-k),
         KL penalty 0.05 to a live reference, one optimizer step per round, and the same rule
         reward (`word_recall`: the fraction of the prompt's words found in the answer).
@@ -250,10 +250,8 @@ def our_argv(kind: str, inputs: dict[str, Path], batch: int, steps: int) -> list
     return ["--actor_model_name_or_path", model, "--data_path", data, "--max_prompt_seq_len", str(PROMPT_LEN),
             "--max_answer_seq_len", str(ANSWER_LEN), "--per_device_generation_batch_size", str(batch),
             "--per_device_training_batch_size", str(batch * SAMPLES), "--actor_learning_rate", str(LR),
-            "--dynamic_sampling", "--esrl_min_samples", str(SAMPLES), "--esrl_max_samples", str(SAMPLES),
-            "--esrl_eliminate_ratio", "0", "--esrl_temperature_min", str(TEMPERATURE),
-            "--esrl_temperature_max", str(TEMPERATURE), "--top_p", "1.0", "--top_k", "0",
-            "--remove_critic_model", "--use_reward_model", "false",
+            "--advantage_estimator", "rloo", "--num_samples_per_prompt", str(SAMPLES),
+            "--temperature", str(TEMPERATURE), "--top_p", "1.0", "--top_k", "0", "--use_reward_model", "false",
             "--reward_functions", "scripts.bench.peers:our_reward", "--kl_ctl", str(KL), *shared]
 
 

@@ -2,9 +2,9 @@
 
 - actor: trained causal LM, from the SFT model (ZeRO --actor_zero_stage, optional LoRA)
 - ref: frozen copy of the SFT model (same stage; --offload_reference_model at stage 3); none with
-  --remove_kl_penalty
-- critic: trained scalar-head model, from the reward model (ZeRO --critic_zero_stage); none with
-  --remove_critic_model
+  --remove_kl_penalty (or no KL in the reward nor in the loss)
+- critic: trained scalar-head model, from the reward model (ZeRO --critic_zero_stage); none with a
+  critic-free --advantage_estimator (grpo, rloo, reinforce_pp; --remove_critic_model)
 - reward: frozen reward model (same stage; --offload_reward_model at stage 3), when used
 - ema: optional moving average of the actor (--enable_ema), a plain module on CPU
 """

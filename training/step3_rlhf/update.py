@@ -1,5 +1,5 @@
 """PPO's update: clipped policy and value losses over minibatches of `Experience`, plus the
-optional SFT and pretraining losses of the actor (formulas in `utils/losses.py`)."""
+actor's optional KL, SFT and pretraining losses (formulas in `utils/losses.py`)."""
 from __future__ import annotations
 
 import time
