@@ -211,6 +211,14 @@ def test_step3_behaviour_flags():
     (["--reward_queue_size", "0"], "--reward_queue_size must be >= 1"),
     (["--kl_horizon", "0"], "--kl_horizon must be >= 1"),
     (["--target_kl", "0"], "--target_kl must be > 0"),
+    # the advantage estimators' flags
+    (["--advantage_estimator", "gae", "--remove_critic_model"], "--advantage_estimator gae needs the critic"),
+    (["--advantage_estimator", "gae", "--reward_type", "seq"], "--advantage_estimator gae needs the critic"),
+    (["--drop_uniform_groups"], "--drop_uniform_groups needs groups"),
+    (["--use_kl_loss", "--remove_kl_penalty"], "--use_kl_loss needs the reference model"),
+    (["--use_kl_loss", "--adaptive_kl"], "--adaptive_kl steers the KL penalty in the reward"),
+    (["--cliprange_low", "1.5"], "--cliprange_low must be in [0, 1)"),
+    (["--num_samples_per_prompt", "0"], "--num_samples_per_prompt must be >= 1"),
 ])
 def test_step3_cross_checks(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
