@@ -1,6 +1,7 @@
 """Step 3's advantage estimators and their loss options: each formula against a brute-force
-loop or a hand derivation, how the flags resolve (their refusals: test_peer_flags), and GRPO end to end (critic-free, groups of
-samples, dropped uniform groups, KL as a loss term, at one and two processes)."""
+loop or a hand derivation, how the flags resolve (their refusals are in test_peer_flags), and
+GRPO end to end (critic-free, groups of samples, dropped uniform groups, KL as a loss term, at
+one and two processes)."""
 from __future__ import annotations
 
 import math
