@@ -38,6 +38,8 @@ def test_grpo_advantages_match_a_loop_over_groups(scale):
     got = grpo_advantages(r, groups, scale)
     assert got.tolist() == pytest.approx(brute_force_grpo(r.tolist(), groups, scale), abs=1e-9)
     assert got[6] == 0                                 # a lone sample has no group
+    lone = grpo_advantages(r, groups, scale, fallback=0.25)
+    assert float(lone[6]) == pytest.approx(float(r[6]) - 0.25) and torch.equal(lone[:6], got[:6])
     # by hand: group {1, 3}: mean 2, population std 1 -> -1, +1
     assert grpo_advantages(torch.tensor([1.0, 3.0]), [0, 0]).tolist() == pytest.approx([-1.0, 1.0], abs=1e-5)
 
@@ -177,7 +179,8 @@ def test_grpo_round_groups_samples_and_drops_uniform_groups(sft_dir, prompts, tm
     assert torch.tensor(r["loss_mask"]).sum(1).tolist() == (mask.sum(1) * ~uniform).tolist()
     assert r["stats"]["dropped_uniform"] == pytest.approx(float(uniform.float().mean()))
     assert r["minibatches"] == [5, 5, 5, 5, 4]        # 24 rows, at most 5 per minibatch: ceil(24 / 5) = 5
-    assert r["train"]["kl_loss"] >= 0 and "vf_loss" not in r["train"]
+    # k3 is 0 only while the actor equals the reference, i.e. on the first minibatch alone
+    assert r["train"]["kl_loss"] > 0 and "vf_loss" not in r["train"]
 
 
 def test_grpo_trains_without_a_critic_at_one_and_two_processes(sft_dir, prompts, tmp_path):

@@ -340,44 +340,48 @@ def standardize(rewards: torch.Tensor, reference: torch.Tensor, eps: float = 1e-
     return (rewards - reference.mean()) / (reference.std(unbiased=False) + eps)
 
 
+def same_group(groups: list[int], device=None) -> torch.Tensor:
+    """[N, N] bool, True where samples i and j answer the same prompt (the diagonal included)."""
+    g = torch.tensor(groups, device=device)
+    return g[:, None] == g[None, :]
+
+
 def group_baseline(rewards: torch.Tensor, groups: list[int], fallback: float) -> torch.Tensor:
     """Leave-one-out baseline from the other samples of the same prompt (Kool et al. 2019).
 
     b_i = mean_{j != i, g_j = g_i} r_j when the prompt has at least two samples, else `fallback`.
     Args: rewards [N]; groups: N prompt ids. Returns: b [N].
     """
-    g = torch.tensor(groups, device=rewards.device)
-    same = (g[:, None] == g[None, :]).to(rewards.dtype)
+    same = same_group(groups, rewards.device).to(rewards.dtype)
     n = same.sum(1)
     loo = (same @ rewards - rewards) / (n - 1).clamp_min(1)
     return torch.where(n > 1, loo, torch.full_like(rewards, fallback))
 
 
 def grpo_advantages(rewards: torch.Tensor, groups: list[int], scale_by_std: bool = True,
-                    eps: float = 1e-6) -> torch.Tensor:
+                    eps: float = 1e-6, fallback: float | None = None) -> torch.Tensor:
     """GRPO's group-normalised sequence advantage (Shao et al. 2024, eq. 3):
     A_i = (r_i - mean_g r) / (std_g r + eps) over the samples of i's prompt (population std);
     scale_by_std=False leaves out the division (Dr. GRPO, Liu et al. 2025). A group of one has no
-    mean to compare with: its advantage is 0 (callers give lone samples another baseline).
+    mean to compare with: its advantage is r_i - fallback (0 without one), as in `group_baseline`.
 
     Args: rewards [N]; groups: N prompt ids. Returns: [N].
     """
-    g = torch.tensor(groups, device=rewards.device)
-    same = (g[:, None] == g[None, :]).to(rewards.dtype)
+    same = same_group(groups, rewards.device).to(rewards.dtype)
     n = same.sum(1)
     mean = same @ rewards / n
     centred = rewards - mean
     if scale_by_std:
         var = same @ (rewards ** 2) / n - mean ** 2
         centred = centred / (var.clamp_min(0).sqrt() + eps)
-    return torch.where(n > 1, centred, torch.zeros_like(rewards))
+    lone = torch.zeros_like(rewards) if fallback is None else rewards - fallback
+    return torch.where(n > 1, centred, lone)
 
 
 def uniform_groups(rewards: torch.Tensor, groups: list[int]) -> torch.Tensor:
     """True for samples whose prompt has two or more samples, all with the same reward: such a
     group carries no preference (DAPO's dynamic sampling drops it). [N], N ids -> [N] bool."""
-    g = torch.tensor(groups, device=rewards.device)
-    same = g[:, None] == g[None, :]
+    same = same_group(groups, rewards.device)
     differ = same & (rewards[:, None] != rewards[None, :])
     return (same.sum(1) > 1) & ~differ.any(1)
 

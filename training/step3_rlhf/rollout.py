@@ -294,13 +294,10 @@ class ExperienceMaker:
         REINFORCE++ and plain GAE take them as they are."""
         est = self.cfg.advantage_estimator
         if est == "grpo":
-            centred = self.subtract_baseline(end, prompt_index)   # what a lone sample gets: no group to compare
-            g = torch.tensor(prompt_index)
-            grouped = (g[:, None] == g[None, :]).sum(1) > 1
-            return torch.where(grouped, grpo_advantages(end, prompt_index, self.cfg.norm_adv_by_std_in_grpo),
-                               centred)
+            return grpo_advantages(end, prompt_index, self.cfg.norm_adv_by_std_in_grpo,
+                                   fallback=self.moving_baseline(end))
         if est == "rloo" or (est == "gae" and self.esrl is not None):
-            return self.subtract_baseline(end, prompt_index)
+            return end - group_baseline(end, prompt_index, self.moving_baseline(end))
         return end
 
     def finish_round(self, exps: list[Experience]) -> None:
@@ -315,14 +312,14 @@ class ExperienceMaker:
             e.advantages = whiten(e.advantages, e.action_mask, moments=moments)
             e.returns = e.advantages
 
-    def subtract_baseline(self, end: torch.Tensor, prompt_index: list[int]) -> torch.Tensor:
-        """End rewards [N] minus their baseline: several samples of one prompt are each other's
-        baseline; a lone sample uses the moving average of round means (over all ranks)."""
+    def moving_baseline(self, end: torch.Tensor) -> float:
+        """The baseline of a sample with no siblings: the moving average of round means of all ranks'
+        rewards before this round (this round's mean in the first). Folds this round in."""
         m = dist.all_reduce_sum(float(end.mean())) / dist.world_size()
         fallback = self.baseline if self.baseline is not None else m
         d = self.cfg.baseline_decay
         self.baseline = m if self.baseline is None else d * self.baseline + (1 - d) * m
-        return end - group_baseline(end, prompt_index, fallback)
+        return fallback
 
     def sft_targets(self, prompts: list[PromptExample], answers: list[list[int]], inputs: RewardInputs) -> list:
         """Each row's --add_sft_loss target: its prompt's reference answer, or with

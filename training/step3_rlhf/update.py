@@ -104,9 +104,8 @@ class PPOUpdater:
             answer = mb.action_mask > 0
             start = 0 if cfg.add_pretrained_loss and self.ptx is None else int(answer.any(0).float().argmax())
             logits, logprobs = forward_logprobs(actor, mb.sequences, mb.attention_mask, start)
-            agg = {"agg_mode": cfg.loss_agg_mode, "horizon": cfg.max_answer_seq_len}
             pg_loss, st = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.cliprange_low,
-                                          cfg.cliprange_high, **agg)
+                                          cfg.cliprange_high, cfg.loss_agg_mode, cfg.max_answer_seq_len)
             with torch.no_grad():
                 entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask[:, start:])
             extras = self.extra_losses(mb, logprobs)
