@@ -17,7 +17,7 @@ start=$SECONDS
 untrained="$(acc "$DEMO/tiny-llama")"
 
 t=$SECONDS
-bash scripts/sft.sh --output_dir "$DEMO/sft" --disable_tqdm
+bash scripts/sft.sh --model_name_or_path "$DEMO/tiny-llama" --output_dir "$DEMO/sft" --disable_tqdm
 sft_time=$(( SECONDS - t ))
 sft="$(acc "$DEMO/sft")"
 
@@ -27,9 +27,19 @@ rm_time=$(( SECONDS - t ))
 rm_acc="$(python -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; print(f\"{[r for r in rows if 'eval/accuracy' in r][-1]['eval/accuracy']:.3f}\")" "$DEMO/reward/metrics.jsonl")"
 
 t=$SECONDS
-bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/dpo" --disable_tqdm
+bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/dpo" --rpo_alpha 0.3 --disable_tqdm
 dpo_time=$(( SECONDS - t ))
 dpo="$(acc "$DEMO/dpo")"
+
+t=$SECONDS
+bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/kto" --loss_type kto --disable_tqdm
+kto_time=$(( SECONDS - t ))
+kto="$(acc "$DEMO/kto")"
+
+t=$SECONDS
+bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/rrhf" --loss_type rrhf --disable_tqdm
+rrhf_time=$(( SECONDS - t ))
+rrhf="$(acc "$DEMO/rrhf")"
 
 t=$SECONDS
 bash scripts/rlhf.sh --actor_model_name_or_path "$DEMO/sft" --critic_model_name_or_path "$DEMO/reward" \
@@ -43,6 +53,8 @@ printf '%-10s %8s %16s %14s %8s\n' model accuracy "animal-first" "colour-first" 
 printf '%-10s %8s %16s %14s %8s\n' untrained "$(field "$untrained" accuracy)" "$(field "$untrained" subset_accuracy)" "$(field "$untrained" other_accuracy)" "-"
 printf '%-10s %8s %16s %14s %7ss\n' sft "$(field "$sft" accuracy)" "$(field "$sft" subset_accuracy)" "$(field "$sft" other_accuracy)" "$sft_time"
 printf '%-10s %8s %16s %14s %7ss\n' dpo "$(field "$dpo" accuracy)" "$(field "$dpo" subset_accuracy)" "$(field "$dpo" other_accuracy)" "$dpo_time"
+printf '%-10s %8s %16s %14s %7ss\n' kto "$(field "$kto" accuracy)" "$(field "$kto" subset_accuracy)" "$(field "$kto" other_accuracy)" "$kto_time"
+printf '%-10s %8s %16s %14s %7ss\n' rrhf "$(field "$rrhf" accuracy)" "$(field "$rrhf" subset_accuracy)" "$(field "$rrhf" other_accuracy)" "$rrhf_time"
 printf '%-10s %8s %16s %14s %7ss\n' "sft+ppo" "$(field "$ppo" accuracy)" "$(field "$ppo" subset_accuracy)" "$(field "$ppo" other_accuracy)" "$ppo_time"
 echo "reward model: held-out pairwise accuracy $rm_acc (${rm_time}s)"
 echo "total demo time: $(( SECONDS - start ))s"

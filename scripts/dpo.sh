@@ -3,6 +3,8 @@
 # preference pairs; any flag you pass overrides them, e.g.
 #   bash scripts/dpo.sh --model_name_or_path out/sft --data_path /data/pairs --output_dir out/dpo --beta 0.1
 #   bash scripts/dpo.sh ... --loss_type simpo --beta 2.0 --simpo_gamma 0.5
+#   bash scripts/dpo.sh ... --loss_type kto      (unpaired prompt, completion, label rows, or pairs)
+#   bash scripts/dpo.sh ... --loss_type rrhf     (prompt, responses, scores rows, or pairs)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 launch training.step2_dpo.main \
@@ -14,7 +16,6 @@ launch training.step2_dpo.main \
   --per_device_eval_batch_size 64 \
   --learning_rate 5e-4 \
   --beta 0.1 \
-  --rpo_alpha 0.3 \
   --num_warmup_steps 10 \
   --num_train_epochs 2 \
   --logging_steps 20 \

@@ -229,7 +229,7 @@ def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_pat
 
 
 def test_reference_precomputed_by_default_only_when_every_pair_is_trained_on():
-    from training.step2_dpo.main import covers_every_pair
+    from training.step2_dpo.reference import covers_every_example as covers_every_pair
     from utils.config import DPOConfig, parse_config
 
     def cfg(*extra):

@@ -484,12 +484,22 @@ class DPOConfig(TrainConfig, PredictOptions):
     dropout_off_by_default: ClassVar[bool] = True
 
     loss_type: str = _f("sigmoid", "sigmoid (DPO; with --label_smoothing, cDPO), ipo, simpo (reference-free), "
-                                   "orpo (reference-free).", choices=["sigmoid", "ipo", "simpo", "orpo"])
-    beta: float = _f(0.1, "Inverse temperature of the implicit reward (DPO, IPO, SimPO); lambda for ORPO.")
+                                   "orpo (reference-free), kto (unpaired prompt, completion, label rows, or pairs "
+                                   "split in two), rrhf (reference-free ranking of prompt, responses, scores rows, "
+                                   "or of pairs).", choices=["sigmoid", "ipo", "simpo", "orpo", "kto", "rrhf"])
+    beta: float = _f(0.1, "Inverse temperature of the implicit reward (DPO, IPO, SimPO, KTO); lambda for ORPO; "
+                          "unused by RRHF.")
     label_smoothing: float = _f(0.0, "cDPO: assumed probability that a preference label is flipped (0-0.5).")
     simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma.")
     rpo_alpha: float = _f(0.0, "Add rpo_alpha x the length-averaged NLL of the chosen answer (RPO, Pang et "
                                "al. 2024): keeps DPO from lowering the chosen answers' likelihood.")
+    desirable_weight: float = _f(1.0, "KTO: weight lambda_D of the desirable answers' losses. The KTO paper "
+                                      "advises lambda_D * n_D / (lambda_U * n_U) in [1, 4/3] (a start-up note says "
+                                      "when the data is outside).", aliases=("desirable_loss_weight",))
+    undesirable_weight: float = _f(1.0, "KTO: weight lambda_U of the undesirable answers' losses.",
+                                   aliases=("undesirable_loss_weight",))
+    rrhf_weight: float = _f(1.0, "RRHF: weight of the ranking loss beside the SFT loss on the best-scored answer "
+                                 "(the paper adds them unweighted; its code's scripts use up to 100).")
     reference_model_name_or_path: Optional[str] = _f(None, "Frozen reference; defaults to --model_name_or_path.")
     reference_zero_stage: Optional[int] = _f(None, "ZeRO stage of the reference (3 shards its weights); defaults "
                                                    "to --zero_stage.", choices=[0, 1, 2, 3])
@@ -510,6 +520,11 @@ class DPOConfig(TrainConfig, PredictOptions):
             raise ConfigError("--label_smoothing applies to --loss_type sigmoid only")
         if self.rpo_alpha < 0:
             raise ConfigError("--rpo_alpha must be >= 0")
+        if self.rpo_alpha and self.loss_type in ("kto", "rrhf"):
+            raise ConfigError(f"--rpo_alpha needs preference pairs; --loss_type {self.loss_type} has none "
+                              f"(rrhf has its own SFT term)")
+        if min(self.desirable_weight, self.undesirable_weight) <= 0 or self.rrhf_weight < 0:
+            raise ConfigError("--desirable_weight and --undesirable_weight must be > 0, --rrhf_weight >= 0")
         if self.reference_zero_stage is None:
             self.reference_zero_stage = self.zero_stage
         if self.offload_reference_model and self.reference_zero_stage != 3:
@@ -523,7 +538,9 @@ class DPOConfig(TrainConfig, PredictOptions):
 
     @property
     def uses_reference(self) -> bool:
-        return self.loss_type in ("sigmoid", "ipo")
+        return self.loss_type in ("sigmoid", "ipo", "kto")
+
+
 @dataclass
 class ModelSide:
     """One trained model's options in step 3 (actor or critic): the per-model flags, falling back

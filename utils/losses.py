@@ -144,6 +144,58 @@ def orpo_loss(avg_chosen: torch.Tensor, avg_rejected: torch.Tensor, lam: float) 
     return -avg_chosen - lam * F.logsigmoid(ratio), ratio
 
 
+def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor,
+             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024, eq. 8) on unpaired answers: lambda_y - v(x, y) with
+    r = log pi(y|x) - log ref(y|x) and the reference point z0 = `kl`:
+    desirable: lambda_D * (1 - sigmoid(beta * (r - z0))), undesirable: lambda_U * (1 - sigmoid(beta * (z0 - r))).
+
+    Args:
+        policy_logps, ref_logps: [N] summed answer log-probs.
+        desirable: [N] bool label of each answer.
+        kl: [] the reference point (see `kto_reference_point`), no gradient.
+    Returns:
+        [N] per-answer losses.
+    """
+    r = policy_logps - ref_logps
+    value = torch.where(desirable, torch.sigmoid(beta * (r - kl)), torch.sigmoid(beta * (kl - r)))
+    weight = torch.where(desirable, desirable_weight, undesirable_weight).to(value.dtype)
+    return weight * (1 - value)
+
+
+def kto_reference_point(kl_sum: float, n: float) -> float:
+    """z0 = max(0, mean of log pi(y'|x) - log ref(y'|x)) over answers y' paired with another row's
+    prompt x: a biased estimate of KL(pi || ref) that carries no gradient (KTO, sec. 4.1).
+    `kl_sum` and `n` are summed over every rank before the mean."""
+    return max(kl_sum / max(n, 1.0), 0.0)
+
+
+def rrhf_loss(avg_logps: torch.Tensor, scores: torch.Tensor, groups: list[int],
+              rank_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RRHF (Yuan et al. 2023, eqs. 2-4) for each prompt's scored answers:
+    L_rank = sum over pairs with score_i < score_j of max(0, p_i - p_j), p the length-averaged
+    log-prob; L_ft = -p of the best-scored answer (the first on ties), i.e. its token-mean NLL;
+    loss = rank_weight * L_rank + L_ft.
+
+    Args:
+        avg_logps: [R] length-averaged answer log-probs, every prompt's answers.
+        scores: [R] the answers' scores (higher is better; equal scores are not ranked).
+        groups: [R] prompt index of each row, rows of one prompt contiguous, indices 0..G-1 in order.
+    Returns:
+        ([G] total, [G] L_rank, [G] L_ft) per prompt.
+    """
+    g = torch.tensor(groups, device=avg_logps.device)
+    same = same_group(groups, avg_logps.device)
+    worse_than = same & (scores.unsqueeze(1) < scores.unsqueeze(0))        # [i, j]: answer i below answer j
+    hinge = (avg_logps.unsqueeze(1) - avg_logps.unsqueeze(0)).clamp_min(0) * worse_than
+    n_groups = int(g.max()) + 1
+    rank = torch.zeros(n_groups, dtype=avg_logps.dtype, device=avg_logps.device).index_add(0, g, hinge.sum(1))
+    rows = [torch.nonzero(g == k).squeeze(1) for k in range(n_groups)]
+    best = torch.stack([r[scores[r].argmax()] for r in rows])   # argmax: the first of equal maxima
+    ft = -avg_logps[best]
+    return rank_weight * rank + ft, rank, ft
+
+
 # -- PPO (names as in the PPO paper and cleanrl) ----------------------------------------------------
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of x over entries where mask is 1 (all entries, or along `dim`)."""

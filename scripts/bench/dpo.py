@@ -23,7 +23,8 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.step2_dpo.main import DPOObjective, build_reference, pair_count, precompute_reference
+    from training.step2_dpo.objectives import DPOObjective, method_for
+    from training.step2_dpo.reference import build_reference, precompute_reference
     from utils import distributed as dist
     from utils.config import DPOConfig
     from utils.data.preference import PreferenceExample, collate_preferences
@@ -45,12 +46,12 @@ def main() -> None:
         engine = init_engine(AutoModelForCausalLM.from_pretrained(folder), cfg, total_steps=10**6,
                              ds_config=ds_config_for(cfg))
         return Trainer(cfg, engine, examples, [], collate=lambda ex: collate_preferences(ex, tok.pad_token_id),
-                       loss_fn=DPOObjective(cfg, ref), count_fn=pair_count)
+                       loss_fn=DPOObjective(cfg, ref), count_fn=method_for("sigmoid").count)
 
     live = trainer_for(reference, pairs)
     pre_pairs = [PreferenceExample(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in pairs]
     t0 = time.perf_counter()
-    precompute_reference(reference, pre_pairs, tok.pad_token_id, a.batch)
+    precompute_reference(reference, pre_pairs, lambda ex: collate_preferences(ex, tok.pad_token_id), a.batch)
     t_precompute = time.perf_counter() - t0
     pre = trainer_for(None, pre_pairs)
     windows = [[list(range(i, i + a.batch))] for i in range(0, len(pairs), a.batch)]

@@ -89,11 +89,12 @@ def cached(cache_dir: str | None, key: str, build: Callable[[], Any], types: lis
 
 def tokenize_cached(cache_dir: str | None, records: list, tokenize: Callable, what: Any = None):
     """`tokenize(records)` -> (examples, LengthStats), through the cache; (examples, stats, hit)."""
+    from .feedback import KTOExample, RankedExample
     from .preference import PreferenceExample
     from .rlhf import PromptExample
     from .sft import Example, LengthStats
 
     key = entry_key(records, what if what is not None else describe_function(tokenize))
     (examples, stats), hit = cached(cache_dir, key, lambda: tokenize(records),
-                                    [Example, LengthStats, PreferenceExample, PromptExample])
+                                    [Example, LengthStats, PreferenceExample, PromptExample, KTOExample, RankedExample])
     return examples, stats, hit

@@ -19,8 +19,13 @@ class LMBatch:
     position_ids: torch.Tensor | None = None
 
     def to(self, device) -> "LMBatch":
-        return type(self)(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                             for f in fields(self)})
+        return batch_to(self, device)
+
+
+def batch_to(batch, device):
+    """A copy of a batch dataclass with every tensor field on `device` (other fields as they are)."""
+    return type(batch)(**{f.name: (v.to(device) if torch.is_tensor(v := getattr(batch, f.name)) else v)
+                          for f in fields(batch)})
 
 
 def pad_right(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:

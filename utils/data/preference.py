@@ -20,11 +20,11 @@ special prefix and its last tokens, where the score is read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
-from .collate import pad_right
+from .collate import batch_to, pad_right
 from .errors import DataError
 from .readers import Record, require_number, require_str
 from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, encode_prompts, encode_responses, fit_prompt,
@@ -51,6 +51,9 @@ class PreferenceExample:
     @property
     def is_pair(self) -> bool:
         return self.rejected_ids is not None
+
+    def set_reference(self, logps: tuple[float, float]) -> None:
+        self.ref_chosen, self.ref_rejected = logps
 
 
 def _kind(rec: Record) -> str:
@@ -223,8 +226,7 @@ class PreferenceBatch:
     n_pairs: int
 
     def to(self, device) -> "PreferenceBatch":
-        return PreferenceBatch(**{f.name: (v.to(device) if torch.is_tensor(v := getattr(self, f.name)) else v)
-                                  for f in fields(self)})
+        return batch_to(self, device)
 
     @property
     def lengths(self) -> torch.Tensor:
