@@ -184,13 +184,18 @@ def test_bad_comet_input_is_one_line(sft_dir, mt_prompts, comet_dirs, tmp_path, 
     assert p.stderr.strip().splitlines()[-1] == message.format(**fill)
 
 
-def test_two_process_run_with_two_normalised_comet_models(sft_dir, mt_prompts, comet_dirs, tmp_path):
+def test_two_process_grpo_run_with_two_normalised_comet_models(sft_dir, mt_prompts, comet_dirs, tmp_path):
+    """COMET rewards under a critic-free estimator, with the extra SFT loss on the references."""
     out = tmp_path / "two"
     run_module(MODULE, comet_args(sft_dir, mt_prompts, out, "--max_steps", 2, "--comet_model_path",
                                   comet_dirs["regression"], comet_dirs["referenceless"], "--weights_comet_model",
-                                  0.25, 0.75, "--comet_reward_normalization", "--comet_model_batch_size", 3), nproc=2)
+                                  0.25, 0.75, "--comet_reward_normalization", "--comet_model_batch_size", 3,
+                                  "--advantage_estimator", "grpo", "--num_samples_per_prompt", 2, "--add_sft_loss"),
+               nproc=2)
     rows = read_metrics(out)
-    assert len(rows) == 2
+    assert len(rows) == 2 and not (out / "critic").exists()
+    assert [r["count/scored_sequences"] for r in rows] == [8 * 2, 2 * 8 * 2]    # per rank, cumulative
+    assert all(r["sft_loss"] > 0 and "vf_loss" not in r for r in rows)
     for k in ("reward/comet0", "reward/comet1", "reward/comet0_raw", "reward/comet1_raw"):
         assert all(torch.isfinite(torch.tensor(r[k])) for r in rows)
     # the first round is normalised by its own mean, gathered over both ranks
