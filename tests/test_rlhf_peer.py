@@ -99,7 +99,8 @@ def test_two_rule_functions_of_one_name_both_count():
     from training.step3_rlhf.build import build_sources
     from utils.config import ConfigError
 
-    cfg = SimpleNamespace(use_reward_model=False, weights_comet_model=[], reward_function_weights=[1.0, 0.5],
+    cfg = SimpleNamespace(use_reward_model=False, weights_comet_model=[], reward_classifier_weights=[],
+                          reward_function_weights=[1.0, 0.5],
                           reward_functions=["examples.demo.task:reward", "examples.rlhf_with_comet_reward.chrf:reward"])
     sources, weights = build_sources(cfg, None, [])
     assert weights == {"reward": 1.0, "examples.rlhf_with_comet_reward.chrf:reward": 0.5}

@@ -595,6 +595,21 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                                     "get it.")
     comet_reward_normalization: bool = _f(False, "Normalise each COMET model's scores with the running mean and "
                                                  "std of all its scores so far.")
+    reward_classifier: list[str] = _f([], "Hugging Face sequence classifiers (local folders or hub names) as reward "
+                                          "sources, each read through its own tokenizer (open-chatgpt's sentiment "
+                                          "reward). With one, the reward model is off unless --use_reward_model.")
+    reward_classifier_label: list[str] = _f([], "The label whose score is the reward, by name or index, one for all "
+                                                "classifiers or one each (needed when a classifier has several).")
+    reward_classifier_score: str = _f("logit", "logit: the label's logit; logprob: its log-softmax probability.",
+                                      choices=["logit", "logprob"])
+    reward_classifier_input: str = _f("prompt_answer", "What the classifier reads: prompt_answer (prompt + answer, as "
+                                                       "TRL's and trlx's sentiment examples) or answer.",
+                                      choices=["prompt_answer", "answer"])
+    reward_classifier_weights: list[float] = _f([], "Weight of each classifier in the summed reward (default 1 "
+                                                    "each).")
+    reward_classifier_batch_size: int = _f(16, "Texts per classifier forward.")
+    devices_reward_classifier: list[int] = _f([], "CUDA device per classifier, or one for all (default: this "
+                                                  "process's GPU); ignored on a machine without GPUs.")
     batch_reward_weight: Optional[bool] = _opt_bool("Accepted for the fork's scripts, where it has no effect "
                                                    "either; COMET sources combine with --weights_comet_model.")
     actor_zero_stage: int = _f(0, "ZeRO stage of actor and reference.", choices=[0, 1, 2, 3])
@@ -766,8 +781,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if not self.actor_model_name_or_path:
             raise ConfigError("--actor_model_name_or_path is required")
         self.check_comet()
+        self.check_classifiers()
         if self.use_reward_model is None:
-            self.use_reward_model = not self.use_comet_model
+            self.use_reward_model = not (self.use_comet_model or self.reward_classifier)
         if self.use_reward_model and not (self.reward_model_name_or_path or self.critic_model_name_or_path):
             raise ConfigError("--critic_model_name_or_path (or --reward_model_name_or_path) is required")
         if self.reward_type == "seq" and not self.remove_critic_model:
@@ -780,9 +796,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if not self.critic_model_name_or_path and not self.remove_critic_model:
             raise ConfigError("--critic_model_name_or_path is required (it initialises the critic)")
         self.reward_model_name_or_path = self.reward_model_name_or_path or self.critic_model_name_or_path
-        if not self.use_reward_model and not self.reward_functions and not self.use_comet_model:
-            raise ConfigError("no reward source: keep the reward model, or give --reward_functions or "
-                              "--use_comet_model")
+        if not (self.use_reward_model or self.reward_functions or self.use_comet_model or self.reward_classifier):
+            raise ConfigError("no reward source: keep the reward model, or give --reward_functions, "
+                              "--use_comet_model or --reward_classifier")
         if self.reward_function_weights and len(self.reward_function_weights) != len(self.reward_functions):
             raise ConfigError(f"--reward_function_weights has {len(self.reward_function_weights)} values for "
                               f"{len(self.reward_functions)} --reward_functions")
@@ -959,6 +975,26 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             only_optimize_lora=self.only_optimize_lora, lora_learning_rate=lora_lr,
             add_eot_token=self.add_eot_token, eot_token=self.eot_token, weight_decay=pick("weight_decay"),
             learning_rate=getattr(self, f"{which}_learning_rate"), dtype=self.dtype)
+
+    def check_classifiers(self) -> None:
+        from .distributed import on_gpu
+
+        n = len(self.reward_classifier)
+        for flag in ("reward_classifier_label", "devices_reward_classifier"):
+            values = getattr(self, flag)
+            if values and not n:
+                raise ConfigError(f"--{flag} is given but --reward_classifier is not")
+            if len(values) not in (0, 1, n):
+                raise ConfigError(f"--{flag} has {len(values)} values for {n} --reward_classifier (give one for "
+                                  f"all, or one each)")
+        if self.reward_classifier_weights and len(self.reward_classifier_weights) != n:
+            raise ConfigError(f"--reward_classifier_weights has {len(self.reward_classifier_weights)} values for {n} "
+                              f"--reward_classifier")
+        if self.reward_classifier_batch_size < 1:
+            raise ConfigError("--reward_classifier_batch_size must be >= 1")
+        if self.devices_reward_classifier and not on_gpu():
+            self.note("--devices_reward_classifier", "no GPU here: the classifiers run on the CPU")
+        self.reward_classifier_weights = self.reward_classifier_weights or [1.0] * n
 
     def check_comet(self) -> None:
         from .distributed import on_gpu

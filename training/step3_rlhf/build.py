@@ -19,6 +19,7 @@ from utils.data.rlhf import PromptExample, tokenize_prompts
 from utils.models import load_tokenizer_for
 from utils.predict import make_predict_hook
 from utils.rewards import RewardModelSource, RuleSource
+from utils.rewards.classifier import build_classifier_sources
 from utils.rewards.comet import build_comet_sources
 
 
@@ -50,6 +51,7 @@ def build(cfg) -> Parts:
     if cfg.eval_steps and not eval_prompts:
         raise ConfigError("--eval_steps needs held-out prompts: --eval_data_path, or a test split in --data_path")
     comet = build_comet_sources(cfg, all(p.reference for p in prompts)) if cfg.use_comet_model else []
+    classifiers = build_classifier_sources(cfg)
     per_epoch = len(epoch_batches(len(prompts), cfg.per_device_generation_batch_size, rank=0,
                                   world_size=dist.world_size(), seed=cfg.seed, epoch=0))
     rounds_per_epoch = per_epoch // cfg.generation_batches
@@ -60,7 +62,7 @@ def build(cfg) -> Parts:
     # resumed follows the same schedule)
     total = rounds_per_epoch * cfg.num_train_epochs * optimizer_steps_per_round(cfg)
     rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, total)
-    sources, weights = build_sources(cfg, rlhf, comet)
+    sources, weights = build_sources(cfg, rlhf, comet, classifiers)
     dist.print_rank0(f"[data] {len(prompts)} prompts; reward sources: " +
                      ", ".join(f"{k} x {w:g}" for k, w in weights.items()))
     for src in comet:
@@ -79,7 +81,7 @@ def load_pretraining_batches(cfg, tokenizer) -> BatchStream:
                        world_size=dist.world_size(), seed=cfg.seed)
 
 
-def build_sources(cfg, rlhf, comet: list) -> tuple[dict, dict]:
+def build_sources(cfg, rlhf, comet: list, classifiers: list = ()) -> tuple[dict, dict]:
     """name -> reward source and name -> weight, in a fixed order on every rank."""
     sources, weights = {}, {}
     if cfg.use_reward_model:
@@ -97,5 +99,7 @@ def build_sources(cfg, rlhf, comet: list) -> tuple[dict, dict]:
             src.name = spec
         sources[src.name], weights[src.name] = src, w
     for src, w in zip(comet, cfg.weights_comet_model):
+        sources[src.name], weights[src.name] = src, w
+    for src, w in zip(classifiers, cfg.reward_classifier_weights):
         sources[src.name], weights[src.name] = src, w
     return sources, weights

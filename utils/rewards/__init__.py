@@ -98,6 +98,21 @@ class RuleSource(RewardSource):
         return torch.tensor([float(s) for s in scores], dtype=torch.float32)
 
 
+def source_device(index: int | None, flag: str) -> torch.device:
+    """The GPU `index` (default: this process's own GPU) when there is one, else the CPU: where a
+    reward source named by `flag` runs."""
+    from .. import distributed as dist
+    from ..config import ConfigError
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if index is None:
+        return dist.device()
+    if not 0 <= index < torch.cuda.device_count():
+        raise ConfigError(f"{flag} {index}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return torch.device("cuda", index)
+
+
 def combine(scores: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """sum_i w_i * r_i over sources. Args: name -> [B] scores, name -> weight. Returns [B]."""
     total = None

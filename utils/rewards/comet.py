@@ -14,7 +14,7 @@ import torch
 
 from .. import distributed as dist
 from ..config import ConfigError
-from . import RewardSource
+from . import RewardSource, source_device
 
 
 class CometLoadError(ConfigError):
@@ -172,23 +172,12 @@ class CometSource(RewardSource):
             self.normalizer.load_state_dict(state)
 
 
-def comet_device(index: int | None) -> torch.device:
-    """The GPU `index` (default: this process's own GPU) when there is one, else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if index is None:
-        return dist.device()
-    if not 0 <= index < torch.cuda.device_count():
-        raise CometLoadError(f"--devices_comet_model {index}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return torch.device("cuda", index)
-
-
 def build_comet_sources(cfg, references_present: bool) -> list[CometSource]:
     """One CometSource per --comet_model_path, named comet0, comet1, ... (the order of the flag)."""
     sources = []
     for i, spec in enumerate(cfg.comet_model_path):
         devices = cfg.devices_comet_model
-        device = comet_device(devices[i if len(devices) > 1 else 0] if devices else None)
+        device = source_device(devices[i if len(devices) > 1 else 0] if devices else None, "--devices_comet_model")
         model = load_comet(spec, device)
         use_ref = cfg.comet_model_require_reference or model.requires_references()
         if use_ref and not references_present:
