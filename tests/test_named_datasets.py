@@ -276,10 +276,44 @@ def test_every_deepspeed_chat_name_has_a_rule():
              "pvduy/sharegpt_alpaca_oa_vicuna_format", "wangrui6/Zhihu-KOL", "Cohere/miracl-zh-queries-22-12",
              "Hello-SimpleAI/HC3-Chinese", "mkqa-Chinese", "mkqa-Japanese", "Cohere/miracl-ja-queries-22-12",
              "lmqg/qg_jaquad", "lmqg/qag_jaquad", "local/jsonfile"]
-    assert list(NAMED) == names
+    assert list(NAMED)[:len(names)] == names
     assert all(match(f"/data/{n}/v2").name == n for n in names)
     assert all(NAMED[n].row.__doc__ for n in names)
     assert match("someone/rm-static") is None
+
+
+# -- the datasets of trlx's and open-chatgpt's examples -----------------------------------------------
+def test_summarize_tldr_is_sft_with_its_valid_split(hub):
+    rows = [{"prompt": "SUBREDDIT: r/cats\nPOST: my cat sleeps all day\nTL;DR:", "label": " sleepy cat"},
+            {"prompt": "POST: hi\nTL;DR:", "label": ""}]
+    write_hub(hub, "CarperAI/openai_summarize_tldr", {"train": rows, "valid": rows[:1], "test": rows[1:]})
+    raw = read_dataset("CarperAI/openai_summarize_tldr")
+    assert rows_of(raw.train) == [sft(rows[0]["prompt"], " sleepy cat")]   # the empty summary is skipped
+    assert rows_of(raw.test) == rows_of(raw.train) and raw.test[0].source.endswith("[valid]")
+
+
+def test_summarize_comparisons_pairs_and_awesome_prompts_without_answers(hub):
+    rows = [{"prompt": "POST: x\nTL;DR:", "chosen": "TL;DR: good", "rejected": "TL;DR: bad"}]
+    write_hub(hub, "CarperAI/openai_summarize_comparisons", {"train": rows, "test": rows, "valid1": rows})
+    assert rows_of(read_dataset("CarperAI/openai_summarize_comparisons").train) == [pair(*rows[0].values())]
+    acts = [{"act": "Linux Terminal", "prompt": f"act as a terminal {i}"} for i in range(20)]
+    write_hub(hub, "fka/awesome-chatgpt-prompts", {"train": acts})
+    raw = read_dataset("fka/awesome-chatgpt-prompts")
+    assert len(raw.train) == 18 and len(raw.test) == 2          # a seeded tenth held out
+    assert by_loc(raw)[" row 3"] == {"instruction": " Human: act as a terminal 3 Assistant:"}
+
+
+def test_imdb_review_openings_become_prompts(hub, tmp_path):
+    words = [f"w{i}" for i in range(20)]
+    rows = [{"text": " ".join(words[:4]) + "<br /><br />" + " ".join(words[4:]), "label": 1},
+            {"text": "too short to continue", "label": 0}]
+    write_hub(hub, "imdb", {"train": rows, "test": rows[:1], "unsupervised": rows})
+    raw = read_dataset("imdb")
+    want = sft(" ".join(words[:8]), " " + " ".join(words[8:]))
+    assert rows_of(raw.train) == [want] and rows_of(raw.test) == [want]
+    # only the name itself, or a path ending in it, reads as imdb: not any folder with "imdb" in its name
+    assert match("/data/stanfordnlp/imdb").name == "stanfordnlp/imdb" and match("/data/my/imdb/").name == "imdb"
+    assert match("/data/imdb_pairs") is None and match("imdbish/data") is None
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""DeepSpeed-Chat's named datasets and Anthropic HH dialogues, turned into our records.
+"""DeepSpeed-Chat's named datasets (and those of trlx's and open-chatgpt's examples) and Anthropic
+HH dialogues, turned into our records.
 
 Named datasets: DeepSpeed-Chat's `get_raw_dataset` recognises a dataset when one of its
 known names occurs anywhere in the path (so `/data/Dahoas/rm-static` is Dahoas/rm-static);
@@ -216,6 +217,39 @@ def local_jsonfile(row: dict) -> dict | None:
     return None if None in (p, c, r) else _pair(" " + p, " " + c, " " + r)
 
 
+# -- the examples of trlx / open-chatgpt (summarisation, sentiment, prompts) -------------------------
+def summarize_tldr(row: dict) -> dict | None:
+    """CarperAI/openai_summarize_tldr: `prompt` (a Reddit post ending in "TL;DR:") and `label`
+    (its human summary), as the SFT format; trlx's summarisation example trains on prompt + label."""
+    return _sft(_text(row, "prompt"), _text(row, "label"))
+
+
+def summarize_comparisons(row: dict) -> dict | None:
+    """CarperAI/openai_summarize_comparisons: `prompt`, `chosen`, `rejected` as they are."""
+    return _pair(_text(row, "prompt"), _text(row, "chosen"), _text(row, "rejected"))
+
+
+def awesome_prompts(row: dict) -> dict | None:
+    """fka/awesome-chatgpt-prompts: `act` (a role) and `prompt` (its instructions) -> a step-3
+    prompt " Human: <prompt> Assistant:" without a reference answer (prompts for RLHF only)."""
+    prompt = _text(row, "prompt")
+    return None if _blank(prompt) else {"instruction": _human(prompt)}
+
+
+IMDB_OPENING_WORDS = 8
+
+
+def imdb(row: dict) -> dict | None:
+    """imdb: `text` (a movie review) and `label` -> the review's first IMDB_OPENING_WORDS words as
+    the prompt and the rest as the answer (TRL's and trlx's sentiment examples continue review
+    openings); HTML line breaks become spaces; reviews of fewer than twice that many words are
+    skipped."""
+    words = _text(row, "text").replace("<br />", " ").split()
+    if len(words) < 2 * IMDB_OPENING_WORDS:
+        return None
+    return _sft(" ".join(words[:IMDB_OPENING_WORDS]), " " + " ".join(words[IMDB_OPENING_WORDS:]))
+
+
 @dataclass(frozen=True)
 class NamedDataset:
     name: str                                 # DeepSpeed-Chat's name, found anywhere in the path
@@ -224,6 +258,15 @@ class NamedDataset:
                                               # takes a seeded tenth of train instead
     hub_name: str | None = None               # what is loaded for the bare name, when not the name
     local_files: tuple[str, str] | None = None  # (train, eval) under the working directory
+    # DeepSpeed-Chat finds its names anywhere in a path; the others (a bare "imdb" would claim any
+    # folder with "imdb" in its name) only as the whole path or its last two or one parts
+    anywhere: bool = True
+
+    def matches(self, path: str) -> bool:
+        if self.anywhere:
+            return self.name in path
+        path = path.rstrip("/")
+        return path == self.name or path.endswith("/" + self.name)
 
 
 NAMED: dict[str, NamedDataset] = {d.name: d for d in (
@@ -244,12 +287,17 @@ NAMED: dict[str, NamedDataset] = {d.name: d for d in (
     NamedDataset("lmqg/qag_jaquad", qag_jaquad, eval_split="validation"),
     NamedDataset("local/jsonfile", local_jsonfile, eval_split="eval",
                  local_files=("data/train.json", "data/eval.json")),
+    NamedDataset("CarperAI/openai_summarize_tldr", summarize_tldr, eval_split="valid", anywhere=False),
+    NamedDataset("CarperAI/openai_summarize_comparisons", summarize_comparisons, eval_split="test", anywhere=False),
+    NamedDataset("fka/awesome-chatgpt-prompts", awesome_prompts, eval_split=None, anywhere=False),
+    NamedDataset("stanfordnlp/imdb", imdb, eval_split="test", anywhere=False),
+    NamedDataset("imdb", imdb, eval_split="test", anywhere=False),
 )}
 
 
 def match(path: str) -> NamedDataset | None:
-    """The named dataset whose name occurs in `path`, checked in DeepSpeed-Chat's order."""
-    return next((d for name, d in NAMED.items() if name in path), None)
+    """The named dataset `path` names (`NamedDataset.matches`), checked in DeepSpeed-Chat's order."""
+    return next((d for d in NAMED.values() if d.matches(path)), None)
 
 
 # -- Anthropic HH -------------------------------------------------------------------------------
