@@ -42,8 +42,10 @@ rrhf_time=$(( SECONDS - t ))
 rrhf="$(acc "$DEMO/rrhf")"
 
 t=$SECONDS
+# --kl_ctl 0.3: at the default 0.1 the actor learns to exploit the small demo reward model
+# (e.g. repeating the last word) and held-out accuracy falls
 bash scripts/rlhf.sh --actor_model_name_or_path "$DEMO/sft" --critic_model_name_or_path "$DEMO/reward" \
-  --output_dir "$DEMO/rlhf" --disable_tqdm
+  --output_dir "$DEMO/rlhf" --kl_ctl 0.3 --disable_tqdm
 ppo_time=$(( SECONDS - t ))
 ppo="$(acc "$DEMO/rlhf/actor")"
 
@@ -58,3 +60,8 @@ printf '%-10s %8s %16s %14s %7ss\n' rrhf "$(field "$rrhf" accuracy)" "$(field "$
 printf '%-10s %8s %16s %14s %7ss\n' "sft+ppo" "$(field "$ppo" accuracy)" "$(field "$ppo" subset_accuracy)" "$(field "$ppo" other_accuracy)" "$ppo_time"
 echo "reward model: held-out pairwise accuracy $rm_acc (${rm_time}s)"
 echo "total demo time: $(( SECONDS - start ))s"
+echo "training curves (several runs in one picture: python -m utils.plot DIR DIR --output FILE):"
+for step in sft reward dpo kto rrhf rlhf; do
+  picture="$DEMO/$step/training_curves.png"
+  if [[ -f "$picture" ]]; then echo "  $picture"; else echo "  $step: no picture (its [plot] line above says why)"; fi
+done

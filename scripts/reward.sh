@@ -3,6 +3,8 @@
 # any flag you pass overrides them, e.g.
 #   bash scripts/reward.sh --model_name_or_path out/sft --data_path /data/pairs --output_dir out/rm
 #   bash scripts/reward.sh ... --gpt_annotated_score            # MSE to chosen/rejected_gpt_score
+# Its defaults are paths and sizes only (learning rates and epochs sized for the demo model);
+# every algorithm setting is the config default (--help).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 launch training.step2_reward.main \

@@ -4,6 +4,8 @@
 #   bash scripts/rlhf.sh --actor_model_name_or_path out/sft --critic_model_name_or_path out/rm \
 #       --data_path /data/rlhf --output_dir out/ppo --max_answer_seq_len 256
 #   NUM_GPUS=8 bash scripts/rlhf.sh --actor_zero_stage 3 --critic_zero_stage 3 --enable_hybrid_engine ...
+# Its defaults are paths and sizes only (learning rates and epochs sized for the demo model);
+# every algorithm setting is the config default (--help), the demo adds --kl_ctl 0.3 (scripts/demo.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 launch training.step3_rlhf.main \
@@ -17,6 +19,5 @@ launch training.step3_rlhf.main \
   --per_device_training_batch_size 16 \
   --actor_learning_rate 2e-4 \
   --critic_learning_rate 1e-3 \
-  --kl_ctl 0.3 \
   --num_train_epochs 2 \
   "$@"

@@ -3,6 +3,8 @@
 # any flag you pass overrides them, e.g.
 #   bash scripts/sft.sh --model_name_or_path meta-llama/Llama-3.2-1B --data_path my/sft --output_dir out/sft
 #   NUM_GPUS=8 bash scripts/sft.sh --zero_stage 3 --dtype bf16 ...
+# Its defaults are paths and sizes only (learning rates and epochs sized for the demo model);
+# every algorithm setting is the config default (--help).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 launch training.step1_sft.main \

@@ -79,3 +79,26 @@ def test_progress_in_a_log_file_is_whole_lines():
     assert [x.rsplit(" ", 2)[0] for x in lines] == ["[ppo] 2/4 (50%) reward=0.500, kl=0.010",
                                                     "[ppo] 4/4 (100%) reward=0.500, kl=0.010"]
     assert "\r" not in out.getvalue()
+
+
+def test_library_bars_are_off_in_a_log_file(tmp_path):
+    """A dataset in the hub's layout goes through datasets.load_dataset, whose split-generation bar
+    printed carriage returns into a redirected log before quiet_library_bars."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import ROOT, child_env
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": ["p"] * 8, "chosen": ["a"] * 8, "rejected": ["b"] * 8}),
+                   tmp_path / "hub" / "data" / "train-00000-of-00001.parquet")
+    code = ("from utils.logging import quiet_library_bars; quiet_library_bars(); "
+            "from utils.data.readers import read_dataset; "
+            f"print(len(read_dataset({str(tmp_path / 'hub')!r}).train))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=child_env(1, {"HF_DATASETS_CACHE": str(tmp_path / "cache")}))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "8\n" and "\r" not in p.stderr and "Generating" not in p.stderr

@@ -40,6 +40,9 @@ def test_short_run_trains_actor_and_critic_only(sft_dir, rm_dir, prompts, tmp_pa
                 "entropy", "response_length", "time/generation", "time/training"):
         assert key in first, key
     assert first["reward/total"] == pytest.approx(first["reward/reward_model"] + first["reward/reward"], abs=1e-5)
+    lrs = [r["actor/lr"] for r in rows]
+    assert 1e-3 > lrs[0] > lrs[1] > lrs[2] >= 0 and rows[0]["critic/lr"] == lrs[0]  # cosine from 1e-3, both
+    assert (out / "training_curves.png").stat().st_size > 0
 
 
 def test_extra_losses_enter_the_total(sft_dir, rm_dir, prompts, tmp_path):

@@ -55,6 +55,7 @@ def test_sft_zero_stage_trains_and_saves(tiny_dir, sft_data, tmp_path, stage, ex
     if "--enable_tensorboard" in extra:
         assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert not (out / ".tmp-export").exists()
+    assert (out / "training_curves.png").stat().st_size > 0
 
 
 def test_blends_sft_chat_and_text(tiny_dir, sft_data, tmp_path):

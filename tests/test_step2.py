@@ -131,6 +131,7 @@ def test_reward_model_learns_and_reloads_with_same_scores(sft_dir, pref_data, tm
     # 40 held-out pairs: one pair is 0.025
     assert evals[-1]["eval/accuracy"] >= max(0.7, evals[0]["eval/accuracy"] + 0.15)
     assert evals[-1]["eval/loss"] < 0.6 * evals[0]["eval/loss"]
+    assert (out / "training_curves.png").stat().st_size > 0
 
     before, after = load_weights(sft_dir), load_weights(out)
     backbone = [k for k in before if k != "lm_head.weight"]
@@ -209,6 +210,7 @@ def test_dpo_trains_policy_and_leaves_reference_unchanged(sft_dir, pref_data, tm
     assert evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] - 0.05
     assert evals[-1]["eval/rewards/accuracy"] > 0.6 and evals[-1]["eval/rewards/margin"] > 0
+    assert (out / "training_curves.png").stat().st_size > 0
 
 
 def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_path):

@@ -1,7 +1,8 @@
-"""Metrics to metrics.jsonl, TensorBoard and a tqdm bar; silent on ranks > 0."""
+"""Metrics to metrics.jsonl, TensorBoard and a tqdm bar (whole lines in a log file); silent on ranks > 0."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,3 +83,15 @@ def progress(total: int, initial: int = 0, desc: str = "train", disable: bool = 
         return LineProgress(total, initial, desc)
     return tqdm(total=total, initial=initial, desc=desc, disable=disable or not is_main(),
                 dynamic_ncols=True, mininterval=1.0)
+
+
+def quiet_library_bars() -> None:
+    """When the output is a file, the libraries' own bars go too: datasets' split generation and
+    huggingface_hub's downloads would pile their carriage returns into the log as ours would.
+    Called at start-up, before datasets is imported (it reads the variable then)."""
+    if sys.stderr.isatty():
+        return
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()

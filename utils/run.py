@@ -7,12 +7,14 @@ from contextlib import contextmanager
 from typing import Callable
 
 from . import distributed as dist
+from .logging import quiet_library_bars
 
 
 def start(cfg) -> None:
     """Environment defaults, process group, seeds; names once each accepted flag that does
     nothing in this run."""
     dist.set_env_defaults()
+    quiet_library_bars()
     dist.init_distributed()
     for note in getattr(cfg, "notes", []):
         dist.print_rank0(f"[flags] {note}")
@@ -40,8 +42,29 @@ def user_errors():
         raise SystemExit(2)
 
 
-def finish() -> None:
+def finish(run_dir: str | None = None) -> None:
+    """The end of a step, after its model is saved: tear down, then (rank 0) draw the run's
+    picture into `run_dir`. A pre-empted run passes no folder: it has not finished."""
+    draws = run_dir is not None and dist.is_main()  # read before teardown: rank() needs the process group
     dist.teardown()
+    if draws:
+        draw_picture(run_dir)
+
+
+def draw_picture(run_dir: str) -> None:
+    """`run_dir`/training_curves.png from its metrics.jsonl (utils/plot.py), in one printed line.
+    The model is already saved, so a picture that cannot be drawn (matplotlib missing, a full
+    disk) is reported in one line and the run still succeeds: a pipeline's next step must not
+    stop over a picture."""
+    try:
+        from .plot import picture_of_run
+
+        line = picture_of_run(run_dir)
+    except Exception as e:
+        print(f"[plot] no picture for {run_dir}: {type(e).__name__}: {e} "
+              f"(`python -m utils.plot {run_dir}` tries again)", file=sys.stderr, flush=True)
+        return
+    print(line, flush=True)
 
 
 def typed_escapes(text: str) -> str:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = trainer.fit(eval_extra=perplexity, after_step=predict and partial(predict, engine))
 
     save_hf_model(engine.module, tokenizer, cfg.output_dir)
-    finish()
+    finish(cfg.output_dir)
     return {"eval": result, "history": trainer.history}
 
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = trainer.fit(after_step=predict and partial(predict, engine))
 
     save_hf_model(engine.module, tokenizer, cfg.output_dir)
-    finish()
+    finish(cfg.output_dir)
     return {"eval": result, "history": trainer.history, "reference": reference}
 
 

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         dist.print_rank0("[save] this tokenizer cannot be saved to append EOS: stock users must append it to "
                          "prompt + answer themselves")
     save_hf_model(engine.module, export or tokenizer, cfg.output_dir, model_cls=AutoModelForSequenceClassification)
-    finish()
+    finish(cfg.output_dir)
     return {"eval": result, "history": trainer.history}
 
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = recipe.fit()
 
     recipe.save()
-    finish()
+    finish(cfg.output_dir)
     return {"history": history, "engine": parts.rlhf}
 
 

@@ -111,6 +111,7 @@ class PPORecipe:
             stats["time/eval"] = time.perf_counter() - t
         stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
         stats.update(engine_stats({"actor": self.rlhf.actor, "critic": self.rlhf.critic}))
+        stats.update({f"{name}/lr": engine.get_lr()[0] for name, engine in self.engines.items()})
         self.logger.log(step, stats)
         self.history.append({"step": step, **stats})
         if self.parts.predict:
