@@ -6,6 +6,7 @@
     python -m training.step2_dpo.main ... --loss_type kto --data_path UNPAIRED_OR_PAIRS
     python -m training.step2_dpo.main ... --loss_type rrhf --data_path RANKED_OR_PAIRS --rrhf_weight 1
     deepspeed --num_gpus 8 --module training.step2_dpo.main --zero_stage 3 --reference_zero_stage 3 ...
+    python -m training.step2_dpo.main dpo/config_full.yaml   # an alignment-handbook dpo or orpo recipe
 
 Each example's answers go through the policy in one concatenated forward; only answer tokens
 count. The reference (sigmoid, ipo, kto) is a frozen DeepSpeed engine with its own ZeRO stage,
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
         reference = build_reference(cfg, tokenizer) if cfg.uses_reference else None
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
-    engine = start_engine(model, cfg, len(train), ds_config, f"policy ({cfg.loss_type}, beta {cfg.beta})")
+    beta = "" if cfg.loss_type == "rrhf" else f", beta {cfg.beta}"
+    engine = start_engine(model, cfg, len(train), ds_config, f"policy ({cfg.loss_type}{beta})")
     collate = partial(method.collate, pad_id=tokenizer.pad_token_id)
     precompute = cfg.precompute_ref_log_probs
     if precompute is None:
