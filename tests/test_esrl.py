@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -16,21 +17,71 @@ from tests.conftest import (DEMO_DATA, in_fresh_process, load_weights, read_metr
 MODULE = "training.step3_rlhf.main"
 
 
-def test_sample_counts_temperatures_and_elimination_by_hand():
-    from training.step3_rlhf.esrl import eliminate, equalize_counts, sample_counts, sequence_confidence, temperatures
+def test_temperatures_confidence_and_elimination_by_hand():
+    from training.step3_rlhf.esrl import eliminate, sequence_confidence, temperatures
 
     c = torch.tensor([0.0, 0.25, 0.5, 1.0])
-    assert sample_counts(c, 1, 5) == [5, 4, 3, 1]               # round(5 - c * 4)
     assert temperatures(c, 0.5, 1.5).tolist() == pytest.approx([0.5, 0.75, 1.0, 1.5])
     conf = torch.tensor([0.9, 0.2, 0.95, 0.5, 0.9, 0.1, 0.3])
     assert eliminate(conf, 0.3).tolist() == [1, 3, 4, 5, 6]      # floor(2.1) = 2 dropped: 0.95, then first 0.9
     assert eliminate(conf, 0.0).tolist() == list(range(7))
+    # rows out of the loss go first (1: 0.2, 5: 0.1), then the most confident of the rest (2: 0.95)
+    idle = torch.tensor([False, True, False, False, False, True, False])
+    assert eliminate(conf, 0.3, idle).tolist() == [0, 2, 3, 4, 6]
+    assert eliminate(conf, 0.5, idle).tolist() == [0, 3, 4, 6]
     lp = torch.log(torch.tensor([[0.5, 0.5, 0.25, 0.9], [0.1, 0.8, 0.2, 0.9]]))
     mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
     expected = [(0.5 * 0.25) ** 0.5, (0.1 * 0.8 * 0.2 * 0.9) ** 0.25]
     assert sequence_confidence(lp, mask).tolist() == pytest.approx(expected)
-    # totals equalised over ranks: extra samples go to the least capable prompt with fewest samples
-    assert equalize_counts([1, 2, 1], torch.tensor([0.9, 0.1, 0.2]), 7) == [2, 3, 2]
+
+
+def test_first_pass_statistics_skip_and_need_by_hand():
+    from training.step3_rlhf.esrl import prompt_stats, sampling_need, skipped
+
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.0, 0.0])
+    mean, spread, agree = prompt_stats(r, [0, 0, 1, 1, 2, 2, 3, 3], 4)
+    assert mean.tolist() == [1.0, 0.5, 0.5, 0.0] and spread.tolist() == [0.0, 0.5, 0.0, 0.0]
+    assert agree.tolist() == [True, False, True, True]
+    cap = torch.tensor([0.3, 0.9, 0.85, 0.2])
+    # 0: alike at the best reward; 1: disagrees, so never skipped; 2: alike and capable (0.85 > 0.8); 3: alike, low
+    skip = skipped(mean, agree, cap, best=1.0, worst=0.0, threshold=0.8)
+    assert skip.tolist() == [True, False, True, False]
+    # rewards that never varied (best = worst): the best reward says nothing, capability still does
+    assert skipped(mean, agree, cap, best=1.0, worst=1.0, threshold=0.8).tolist() == [False, False, True, False]
+    # w = (1 - c) + s / (sigma_R + 1e-8), 0 when skipped: prompt 1 (1 - 0.9) + 0.5 / 0.25, prompt 3 1 - 0.2
+    assert sampling_need(cap, spread, 0.25, skip).tolist() == pytest.approx([0.0, 2.1, 0.0, 0.8])
+
+
+def greedy_allocation(weights: list[float], cap: int, total: int) -> list[int]:
+    """D'Hondt as a loop: each extra sample to the prompt with the highest w / (its extras + 1)."""
+    extra = [0] * len(weights)
+    for _ in range(total):
+        open_ = [i for i in range(len(weights)) if extra[i] < cap]
+        i = min(open_, key=lambda i: (-weights[i] / (extra[i] + 1), extra[i] + 1, i))
+        extra[i] += 1
+    return extra
+
+
+def test_allocation_matches_a_greedy_loop_and_hand_values():
+    from training.step3_rlhf.esrl import allocate, second_pass_size
+
+    w = torch.tensor([2.1, 0.0, 0.0, 0.8], dtype=torch.float64)
+    # quotients 2.1, 1.05, 0.8, 0.7 (prompt 0: 2.1 / 1..3; prompt 3: 0.8 / 1)
+    assert allocate(w, 3, 4) == [3, 0, 0, 1]
+    # then 0.4, 0.27 of prompt 3; the seventh and eighth go to the zero-weight prompts in turn
+    assert allocate(w, 3, 6) == [3, 0, 0, 3] and allocate(w, 3, 7) == [3, 1, 0, 3] and allocate(w, 3, 8) == [3, 1, 1, 3]
+    assert second_pass_size(w, 3, 8) == 6 and second_pass_size(w, 3, 4) == 4 and second_pass_size(w, 3, -2) == 0
+    with pytest.raises(ValueError):
+        allocate(w, 3, 13)
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n, cap = int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+        # few distinct values, so ties (equal weights, zero weights, equal quotients) are common
+        w = torch.randint(0, 4, (n,), generator=g).double() / 2
+        for total in range(n * cap + 1):
+            got = allocate(w, cap, total)
+            assert got == greedy_allocation(w.tolist(), cap, total), (w.tolist(), cap, total)
+            assert sum(got) == total and max(got) <= cap
 
 
 def test_group_baseline_and_reward_to_go_by_hand():
@@ -46,26 +97,51 @@ def test_group_baseline_and_reward_to_go_by_hand():
     torch.testing.assert_close(g, torch.tensor(expected))
 
 
-def test_capability_rises_so_samples_fall_and_temperature_rises():
-    from training.step3_rlhf.esrl import CapabilityEstimator, sample_counts, temperatures
+def test_capability_rises_and_temperature_with_it():
+    from training.step3_rlhf.esrl import CapabilityEstimator, temperatures
 
     est = CapabilityEstimator(confidence_weight=0.5, decay=0.5)
     assert est.capability([3]).tolist() == [0.25]                     # no history: conf 0, score 0.5
-    est.update({1: 0.2, 2: 0.9}, {1: -1.0, 2: 3.0})                   # round mean 1, std 2
+    est.update({1: 0.2, 2: 0.9}, {1: -1.0, 2: 3.0})                   # batch mean 1, std 2
     c = est.capability([1, 2, 5])
     s1, s2 = 1 / (1 + torch.e ** 1.0), 1 / (1 + torch.e ** -1.0)      # sigmoid(-1), sigmoid(1)
     assert c.tolist() == pytest.approx([0.5 * 0.2 + 0.5 * s1, 0.5 * 0.9 + 0.5 * s2, 0.5 * 0.55 + 0.25], abs=1e-6)
-    ks, ts = sample_counts(c, 1, 4), temperatures(c, 0.7, 1.3)
-    assert ks[0] > ks[1] and ts[0] < ts[1]
+    assert (est.reward_best, est.reward_worst) == (3.0, -1.0)
     before = est.capability([1])
     est.update({1: 0.95}, {1: 3.0, 2: 3.0})                            # prompt 1 got better
     after = est.capability([1])
     assert after > before
-    assert sample_counts(after, 1, 4)[0] <= sample_counts(before, 1, 4)[0]
     assert temperatures(after, 0.7, 1.3) > temperatures(before, 0.7, 1.3)
+    assert (est.reward_best, est.reward_worst) == (3.0, -1.0)
+    est.update({4: 0.5}, {4: 7.5})
+    assert (est.reward_best, est.reward_worst) == (7.5, -1.0)
     copy = CapabilityEstimator(0.5, 0.5)
     copy.load_state_dict(est.state_dict())
     assert copy.capability([1, 2, 7]).tolist() == est.capability([1, 2, 7]).tolist()
+    assert copy.state_dict() == est.state_dict()
+
+
+def test_sample_counts_resolve_to_a_budget():
+    from utils.config import RLHFConfig, parse_config
+
+    base = ["--actor_model_name_or_path", "a", "--critic_model_name_or_path", "c", "--data_path", "d",
+            "--output_dir", "o", "--dynamic_sampling"]
+
+    def counts(*argv):
+        cfg = parse_config(RLHFConfig, base + list(argv))
+        return (cfg.num_samples_per_prompt, cfg.esrl_min_samples, cfg.esrl_max_samples), cfg.__dict__.get("notes", [])
+
+    # (budget K per prompt, first pass m, most per prompt k_max)
+    assert counts()[0] == (4, 2, 8)                                   # the fork's scripts: --dynamic_sampling alone
+    assert counts("--num_samples_per_prompt", "6")[0] == (6, 2, 12)
+    assert counts("--esrl_min_samples", "2", "--esrl_max_samples", "4")[0] == (4, 2, 4)
+    assert counts("--num_samples_per_prompt", "4", "--esrl_max_samples", "8")[0] == (4, 2, 8)
+    assert counts("--esrl_max_samples", "1")[0] == (1, 1, 1)
+    assert counts("--esrl_min_samples", "1", "--esrl_max_samples", "3")[0] == (3, 1, 3)
+    got, notes = counts("--num_samples_per_prompt", "8", "--esrl_max_samples", "4")
+    assert got == (4, 2, 4) and any(n.startswith("--num_samples_per_prompt: ESRL gives one prompt") for n in notes)
+    plain = parse_config(RLHFConfig, base[:-1] + ["--num_samples_per_prompt", "3"])
+    assert plain.num_samples_per_prompt == 3                          # no ESRL: k as given
 
 
 def esrl_args(sft_dir, prompts, out, *extra):
@@ -76,6 +152,7 @@ def esrl_args(sft_dir, prompts, out, *extra):
 
 def one_round(argv):
     """Build the engine and trainer, run one round of experience; count what each pass saw."""
+    from training.step3_rlhf import rollout
     from training.step3_rlhf.build import build_sources
     from training.step3_rlhf.rollout import ExperienceMaker
     from training.step3_rlhf.update import PPOUpdater
@@ -83,6 +160,7 @@ def one_round(argv):
     from utils.config import RLHFConfig, parse_config
     from utils.data import load_step_records
     from utils.data.rlhf import tokenize_prompts
+    from training.step3_rlhf.esrl import sequence_confidence
     from utils.losses import token_logprobs
     from utils.models import load_tokenizer_for
     from utils.run import start
@@ -113,6 +191,11 @@ def one_round(argv):
         finally:
             h.remove()
     trainer.generate = spy
+    # each pass's samples as sampled, and the rows elimination keeps
+    sample, samples, kept = trainer.sample, [], []
+    trainer.sample = lambda *a, **kw: (lambda s: (samples.append(s), s)[1])(sample(*a, **kw))
+    eliminate = rollout.eliminate
+    rollout.eliminate = lambda *a: (lambda k: (kept.append(k.tolist()), k)[1])(eliminate(*a))
     exp, stats = trainer.make_experience(data[:8], list(range(8)))
     # a separate forward per row, without padding, must give the same log-probs
     diffs = []
@@ -127,25 +210,69 @@ def one_round(argv):
     step, minibatches = updater.step, []
     updater.step = lambda mb, *a: (minibatches.append(mb.sequences.shape[0]), step(mb, *a))[1]
     updater.train_on([exp], 0)
+    sampled = [{"prompt_index": x.prompt_index, "reward": x.base.tolist(),
+                "confidence": sequence_confidence(x.logprobs, x.action_mask).tolist()} for x in samples]
     return {"seen": passes, "stats": stats, "rows": exp.sequences.shape[0], "diff": max(diffs),
-            "counters": dict(trainer.counters), "minibatches": minibatches}
+            "counters": dict(trainer.counters), "minibatches": minibatches, "passes": sampled, "kept": kept,
+            "prompt_index": exp.prompt_index, "advantages": exp.advantages.tolist(),
+            "action_mask": exp.action_mask.tolist(), "loss_mask": exp.loss_mask.tolist()}
 
 
-def test_dynamic_sampling_scores_fewer_sequences_and_two_stage_logprobs_match(sft_dir, prompts, tmp_path):
-    argv = esrl_args(sft_dir, prompts, tmp_path / "o", "--dynamic_sampling", "--esrl_min_samples", 2,
-                     "--esrl_max_samples", 3, "--esrl_eliminate_ratio", 0.25)
+def test_second_pass_goes_where_the_first_says_and_joins_the_groups(sft_dir, prompts, tmp_path):
+    from training.step3_rlhf.esrl import (CapabilityEstimator, allocate, kept_count, prompt_stats, sampling_need,
+                                          second_pass_size, skipped)
+    from utils.losses import grpo_advantages, uniform_groups
+
+    # budget 4 per prompt, first pass 2, at most 6 per prompt; every prompt answered alike is skipped (cold
+    # temperatures, so some are)
+    argv = esrl_args(sft_dir, prompts, tmp_path / "o", "--dynamic_sampling", "--advantage_estimator", "grpo",
+                     "--use_kl_loss", "--num_samples_per_prompt", 4, "--esrl_max_samples", 6,
+                     "--esrl_skip_capability", 0, "--esrl_eliminate_ratio", 0.25, "--esrl_temperature_min", 0.05,
+                     "--esrl_temperature_max", 0.1)
     r = in_fresh_process(one_round, argv)
-    sampled = r["counters"]["sampled_sequences"]
-    # no history: capability 0.25 -> round(3 - 0.25) = 3 samples for each of the 8 prompts
-    assert sampled == 24 and r["stats"]["esrl/samples_per_prompt"] == 3
-    kept = sampled - int(0.25 * sampled)
-    assert r["rows"] == kept == 18 and r["counters"]["scored_sequences"] == 18
-    assert sum(r["seen"]["ref"]) == sum(r["seen"]["critic"]) == sum(r["seen"]["reward"]) == kept
+    first, second = r["passes"]
+    assert first["prompt_index"] == [i for i in range(8) for _ in range(2)]
+    # the allocation, from the first pass alone (a fresh estimator: this is the run's first batch)
+    reward = torch.tensor(first["reward"])
+    mean, spread, agree = prompt_stats(reward, first["prompt_index"], 8)
+    conf = prompt_stats(torch.tensor(first["confidence"]), first["prompt_index"], 8)[0]
+    est = CapabilityEstimator(0.5, 0.5)
+    est.update(dict(enumerate(conf.tolist())), dict(enumerate(mean.tolist())))
+    cap = est.capability(list(range(8)))
+    skip = skipped(mean, agree, cap, est.reward_best, est.reward_worst, 0.0)
+    need = sampling_need(cap, spread, math.sqrt(est.reward_var), skip)
+    total = second_pass_size(need, 4, 8 * (4 - 2))
+    assert skip.any() and not skip.all() and 0 < total    # both kinds of prompt in this batch
+    extra = allocate(need, 4, total)
+    assert second["prompt_index"] == [i for i, e in enumerate(extra) for _ in range(e)]
+    assert r["stats"]["esrl/skipped"] == pytest.approx(float(skip.float().mean()))
+    n = 16 + total
+    assert r["counters"]["sampled_sequences"] == n <= 8 * 4 and r["seen"]["reward"] == [16, total]
+    # group baselines over every sample of the prompt, both passes; skipped prompts' uniform groups leave the loss
+    groups = first["prompt_index"] + second["prompt_index"]
+    end = torch.tensor(first["reward"] + second["reward"])
+    enter_all = ~(uniform_groups(end, groups) & skip[groups])
+    # elimination drops the rows out of the loss first, then the rest, the most confident first; only the
+    # kept rows reach the reference and the update
+    conf = torch.tensor(first["confidence"] + second["confidence"])
+    keep = r["kept"][0]
+    assert len(keep) == r["rows"] == kept_count(n, 0.25) == r["counters"]["scored_sequences"] == sum(r["seen"]["ref"])
+    dropped = sorted(set(range(n)) - set(keep))
+    idle = [i for i in range(n) if not enter_all[i]]
+    assert len(idle) > len(dropped) and set(dropped) <= set(idle)     # this batch: more idle rows than dropped
+    assert min(conf[dropped].tolist()) >= max(conf[sorted(set(idle) - set(dropped))].tolist()) - 1e-6
+    assert r["prompt_index"] == [groups[i] for i in keep]
+    want = grpo_advantages(end, groups)[keep]
+    enter = enter_all[keep]
+    adv, mask, loss_mask = (torch.tensor(r[k]) for k in ("advantages", "action_mask", "loss_mask"))
+    for i in range(len(keep)):
+        m = mask[i].bool()
+        assert adv[i][m].tolist() == pytest.approx([float(want[i])] * int(m.sum()), abs=1e-5)
+    assert enter.any() and not enter.all() and loss_mask.sum(1).tolist() == (mask.sum(1) * enter).tolist()
     assert r["seen"]["grad_in_generate"] and not any(r["seen"]["grad_in_generate"])
-    assert r["diff"] < 1e-5
-    # minibatches hold at most --per_device_training_batch_size (4) sequences: the fixed count per
-    # round is ceil(18 / 4) = 5, for the most a round can keep (8 prompts x 3 samples, less 25%)
-    assert r["minibatches"] == [4, 4, 4, 3, 3]
+    assert r["diff"] < 1e-5       # the first pass's log-probs survive joining the second's layout
+    # a fixed ceil(kept_count(8 x 4) / 4) = 6 minibatches of at most --per_device_training_batch_size (4)
+    assert len(r["minibatches"]) == 6 and max(r["minibatches"]) <= 4 and sum(r["minibatches"]) == len(keep)
 
 
 def test_plain_ppo_scores_every_sample(sft_dir, prompts, tmp_path):

@@ -132,8 +132,8 @@ def test_estimator_flags_resolve():
                                            "false"])
     assert cfg.advantage_estimator == "reinforce_pp" and cfg.remove_kl_penalty    # no KL anywhere: no reference
     cfg = parse_config(RLHFConfig, BASE + ["--dynamic_sampling", "--num_samples_per_prompt", "6"])
-    assert cfg.esrl_max_samples == 6
-    assert parse_config(RLHFConfig, BASE + ["--dynamic_sampling"]).esrl_max_samples == 4
+    assert cfg.num_samples_per_prompt == 6 and cfg.esrl_max_samples == 12     # ESRL's budget, twice for one prompt
+    assert parse_config(RLHFConfig, BASE + ["--dynamic_sampling"]).esrl_max_samples == 8
 
 
 # -- end to end -----------------------------------------------------------------------------------

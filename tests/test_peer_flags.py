@@ -219,6 +219,12 @@ def test_step3_behaviour_flags():
     (["--use_kl_loss", "--adaptive_kl"], "--adaptive_kl steers the KL penalty in the reward"),
     (["--cliprange_low", "1.5"], "--cliprange_low must be in [0, 1)"),
     (["--num_samples_per_prompt", "0"], "--num_samples_per_prompt must be >= 1"),
+    # ESRL's
+    (["--esrl_min_samples", "5", "--esrl_max_samples", "4"], "--esrl_min_samples and --esrl_max_samples need"),
+    (["--dynamic_sampling", "--num_samples_per_prompt", "2", "--esrl_min_samples", "3", "--esrl_max_samples", "4"],
+     "--esrl_min_samples 3 exceeds the budget --num_samples_per_prompt 2"),
+    (["--esrl_skip_capability", "1.5"], "--esrl_skip_capability must be in [0, 1]"),
+    (["--esrl_eliminate_ratio", "1"], "--esrl_eliminate_ratio must be in [0, 1)"),
 ])
 def test_step3_cross_checks(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:

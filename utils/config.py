@@ -698,7 +698,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                             choices=["gae", "grpo", "rloo", "reinforce_pp", "group_norm",
                                                      "dr_grpo", "reinforce_plus_plus", "reinforce"])
     num_samples_per_prompt: int = _f(1, "Answers sampled per prompt in each generation batch (the group of GRPO "
-                                        "and RLOO); with --dynamic_sampling the most ESRL may give a prompt.",
+                                        "and RLOO); with --dynamic_sampling ESRL's budget: its two passes "
+                                        "sample at most this many per prompt on average (there 1 means "
+                                        "--esrl_max_samples when given, else 4).",
                                      aliases=("n_samples_per_prompt", "num_generations"))
     norm_adv_by_std_in_grpo: bool = _f(True, "grpo: divide by the group's reward std (false: Dr. GRPO).")
     use_kl_loss: bool = _f(False, "KL to the reference as a loss term (--kl_loss_coef x --kl_estimator), as GRPO; "
@@ -753,16 +755,27 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     save_critic_model: bool = _f(False, "Accepted for the fork's scripts: the critic is always saved here.")
     gpt_annotated_score: Optional[bool] = _opt_bool("Accepted for the fork's scripts; a step-2 option with no "
                                                    "effect in step 3.")
-    dynamic_sampling: bool = _f(False, "ESRL dynamic sampling: per-prompt sample counts and temperatures from "
-                                       "the model's estimated capability, and the most confident samples dropped "
-                                       "before scoring (README: ESRL).")
-    esrl_min_samples: int = _f(1, "Fewest samples per prompt (for the most capable prompts).")
-    esrl_max_samples: Optional[int] = _f(None, "Most samples per prompt (for the least capable prompts; default: "
-                                               "--num_samples_per_prompt when above 1, else 4).")
+    dynamic_sampling: bool = _f(False, "ESRL dynamic sampling: a first pass of --esrl_min_samples per prompt, "
+                                       "then the rest of the --num_samples_per_prompt budget to the prompts whose "
+                                       "samples disagree or score low, none to those answered alike and well; "
+                                       "temperatures from the model's estimated capability, and the most "
+                                       "confident samples left out of the update (README: ESRL).")
+    esrl_min_samples: Optional[int] = _f(None, "Samples of every prompt in ESRL's first pass, the fewest a prompt "
+                                               "gets (default 2, the fewest that can disagree; 1 when "
+                                               "--esrl_max_samples is 1).")
+    esrl_max_samples: Optional[int] = _f(None, "Most samples of one prompt, both passes together (default: twice "
+                                               "the budget --num_samples_per_prompt, so the hardest prompts may get "
+                                               "what the skipped ones save).")
+    esrl_skip_capability: float = _f(0.75, "A prompt whose first-pass samples all got the same reward gets no "
+                                           "second pass when its capability estimate is above this (or when that "
+                                           "reward is the best seen); 0.75 is halfway from an average prompt "
+                                           "(0.5) to a sure, top-scoring one (1); 1: only at the best reward.")
     esrl_temperature_min: float = _f(0.8, "Sampling temperature at capability 0.")
     esrl_temperature_max: float = _f(1.2, "Sampling temperature at capability 1.")
-    esrl_eliminate_ratio: float = _f(0.3, "Fraction of each round's samples, the most confident, dropped before "
-                                          "the reward, reference and critic passes.")
+    esrl_eliminate_ratio: float = _f(0.3, "Fraction of each generation batch's samples left out of the reference "
+                                          "and critic passes and the update: first those out of the loss, then "
+                                          "the most confident (their rewards still count in their prompt's "
+                                          "baseline).")
     esrl_confidence_weight: float = _f(0.5, "Weight w of token confidence (vs. recent reward) in the capability "
                                             "estimate.")
     esrl_capability_decay: float = _f(0.5, "Moving-average decay of the capability estimates across visits.")
@@ -1018,10 +1031,20 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.weights_comet_model = [1.0 / n] * n
 
     def check_esrl(self) -> None:
+        """ESRL's knobs; its sample counts are resolved here, so a round's most sequences (and the
+        number of PPO steps) are known before training."""
+        if self.dynamic_sampling and self.num_samples_per_prompt == 1:
+            self.num_samples_per_prompt = self.esrl_max_samples or 4
         if self.esrl_max_samples is None:
-            self.esrl_max_samples = self.num_samples_per_prompt if self.num_samples_per_prompt > 1 else 4
+            self.esrl_max_samples = 2 * self.num_samples_per_prompt
+        if self.esrl_min_samples is None:
+            self.esrl_min_samples = min(2, self.esrl_max_samples)
         if not 1 <= self.esrl_min_samples <= self.esrl_max_samples:
             raise ConfigError("--esrl_min_samples and --esrl_max_samples need 1 <= min <= max")
+        if self.dynamic_sampling:
+            self.check_esrl_budget()
+        if not 0 <= self.esrl_skip_capability <= 1:
+            raise ConfigError("--esrl_skip_capability must be in [0, 1]")
         if not 0 < self.esrl_temperature_min <= self.esrl_temperature_max:
             raise ConfigError("--esrl_temperature_min and --esrl_temperature_max need 0 < min <= max")
         if not 0 <= self.esrl_eliminate_ratio < 1:
@@ -1030,3 +1053,16 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             raise ConfigError("--baseline_decay must be in [0, 1)")
         if not 0 <= self.esrl_confidence_weight <= 1 or not 0 <= self.esrl_capability_decay < 1:
             raise ConfigError("--esrl_confidence_weight must be in [0, 1] and --esrl_capability_decay in [0, 1)")
+
+    def check_esrl_budget(self) -> None:
+        """--num_samples_per_prompt under ESRL: the budget per prompt of its two passes, between
+        --esrl_min_samples (the first pass) and --esrl_max_samples (the most one prompt gets)."""
+        k, low, high = self.num_samples_per_prompt, self.esrl_min_samples, self.esrl_max_samples
+        if k > high:
+            self.note("--num_samples_per_prompt", f"ESRL gives one prompt at most --esrl_max_samples ({high}) "
+                                                  f"samples, so the budget is {high} per prompt")
+            k = high
+        if k < low:
+            raise ConfigError(f"--esrl_min_samples {low} exceeds the budget --num_samples_per_prompt {k} (ESRL's "
+                              f"first pass samples --esrl_min_samples of every prompt)")
+        self.num_samples_per_prompt = k

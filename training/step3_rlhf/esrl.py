@@ -1,33 +1,46 @@
 """ESRL (Wang et al. 2024, "Efficient Sampling-based Reinforcement Learning for Sequence
-Generation"): dynamic sampling driven by an estimate of the model's capability per prompt.
+Generation"): dynamic sampling driven by an estimate of the model's capability per prompt, here
+spending a group budget (GRPO's --num_samples_per_prompt) where the samples teach.
 
 Capability of prompt x, in [0, 1] (README "ESRL" has the same formulas):
-    conf(x)  = exp(mean log pi(y_t | x, y_<t)) over the answer tokens of its last samples
-    score(x) = sigmoid((R(x) - mu_R) / (sigma_R + 1e-8)), R(x) its mean reward and mu_R,
-               sigma^2_R moving averages of each round's mean and variance of prompt rewards
+    conf(x)  = exp(mean log pi(y_t | x, y_<t)) over the answer tokens of its first-pass samples
+    score(x) = sigmoid((R(x) - mu_R) / (sigma_R + 1e-8)), R(x) its mean first-pass reward and mu_R,
+               sigma^2_R moving averages of each batch's mean and variance of prompt rewards
     c(x)     = w * conf(x) + (1 - w) * score(x),   w = --esrl_confidence_weight
 Per-prompt terms are moving averages over that prompt's visits, d = --esrl_capability_decay:
 v <- d * v + (1 - d) * v_new. A prompt not seen yet takes the moving averages over all
-prompts, so the estimate for unseen prompts rises as the model improves.
+prompts. r_best / r_worst are the highest / lowest prompt reward R seen so far.
 
-From c(x):
-    samples(x)     = round(k_max - c(x) * (k_max - k_min))      fewer samples when capable
-    temperature(x) = t_min + c(x) * (t_max - t_min)             hotter when capable, so the
-                                                                 few samples still differ
-and after sampling, the fraction --esrl_eliminate_ratio of the batch with the highest
-sequence confidence is dropped before the reward, reference and critic passes.
+One generation batch of n prompts, K = --num_samples_per_prompt (the budget: K samples per prompt
+on average, as plain GRPO), m = --esrl_min_samples (2), k_max = --esrl_max_samples (2K, so what
+skipped prompts save may go to the hardest):
+
+1. First pass: m samples of every prompt at temperature t_min + c(x) * (t_max - t_min) (c from
+   before the batch: hotter when capable, so the samples still differ). Their rewards and
+   confidences update the estimates (gathered over ranks, so every rank holds the same).
+2. Allocation, from the first pass's mean reward R_i, spread s_i (population std) and agree_i (all
+   rewards equal), and c_i, sigma_R, r_best, r_worst after the update:
+       skip_i = agree_i and (c_i > c_skip  or  R_i >= r_best > r_worst),   c_skip = --esrl_skip_capability
+       w_i    = 0 if skip_i else (1 - c_i) + s_i / (sigma_R + 1e-8)
+   A prompt whose samples disagree always teaches, so it is never skipped; one the model answers
+   alike and well (the best reward seen, or capability above c_skip) gets no more samples.
+   The second pass gives prompt i one more sample for each of its quotients w_i / j,
+   j = 1 .. k_max - m, among the T largest of the batch (D'Hondt; ties to the smaller j, then the
+   earlier prompt), with
+       T = max over ranks of min(n * (K - m), (k_max - m) * #{i: w_i > 0}),
+   so every rank samples as many (a rank wanting fewer gives the rest to zero-weight prompts in
+   turn) and no round samples more than n * K.
+3. The second pass's samples join their prompt's group (group baselines use all of them). A
+   skipped prompt whose whole group got one reward is left out of the loss (`loss_mask`). The
+   fraction --esrl_eliminate_ratio of the batch skips the reference and critic passes and the
+   update: first the rows out of the loss, then the rest, each most confident first (their
+   rewards still count in the baselines).
 """
 from __future__ import annotations
 
 import math
 
 import torch
-
-
-def sample_counts(capability: torch.Tensor, k_min: int, k_max: int) -> list[int]:
-    """round(k_max - c * (k_max - k_min)) per prompt. capability: [B] in [0, 1]."""
-    k = torch.round(k_max - capability.clamp(0, 1) * (k_max - k_min)).long()
-    return k.clamp(k_min, k_max).tolist()
 
 
 def temperatures(capability: torch.Tensor, t_min: float, t_max: float) -> torch.Tensor:
@@ -46,41 +59,90 @@ def kept_count(n: int, ratio: float) -> int:
     return n - int(math.floor(ratio * n + 1e-9))
 
 
-def eliminate(confidence: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Indices kept after dropping floor(ratio * N) most confident samples (ties: lower index kept).
+def eliminate(confidence: torch.Tensor, ratio: float, idle: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices kept after dropping floor(ratio * N) samples: those out of the loss first (`idle`,
+    which cost the update's passes and teach nothing), each kind most confident first (ties: lower
+    index kept).
 
-    confidence: [N]. Returns sorted long indices [N - floor(ratio * N)].
+    confidence: [N]; idle: [N] bool or None. Returns sorted long indices [N - floor(ratio * N)].
     """
     n = confidence.numel()
     drop = n - kept_count(n, ratio)
     if drop == 0:
         return torch.arange(n)
     order = torch.argsort(-confidence, stable=True)
+    if idle is not None:
+        order = order[torch.argsort((~idle[order]).long(), stable=True)]
     return torch.sort(order[drop:]).values
 
 
-def equalize_counts(counts: list[int], capability: torch.Tensor, total: int) -> list[int]:
-    """Raise the sample counts to `total` (the largest total over ranks), one extra sample at a time
-    to the least capable prompt with the fewest samples, so every rank samples, scores and trains on
-    the same number of sequences (DeepSpeed steps and ZeRO-3 forwards stay in lockstep)."""
-    counts = list(counts)
-    while sum(counts) < total:
-        i = min(range(len(counts)), key=lambda j: (counts[j], float(capability[j]), j))
-        counts[i] += 1
-    return counts
+def prompt_stats(values: torch.Tensor, rows: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per prompt, over its samples: mean, population std (the spread) and whether all are equal.
+
+    values: [N]; rows: the prompt (0 .. n-1) of each value, every prompt at least once.
+    Returns ([n] float64, [n] float64, [n] bool).
+    """
+    idx, v = torch.tensor(rows), values.detach().cpu().double()
+    count = torch.zeros(n, dtype=v.dtype).index_add_(0, idx, torch.ones_like(v))
+    mean = torch.zeros(n, dtype=v.dtype).index_add_(0, idx, v) / count
+    var = torch.zeros(n, dtype=v.dtype).index_add_(0, idx, (v - mean[idx]) ** 2) / count
+    high = torch.full((n,), -math.inf, dtype=v.dtype).scatter_reduce(0, idx, v, "amax")
+    low = torch.full((n,), math.inf, dtype=v.dtype).scatter_reduce(0, idx, v, "amin")
+    return mean, var.sqrt(), high == low
+
+
+def skipped(mean: torch.Tensor, agree: torch.Tensor, capability: torch.Tensor, best: float, worst: float,
+            threshold: float) -> torch.Tensor:
+    """skip_i = agree_i and (c_i > threshold or R_i >= r_best > r_worst): the prompts answered alike
+    and well. best > worst keeps a task whose rewards never varied (nothing solved yet) sampling.
+    mean, capability: [n] float; agree: [n] bool. Returns [n] bool."""
+    at_best = mean >= best if best > worst else torch.zeros_like(agree)
+    return agree & ((capability.double() > threshold) | at_best)
+
+
+def sampling_need(capability: torch.Tensor, spread: torch.Tensor, reward_std: float,
+                  skip: torch.Tensor) -> torch.Tensor:
+    """w_i = (1 - c_i) + s_i / (sigma_R + 1e-8), 0 where skip_i: low capability (low confidence or
+    reward below the running mean) and disagreement both ask for more samples.
+    capability, spread: [n]; skip: [n] bool. Returns [n] float64 >= 0."""
+    w = (1 - capability.double()) + spread.double() / (reward_std + 1e-8)
+    return torch.where(skip, torch.zeros_like(w), w)
+
+
+def second_pass_size(weights: torch.Tensor, cap: int, budget: int) -> int:
+    """Samples this rank's second pass wants: min(budget, cap * #{i: w_i > 0}), budget = n * (K - m)
+    (0 when the first pass alone spends it)."""
+    return max(0, min(budget, cap * int((weights > 0).sum())))
+
+
+def allocate(weights: torch.Tensor, cap: int, total: int) -> list[int]:
+    """Extra samples per prompt: prompt i gets one for each of its quotients w_i / j, j = 1 .. cap,
+    among the `total` largest of all prompts' quotients (D'Hondt's highest averages; ties go to the
+    smaller j, then the earlier prompt, so zero-weight prompts are filled in turn, after every
+    positive one is full). weights: [n] >= 0; total <= n * cap. Returns n counts in 0 .. cap."""
+    n = weights.numel()
+    if total > n * cap:
+        raise ValueError(f"{total} samples do not fit {n} prompts of at most {cap} each")
+    quotients = weights.double()[None, :] / torch.arange(1, cap + 1, dtype=torch.float64)[:, None]   # [cap, n]
+    # a stable sort of the flattened [j, i] grid breaks ties by j, then i
+    chosen = torch.argsort(-quotients.reshape(-1), stable=True)[:total]
+    return torch.bincount(chosen % n, minlength=n).tolist()
 
 
 class CapabilityEstimator:
     """Per-prompt moving averages of confidence and reward, plus running (moving-average) means
-    over all prompts. Identical on every rank: each round's per-prompt values are gathered."""
+    over all prompts and the best/worst prompt reward seen. Identical on every rank: each batch's
+    per-prompt values are gathered."""
 
     def __init__(self, confidence_weight: float, decay: float):
         self.w, self.decay = confidence_weight, decay
         self.conf: dict[int, float] = {}
         self.reward: dict[int, float] = {}
-        self.conf_mean: float | None = None     # moving average of the round means
+        self.conf_mean: float | None = None     # moving average of the batch means
         self.reward_mean: float | None = None
         self.reward_var: float = 0.0
+        self.reward_best: float = -math.inf    # highest / lowest prompt reward seen
+        self.reward_worst: float = math.inf
 
     def _ema(self, old, new):
         return new if old is None else self.decay * old + (1 - self.decay) * new
@@ -102,8 +164,8 @@ class CapabilityEstimator:
         return torch.tensor(out, dtype=torch.float32)
 
     def update(self, confidence: dict[int, float], reward: dict[int, float]) -> None:
-        """Fold in one round (already gathered over ranks): per prompt, its mean sequence
-        confidence and, for prompts with scored samples, its mean reward."""
+        """Fold in one batch (already gathered over ranks): per prompt, its mean sequence
+        confidence and mean reward."""
         for i, c in confidence.items():
             self.conf[i] = self._ema(self.conf.get(i), c)
         for i, r in reward.items():
@@ -119,11 +181,15 @@ class CapabilityEstimator:
             else:
                 self.reward_mean = self._ema(self.reward_mean, m)
                 self.reward_var = self._ema(self.reward_var, v)
+            self.reward_best, self.reward_worst = max(self.reward_best, *vals), min(self.reward_worst, *vals)
 
     def state_dict(self) -> dict:
         return {"conf": dict(self.conf), "reward": dict(self.reward), "conf_mean": self.conf_mean,
-                "reward_mean": self.reward_mean, "reward_var": self.reward_var}
+                "reward_mean": self.reward_mean, "reward_var": self.reward_var, "reward_best": self.reward_best,
+                "reward_worst": self.reward_worst}
 
     def load_state_dict(self, s: dict) -> None:
         self.conf, self.reward = {int(k): v for k, v in s["conf"].items()}, {int(k): v for k, v in s["reward"].items()}
         self.conf_mean, self.reward_mean, self.reward_var = s["conf_mean"], s["reward_mean"], s["reward_var"]
+        # checkpoints of the one-pass ESRL hold no extremes: they start again from the next round
+        self.reward_best, self.reward_worst = s.get("reward_best", -math.inf), s.get("reward_worst", math.inf)

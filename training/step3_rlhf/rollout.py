@@ -1,17 +1,19 @@
 """PPO's rollout: sample answers, score them and shape rewards into an `Experience`.
 
 One generation batch: sample with no autograd graph (stage 1) -> one teacher-forced forward of
-the actor over all samples (stage 2: the old log-probs, which the policy loss shares) -> with
---dynamic_sampling, drop the most confident samples -> one teacher-forced forward each of
-reference and critic -> reward sources -> per-token KL penalty and clipped end reward -> GAE
-or a critic-free estimator (GRPO, RLOO, REINFORCE++: reward-to-go of the shaped rewards; README
-"Advantage estimators"). Every formula is a pure
-function in `utils/losses.py` or `esrl.py`; what steers the shaping (the KL coefficient, the
-reward normaliser, ESRL's estimates, the baseline) is computed over all ranks, so every rank
-holds the same values, and lives in `ExperienceMaker.state_dict()`.
+the actor over all samples (stage 2: the old log-probs, which the policy loss shares) -> reward
+sources. With --dynamic_sampling that is ESRL's first pass, and a second pass samples more where
+the first says the samples teach (`esrl.py`); then the most confident samples are dropped. ->
+one teacher-forced forward each of reference and critic -> per-token KL penalty and clipped end
+reward -> GAE or a critic-free estimator (GRPO, RLOO, REINFORCE++: reward-to-go of the shaped
+rewards; README "Advantage estimators"). Every formula is a pure function in `utils/losses.py`
+or `esrl.py`; what steers the shaping (the KL coefficient, the reward normaliser, ESRL's
+estimates, the baseline) is computed over all ranks, so every rank holds the same values, and
+lives in `ExperienceMaker.state_dict()`.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, fields
@@ -20,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from training.step3_rlhf.esrl import (CapabilityEstimator, eliminate, equalize_counts, sample_counts,
-                                     sequence_confidence, temperatures)
+from training.step3_rlhf.esrl import (CapabilityEstimator, allocate, eliminate, kept_count, prompt_stats,
+                                     sampling_need, second_pass_size, sequence_confidence, skipped, temperatures)
 from utils import distributed as dist
 from utils.data import IGNORE_INDEX, Example
 from utils.data.rlhf import PromptExample
@@ -32,6 +34,13 @@ from utils.models import lm_logits, token_values
 from utils.rewards import RewardInputs, combine
 
 
+def take(v, idx: list[int]):
+    """Rows `idx` of a tensor (first dimension), a list, or each tensor of a dict."""
+    if isinstance(v, dict):
+        return {k: take(x, idx) for k, x in v.items()}
+    return [v[i] for i in idx] if isinstance(v, list) else v[idx]
+
+
 @dataclass
 class Experience:
     """One generation batch. S = prompt length (left-padded) + answer length (right-padded);
@@ -40,7 +49,7 @@ class Experience:
     attention_mask: torch.Tensor  # [B, S] long
     action_mask: torch.Tensor     # [B, S-1] float, 1 where token t+1 is an answer token (EOS included)
     loss_mask: torch.Tensor       # [B, S-1] float, action_mask less the rows left out of the update
-                                  #   (--drop_uniform_groups)
+                                  #   (--drop_uniform_groups, ESRL's skipped prompts)
     logprobs: torch.Tensor        # [B, S-1] actor log-probs when sampled ("old")
     ref_logprobs: torch.Tensor    # [B, S-1] reference log-probs
     values: torch.Tensor          # [B, S-1] critic values when sampled (zeros without a critic)
@@ -52,9 +61,51 @@ class Experience:
     sft_examples: list            # [B] the --add_sft_loss target of each row (Example or None)
 
     def rows(self, idx: list[int]) -> "Experience":
-        def take(v):
-            return [v[i] for i in idx] if isinstance(v, list) else v[idx]
-        return Experience(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
+        return Experience(**{f.name: take(getattr(self, f.name), idx) for f in fields(self)})
+
+
+@dataclass
+class Samples:
+    """Sampled and scored rows of one generation batch, laid out as in `Experience` (prompts
+    left-padded to width P, answers right-padded)."""
+    prompts: list[PromptExample]
+    prompt_index: list[int]       # which PromptExample each row came from
+    rows: list[int]               # each row's prompt position in the generation batch
+    answers: list[list[int]]      # answer ids (EOS kept when generated)
+    sequences: torch.Tensor       # [B, S] long
+    attention_mask: torch.Tensor  # [B, S] long
+    action_mask: torch.Tensor     # [B, S-1] float
+    logprobs: torch.Tensor        # [B, S-1] the actor's, when sampled
+    scores: dict                  # reward source name -> [B] scores
+    raws: dict                    # name -> [B] unnormalised scores of the sources that normalise
+    base: torch.Tensor            # [B] combined reward + --reward_bias (no EOS penalty yet)
+    prompt_len: int               # P
+
+    def take(self, idx: list[int]) -> "Samples":
+        return Samples(**{f.name: take(getattr(self, f.name), idx) for f in fields(self) if f.name != "prompt_len"},
+                       prompt_len=self.prompt_len)
+
+    def widened(self, prompt_len: int, width: int, pad_id: int) -> "Samples":
+        """The same rows with prompts left-padded to `prompt_len` and sequences right-padded to `width`
+        (the [B, S-1] tensors shift with them, so each value stays with its token)."""
+        left = prompt_len - self.prompt_len
+        pad = (left, width - left - self.sequences.shape[1])
+        return Samples(self.prompts, self.prompt_index, self.rows, self.answers,
+                       F.pad(self.sequences, pad, value=pad_id), F.pad(self.attention_mask, pad),
+                       F.pad(self.action_mask, pad), F.pad(self.logprobs, pad), self.scores, self.raws, self.base,
+                       prompt_len)
+
+    @staticmethod
+    def cat(a: "Samples", b: "Samples", pad_id: int) -> "Samples":
+        """a's rows, then b's, in one layout."""
+        P = max(a.prompt_len, b.prompt_len)
+        width = P + max(x.sequences.shape[1] - x.prompt_len for x in (a, b))
+        a, b = a.widened(P, width, pad_id), b.widened(P, width, pad_id)
+        return Samples(a.prompts + b.prompts, a.prompt_index + b.prompt_index, a.rows + b.rows, a.answers + b.answers,
+                       *(torch.cat([getattr(a, k), getattr(b, k)]) for k in
+                         ("sequences", "attention_mask", "action_mask", "logprobs")),
+                       {k: torch.cat([a.scores[k], b.scores[k]]) for k in a.scores},
+                       {k: torch.cat([a.raws[k], b.raws[k]]) for k in a.raws}, torch.cat([a.base, b.base]), P)
 
 
 class AdaptiveKLController:
@@ -133,7 +184,10 @@ class ExperienceMaker:
         self.esrl = (CapabilityEstimator(cfg.esrl_confidence_weight, cfg.esrl_capability_decay)
                      if cfg.dynamic_sampling else None)
         self.baseline = None   # moving average of rewards: the REINFORCE baseline of single samples
+        # per process: sequences and answer tokens sampled (and rewarded), sequences through the reference
+        # and critic passes and the update
         self.counters = {"sampled_sequences": 0, "sampled_tokens": 0, "scored_sequences": 0}
+        self.t_gen = 0.0   # seconds of generation in the batch in progress
         self.last_sample: tuple[str, str] | None = None   # (prompt, answer) of the latest round, for printing
 
     def state_dict(self) -> dict:
@@ -185,50 +239,98 @@ class ExperienceMaker:
         return seq.to(self.device), attn.to(self.device), answers, P
 
     # -- experience ----------------------------------------------------------------------------
-    def plan_samples(self, prompt_index: list[int]) -> tuple[list[int], torch.Tensor | None, dict]:
-        """Rows to sample (prompt positions, repeated) and their temperatures; ESRL decides both."""
-        cfg = self.cfg
-        if self.esrl is None:
-            k = cfg.num_samples_per_prompt
-            return [i for i in range(len(prompt_index)) for _ in range(k)], None, {}
-        cap = self.esrl.capability(prompt_index)
-        counts = sample_counts(cap, cfg.esrl_min_samples, cfg.esrl_max_samples)
-        counts = equalize_counts(counts, cap, int(dist.all_reduce_max(sum(counts))))
-        temps = temperatures(cap, cfg.esrl_temperature_min, cfg.esrl_temperature_max)
-        rows = [i for i, k in enumerate(counts) for _ in range(k)]
-        stats = {"esrl/capability": float(cap.mean()), "esrl/samples_per_prompt": sum(counts) / len(counts),
-                 "esrl/temperature": float(temps.mean())}
-        return rows, temps[rows], stats
-
-    @torch.no_grad()
-    def make_experience(self, prompts: list[PromptExample], prompt_index: list[int]) -> tuple[Experience, dict]:
-        cfg, tok = self.cfg, self.tok
-        t0 = time.perf_counter()
-        rows, temps, stats = self.plan_samples(prompt_index)
-        prompts = [prompts[r] for r in rows]
-        prompt_index = [prompt_index[r] for r in rows]
-        seq, attn, answers, P = self.generate(prompts, temps)
-        t_gen = time.perf_counter() - t0
-
+    def sample(self, prompts: list[PromptExample], prompt_index: list[int], rows: list[int],
+               temps: torch.Tensor | None = None) -> Samples:
+        """One pass of two-stage sampling over `rows` (positions in `prompts`, one per sample): generate
+        with no graph (stage 1), one teacher-forced actor pass for the log-probs of every sampled token
+        (stage 2), then the reward sources. temps: [len(rows)] per-row temperatures, or None."""
+        t = time.perf_counter()
+        chosen = [prompts[r] for r in rows]
+        seq, attn, answers, P = self.generate(chosen, temps)
+        self.t_gen += time.perf_counter() - t
         action_mask = attn[:, 1:].clone().float()
         action_mask[:, : P - 1] = 0
         self.rlhf.eval()
-        # stage 2: one parallel teacher-forced pass gives the log-probs of every sampled token
         _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1)
         self.counters["sampled_sequences"] += len(rows)
         self.counters["sampled_tokens"] += int(action_mask.sum())
+        inputs = self.reward_inputs(chosen, answers)
+        scores = {name: src(inputs) for name, src in self.sources.items()}
+        raws = {name: src.raw for name, src in self.sources.items() if src.raw is not None}
+        return Samples(chosen, [prompt_index[r] for r in rows], list(rows), answers, seq, attn, action_mask, logprobs,
+                       scores, raws, combine(scores, self.weights) + self.cfg.reward_bias, P)
+
+    def sample_esrl(self, prompts: list[PromptExample], prompt_index: list[int]) -> tuple[Samples, torch.Tensor, dict]:
+        """ESRL's two passes (esrl.py): --esrl_min_samples of every prompt, then the rest of the budget to
+        the prompts whose first pass says more samples teach. Returns both passes' samples (the second's
+        join their prompts' groups), per row whether its prompt skipped the second pass, and statistics."""
+        cfg, est, n = self.cfg, self.esrl, len(prompts)
+        m, cap = cfg.esrl_min_samples, cfg.esrl_max_samples - cfg.esrl_min_samples
+        temps = temperatures(est.capability(prompt_index), cfg.esrl_temperature_min, cfg.esrl_temperature_max)
+        rows = [i for i in range(n) for _ in range(m)]
+        s = self.sample(prompts, prompt_index, rows, temps[rows])
+        mean, spread, agree = prompt_stats(self.with_eos_penalty(s.base, s.answers), rows, n)
+        conf = prompt_stats(sequence_confidence(s.logprobs, s.action_mask), rows, n)[0]
+        est.update(self._gather(dict(zip(prompt_index, conf.tolist()))),
+                   self._gather(dict(zip(prompt_index, mean.tolist()))))
+        capability = est.capability(prompt_index)
+        skip = skipped(mean, agree, capability, est.reward_best, est.reward_worst, cfg.esrl_skip_capability)
+        need = sampling_need(capability, spread, math.sqrt(est.reward_var), skip)
+        # every rank samples the most any rank wants, so generation and scoring stay in lockstep
+        total = int(dist.all_reduce_max(second_pass_size(need, cap, n * (cfg.num_samples_per_prompt - m))))
+        if total:
+            extra = [i for i, e in enumerate(allocate(need, cap, total)) for _ in range(e)]
+            s = Samples.cat(s, self.sample(prompts, prompt_index, extra, temps[extra]), self.tok.pad_token_id)
+        stats = {"esrl/capability": float(capability.mean()), "esrl/temperature": float(temps.mean()),
+                 "esrl/samples_per_prompt": len(s.rows) / n, "esrl/skipped": float(skip.float().mean()),
+                 "esrl/second_pass": total / n}
+        return s, skip[s.rows], stats
+
+    @torch.no_grad()
+    def make_experience(self, prompts: list[PromptExample], prompt_index: list[int]) -> tuple[Experience, dict]:
+        cfg = self.cfg
+        t0, self.t_gen = time.perf_counter(), 0.0
         if self.esrl is not None:
-            conf = sequence_confidence(logprobs, action_mask).cpu()
-            keep = eliminate(conf, cfg.esrl_eliminate_ratio)
-            round_conf = self._per_prompt(prompt_index, conf.tolist())
-            k = keep.tolist()
-            prompts, prompt_index = [prompts[i] for i in k], [prompt_index[i] for i in k]
-            answers = [answers[i] for i in k]
-            keep = keep.to(self.device)
-            seq, attn, action_mask, logprobs = seq[keep], attn[keep], action_mask[keep], logprobs[keep]
-            stats["esrl/confidence"] = float(conf.mean())
-            stats["esrl/kept"] = len(k) / len(rows)
-        self.counters["scored_sequences"] += len(prompts)
+            s, skip, stats = self.sample_esrl(prompts, prompt_index)
+            kept = kept_count(len(s.rows), cfg.esrl_eliminate_ratio)
+        else:
+            k = cfg.num_samples_per_prompt
+            s = self.sample(prompts, prompt_index, [i for i in range(len(prompts)) for _ in range(k)])
+            skip, stats = torch.zeros(len(s.rows), dtype=torch.bool), {}
+            kept = len(s.rows)
+        self.counters["scored_sequences"] += kept
+        end = s.base
+        if cfg.shuffle_reward_score_randomly:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.counters["scored_sequences"])
+            end = end[torch.randperm(len(end), generator=g)]
+        end = self.with_eos_penalty(end, s.answers)
+        inputs = self.reward_inputs(s.prompts, s.answers)
+        sft_examples = self.sft_targets(s.prompts, s.answers, inputs) if cfg.add_sft_loss else [None] * len(end)
+        self.last_sample = (inputs.prompts[0], inputs.answers[0])
+        # rewards, baselines and left-out groups over every sample; the passes below over the kept ones
+        shaped = self.shape_rewards(self.normalizer(end), s.prompt_index)
+        enter = self.loss_rows(end, s.prompt_index, skip, stats)
+        stats.update(self.reward_stats(s, end))
+        keep = list(range(len(s.rows)))
+        if self.esrl is not None:
+            conf = sequence_confidence(s.logprobs, s.action_mask).cpu()
+            keep = eliminate(conf, cfg.esrl_eliminate_ratio, ~enter).tolist()
+            stats.update({"esrl/confidence": float(conf.mean()), "esrl/kept": len(keep) / len(s.rows)})
+        exp, kl = self.experience(s.take(keep), end[keep], shaped[keep], enter[keep], take(sft_examples, keep))
+        stats.update({"kl": float(kl.sum(1).mean()), "kl_ctl": self.kl.value, "time/generation": self.t_gen,
+                      "time/experience": time.perf_counter() - t0 - self.t_gen})
+        # the KL of all ranks' sequences, so kl_ctl stays the same on every rank
+        n_all = dist.all_reduce_sum(float(len(keep)))
+        self.kl.update(dist.all_reduce_sum(float(kl.sum())) / n_all, int(n_all))
+        return exp, stats
+
+    def experience(self, s: Samples, end: torch.Tensor, shaped: torch.Tensor, enter: torch.Tensor,
+                   sft_examples: list) -> tuple[Experience, torch.Tensor]:
+        """The reference and critic passes over the rows `s`, KL-penalised token rewards from their
+        shaped sequence rewards [B] and advantages; `enter` [B] bool: the rows in the loss.
+        Returns the experience and the per-token KL [B, S-1]."""
+        cfg, P = self.cfg, s.prompt_len
+        seq, attn, action_mask, logprobs = s.sequences, s.attention_mask, s.action_mask, s.logprobs
         if self.rlhf.ref is not None:
             _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn, P - 1)
         else:  # --remove_kl_penalty: no reference, so the KL term is exactly 0
@@ -238,25 +340,8 @@ class ExperienceMaker:
         else:
             values = torch.zeros_like(logprobs)
         self.rlhf.train()
-
-        inputs = self.reward_inputs(prompts, answers)
-        scores = {name: src(inputs) for name, src in self.sources.items()}
-        end = combine(scores, self.weights) + cfg.reward_bias
-        if cfg.shuffle_reward_score_randomly:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.counters["scored_sequences"])
-            end = end[torch.randperm(len(end), generator=g)]
-        sft_examples = self.sft_targets(prompts, answers, inputs) if cfg.add_sft_loss else [None] * len(prompts)
-        self.last_sample = (inputs.prompts[0], inputs.answers[0])
-        has_eos = torch.tensor([bool(a) and a[-1] == tok.eos_token_id for a in answers])
-        if cfg.missing_eos_penalty is not None:
-            end = end + cfg.missing_eos_penalty * (~has_eos).float()
-        end_norm = self.normalizer(end)
-        if self.esrl is not None:
-            self.esrl.update(self._gather(round_conf), self._gather(self._per_prompt(prompt_index, end.tolist())))
-        end_norm = self.shape_rewards(end_norm, prompt_index).to(self.device)
-
         kl_ctl = self.kl.value if cfg.use_kl_in_reward else 0.0
-        rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, end_norm, kl_ctl,
+        rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, shaped.to(self.device), kl_ctl,
                                            cfg.clip_reward_value, cfg.kl_estimator if cfg.use_kl_in_reward else "k1")
         if cfg.advantage_estimator == "gae":
             advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
@@ -264,29 +349,41 @@ class ExperienceMaker:
             advantages = returns = reward_to_go(rewards, action_mask, cfg.gamma)
         if cfg.whiten_advantages and cfg.advantage_estimator in ("gae", "rloo"):
             advantages = whiten(advantages, action_mask)
-        loss_mask = action_mask
-        if cfg.drop_uniform_groups:
-            uniform = uniform_groups(end, prompt_index).to(self.device)
-            loss_mask = action_mask * (~uniform).to(action_mask.dtype)[:, None]
+        loss_mask = action_mask * enter.to(self.device, action_mask.dtype)[:, None]
+        return Experience(seq, attn, action_mask, loss_mask, logprobs, ref_logprobs, values, rewards, advantages,
+                          returns, end, list(s.prompt_index), sft_examples), kl
+
+    def loss_rows(self, end: torch.Tensor, prompt_index: list[int], skip: torch.Tensor, stats: dict) -> torch.Tensor:
+        """[N] bool, the rows that enter the loss: all but the uniform groups (every sample one reward)
+        under --drop_uniform_groups, else all but the uniform groups of prompts ESRL skipped (`skip` [N])."""
+        uniform = uniform_groups(end, prompt_index)
+        left_out = uniform if self.cfg.drop_uniform_groups else uniform & skip
+        if self.cfg.drop_uniform_groups:
             stats["dropped_uniform"] = float(uniform.float().mean())
-        exp = Experience(seq, attn, action_mask, loss_mask, logprobs, ref_logprobs, values, rewards, advantages,
-                         returns, end, list(prompt_index), sft_examples)
-        lengths = action_mask.sum(1)
-        stats.update({f"reward/{k}": float(v.mean()) for k, v in scores.items()})
-        stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in scores.items()})
+        if self.esrl is not None:
+            stats["esrl/left_out"] = float(left_out.float().mean())
+        return ~left_out
+
+    def reward_stats(self, s: Samples, end: torch.Tensor) -> dict:
+        """Rewards, lengths and EOS rate of every sampled row."""
+        stats = {f"reward/{k}": float(v.mean()) for k, v in s.scores.items()}
+        stats.update({f"reward/{k}_std": float(v.float().std(unbiased=False)) for k, v in s.scores.items()})
         # sources that normalise their scores also report them as they came (e.g. COMET)
-        stats.update({f"reward/{k}_raw": float(src.raw.mean()) for k, src in self.sources.items()
-                      if src.raw is not None})
-        stats.update({
-            "reward/total": float(end.mean()), "reward/total_std": float(end.std(unbiased=False)),
-            "kl": float((kl.sum(1)).mean()), "kl_ctl": self.kl.value,
-            "response_length": float(lengths.mean()), "eos_rate": float(has_eos.float().mean()),
-            "time/generation": t_gen, "time/experience": time.perf_counter() - t0 - t_gen,
-        })
-        # the KL of all ranks' sequences, so kl_ctl stays the same on every rank
-        n_all = dist.all_reduce_sum(float(len(prompts)))
-        self.kl.update(dist.all_reduce_sum(float(kl.sum())) / n_all, int(n_all))
-        return exp, stats
+        stats.update({f"reward/{k}_raw": float(v.mean()) for k, v in s.raws.items()})
+        stats.update({"reward/total": float(end.mean()), "reward/total_std": float(end.std(unbiased=False)),
+                      "response_length": float(s.action_mask.sum(1).mean()),
+                      "eos_rate": float(self.has_eos(s.answers).float().mean())})
+        return stats
+
+    def has_eos(self, answers: list[list[int]]) -> torch.Tensor:
+        """[B] bool: the answer ended with EOS (within --max_answer_seq_len)."""
+        return torch.tensor([bool(a) and a[-1] == self.tok.eos_token_id for a in answers])
+
+    def with_eos_penalty(self, end: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
+        """Sequence rewards [B] plus --missing_eos_penalty on the answers that end without EOS."""
+        if self.cfg.missing_eos_penalty is None:
+            return end
+        return end + self.cfg.missing_eos_penalty * (~self.has_eos(answers)).float()
 
     def shape_rewards(self, end: torch.Tensor, prompt_index: list[int]) -> torch.Tensor:
         """Sequence rewards [N] as the estimator credits them: GRPO and RLOO compare each sample with
@@ -345,13 +442,6 @@ class ExperienceMaker:
         return RewardInputs(prompts=[p.prompt for p in prompts], answers=texts,
                             references=[p.reference for p in prompts], sources=[p.source for p in prompts],
                             prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers)
-
-    @staticmethod
-    def _per_prompt(prompt_index: list[int], values: list[float]) -> dict[int, float]:
-        sums: dict[int, list[float]] = {}
-        for i, v in zip(prompt_index, values):
-            sums.setdefault(i, []).append(v)
-        return {i: sum(v) / len(v) for i, v in sums.items()}
 
     @staticmethod
     def _gather(d: dict[int, float]) -> dict[int, float]:

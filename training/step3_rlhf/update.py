@@ -26,12 +26,12 @@ def optimizer_steps_per_round(cfg) -> int:
 def minibatches_per_round(cfg) -> int:
     """PPO minibatches (optimizer steps) per generation batch and PPO epoch: enough that none holds
     more than --per_device_training_batch_size sequences when a generation batch keeps the most it
-    can (--num_samples_per_prompt per prompt; with ESRL: every prompt at --esrl_max_samples, less the
-    eliminated fraction). Fixed, so the LR schedule and every rank's step count are known before training."""
-    prompts = cfg.per_device_generation_batch_size
-    rows = prompts * cfg.num_samples_per_prompt
+    can (--num_samples_per_prompt per prompt; with ESRL, whose two passes together sample at most
+    that many, less the eliminated fraction). Fixed, so the LR schedule and every rank's step count
+    are known before training."""
+    rows = cfg.per_device_generation_batch_size * cfg.num_samples_per_prompt
     if cfg.dynamic_sampling:
-        rows = kept_count(prompts * cfg.esrl_max_samples, cfg.esrl_eliminate_ratio)
+        rows = kept_count(rows, cfg.esrl_eliminate_ratio)
     return -(-rows // cfg.per_device_training_batch_size)
 
 
