@@ -130,6 +130,12 @@ def test_rlhf_kill_resume_is_bit_exact(sft_dir, rm_dir, prompts, pretrain_text, 
     assert rows[0]["kl_ctl"] == 0.1 and ranks[0]["kl_ctl"] != 0.1
     if esrl:   # second passes ran (the same size on every rank, or ZeRO's collectives would not line up)
         assert any(r["esrl/second_pass"] > 0 for r in rows)
+    if mode != "ppo":   # critic-free: no critic trained or saved; every actor weight moved
+        assert not (full / "critic").exists() and all("vf_loss" not in r for r in rows)
+        sft, actor = load_weights(sft_dir), load_weights(full / "actor")
+        assert all(not torch.equal(sft[k], actor[k]) for k in sft)
+    if mode == "grpo":   # 4 prompts x 2 samples per round on each rank
+        assert [r["count/scored_sequences"] for r in rows] == [8 * (t + 1) for t in range(len(rows))]
     scored = [0] + [r["count/scored_sequences"] for r in rows]   # per rank, the same on every rank
     for t, (before, after) in enumerate(zip(rows, rows[1:])):
         n = nproc * (scored[t + 1] - scored[t])
