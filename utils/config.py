@@ -174,10 +174,15 @@ class ModelArgs(ModelOptions):
     torch_compile: bool = _f(False, "Compile the model with torch.compile (DeepSpeed's engine.compile) before "
                                     "training: fused element-wise kernels; the first steps pay the compilation. "
                                     "As TRL's --torch_compile.")
+    chat_template: Optional[str] = _f(None, "A Jinja chat template set on the tokenizer (replacing its own) and saved "
+                                            "with the model; chat records are rendered with it. As the alignment "
+                                            "handbook's chat_template.")
 
     def check_model(self) -> None:
         if not self.model_name_or_path:
             raise ConfigError("--model_name_or_path is required")
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise ConfigError("--chat_template must not be empty")
         self.check_model_options()
 
 
@@ -211,6 +216,35 @@ class DataArgs(Notes):
                 parse_split(self.data_split)
             except ValueError as e:
                 raise ConfigError(str(e))
+
+
+@dataclass
+class DataMixArgs(Notes):
+    """Which rows of each --data_path entry a step reads (the alignment handbook's dataset_mixer and
+    dataset_splits)."""
+    data_fractions: list[float] = _f([], "Fraction in (0, 1] of each --data_path entry's training rows to use, one "
+                                         "per entry in order; a seeded (--data_seed) choice of int(fraction x rows) "
+                                         "rows, taken after --data_split. Unset: every row. Held-out rows are used "
+                                         "whole.")
+    train_splits: Optional[list[str]] = _f(None, "Split names read as training rows from every --data_path entry "
+                                                 "(a folder's <name>.* files or a dataset's splits), blended. Unset: "
+                                                 "train. A single file is all training rows whatever this says.")
+    test_splits: Optional[list[str]] = _f(None, "Split names read as held-out rows from every --data_path entry. "
+                                                "Unset: the first of test, eval, validation, valid, dev present.")
+
+    def check_mix(self) -> None:
+        if self.data_fractions:
+            if len(self.data_fractions) != len(self.data_path):
+                raise ConfigError(f"--data_fractions gives {len(self.data_fractions)} fractions for "
+                                  f"{len(self.data_path)} --data_path entries; give one per entry")
+            bad = [f for f in self.data_fractions if not 0 < f <= 1]
+            if bad:
+                raise ConfigError(f"--data_fractions must each be in (0, 1], got {bad[0]}")
+        both = set(self.train_splits or ["train"]) & set(self.test_splits or [])
+        if both:
+            raise ConfigError(f"--train_splits and --test_splits both name {sorted(both)[0]!r}")
+        if self.train_splits is not None and not self.train_splits:
+            raise ConfigError("--train_splits must name at least one split")
 
 
 @dataclass
@@ -252,9 +286,15 @@ class OptimArgs(ScheduleArgs):
     per_device_train_batch_size: int = _f(8, "Micro-batch size per process.")
     per_device_eval_batch_size: int = _f(16, "Evaluation batch size per process.")
     learning_rate: float = _f(1e-4, "Peak learning rate.")
+    warmup_ratio: float = _f(0.0, "Linear warmup over this fraction of the run's optimizer steps (rounded up, as "
+                                  "transformers does); instead of --num_warmup_steps.")
 
     def check_optim(self) -> None:
         self.check_schedule()
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_ratio and self.num_warmup_steps:
+            raise ConfigError("--warmup_ratio and --num_warmup_steps both set the warmup; give one")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -313,12 +353,13 @@ class CheckpointArgs:
 
 
 @dataclass
-class TrainConfig(ModelArgs, DataArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, CheckpointArgs, PeerArgs):
+class TrainConfig(ModelArgs, DataArgs, DataMixArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, CheckpointArgs, PeerArgs):
     """Everything a supervised-style step (SFT, reward model, DPO) shares."""
 
     def __post_init__(self) -> None:
         self.check_model()
         self.check_data()
+        self.check_mix()
         self.check_optim()
         self.check_deepspeed()
         self.check_logging()
@@ -411,13 +452,21 @@ def parse_config(cls, argv: list[str] | None = None):
     A user mistake (unknown or misspelt flag, bad value, refused feature) prints one line and
     exits with code 2, before anything is written.
     """
+    from . import handbook
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    recipe_notes: list[tuple[str, str]] = []  # keys of an alignment-handbook recipe that do nothing here
     parser = make_parser(cls)
     names = _option_names(parser)
     try:
         _refuse_hybrid_alignment(t[2:].split("=", 1)[0] for t in argv if t.startswith("--"))
-        if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-            data = _read_config_file(argv.pop(0))
+        # the deepspeed launcher puts --local_rank=N before the script's own arguments
+        lead = 1 if argv and argv[0].startswith("--local_rank=") else 0
+        if len(argv) > lead and argv[lead].endswith((".yaml", ".yml", ".json")):
+            data = _read_config_file(argv.pop(lead))
+            if handbook.is_recipe(data):
+                recipe = handbook.translate(data, set(names))
+                data, recipe_notes = recipe.flags, recipe.notes
             _refuse_hybrid_alignment(data)
             unknown = sorted(k for k in data if k not in names)
             if unknown:
@@ -428,6 +477,8 @@ def parse_config(cls, argv: list[str] | None = None):
         if rest:
             raise _unknown_flag(rest[0], names)
         (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+        for key, why in recipe_notes:
+            cfg.note(key, why)
         return cfg
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

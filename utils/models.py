@@ -302,16 +302,19 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
 
 
 def load_tokenizer_for(cfg, path: str | None = None, padding_side: str = "right") -> object:
-    """The step's tokenizer (--tokenizer_name_or_path, else `path`, else the model's); a
-    missing or broken one is a one-line ConfigError."""
+    """The step's tokenizer (--tokenizer_name_or_path, else `path`, else the model's) with
+    --chat_template when given; a missing or broken one is a one-line ConfigError."""
     from .config import ConfigError
 
     path = getattr(cfg, "tokenizer_name_or_path", None) or path or cfg.model_name_or_path
     try:
-        return load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side,
-                              eot_token=cfg.eot_token if cfg.add_eot_token else None)
+        tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side,
+                                   eot_token=cfg.eot_token if cfg.add_eot_token else None)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load tokenizer {path!r}: {str(e).splitlines()[0]}")
+    if getattr(cfg, "chat_template", None):
+        tokenizer.chat_template = cfg.chat_template
+    return tokenizer
 
 
 # -- reward model / critic ---------------------------------------------------------------------

@@ -130,7 +130,7 @@ def init_engine(model, cfg, total_steps: int, *, ds_config: dict, side=None):
                                      offload=cfg.offload, lora_lr=lora_lr), None
     sched = None
     if "scheduler" not in ds_config and opt is not None:
-        sched = get_scheduler(cfg.lr_scheduler_type, optimizer=opt, num_warmup_steps=cfg.num_warmup_steps,
+        sched = get_scheduler(cfg.lr_scheduler_type, optimizer=opt, num_warmup_steps=warmup_steps(cfg, total_steps),
                               num_training_steps=max(total_steps, 1))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, model_parameters=params, lr_scheduler=sched,
                                       config=ds_config)
@@ -355,6 +355,12 @@ def _reduce(sums: dict) -> dict[str, float]:
         n = dist.all_reduce_sum(n)
         out[k] = dist.all_reduce_sum(s) / n if n else float("nan")
     return out
+
+
+def warmup_steps(cfg, total: int) -> int:
+    """--num_warmup_steps, else --warmup_ratio of the run's `total` optimizer steps rounded up, as
+    transformers does (step 3's config has no --warmup_ratio)."""
+    return cfg.num_warmup_steps or math.ceil(getattr(cfg, "warmup_ratio", 0.0) * total)
 
 
 def total_steps(n_examples: int, cfg, world_size: int) -> int:

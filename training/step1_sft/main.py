@@ -4,6 +4,7 @@
     deepspeed --num_gpus 8 --module training.step1_sft.main --zero_stage 3 ...
     deepspeed --hostfile hosts --module training.step1_sft.main ...      # several nodes
     python -m training.step1_sft.main config.yaml --learning_rate 2e-5  # file + overrides
+    python -m training.step1_sft.main sft/config_full.yaml   # an alignment-handbook sft or cpt recipe
 
 Loss: next-token cross-entropy on response tokens + EOS only (all tokens for plain text),
 averaged over every such token of the accumulation window.

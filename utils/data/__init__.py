@@ -6,9 +6,9 @@ from typing import Callable
 
 from .collate import LMBatch, collate_lm, collate_packed, epoch_batches, pad_right
 from .errors import DataError
-from .readers import RawDataset, Record, read_dataset
+from .readers import RawDataset, Record, SplitNames, read_dataset
 from .sft import IGNORE_INDEX, Example, LengthStats, by_source, encode_prompts, sft_prompt, tokenize_records
-from .split import take_step_share
+from .split import take_fraction, take_step_share
 
 
 @dataclass
@@ -18,17 +18,26 @@ class StepData:
     test: list[Record]
 
 
-def load_step_records(paths: list[str], split: str | None, step: int, seed: int) -> StepData:
-    """Read every dataset, keep this step's share of each train split, and blend them.
+def load_step_records(paths: list[str], split: str | None, step: int, seed: int,
+                      fractions: list[float] | None = None, splits: SplitNames = SplitNames()) -> StepData:
+    """Read every dataset (its `splits`), keep this step's share of each train split, then its
+    `fractions` entry of that share (--data_fractions), and blend them.
 
     Each dataset's test split is kept whole (it is evaluation data, never trained on).
     """
     train, test = [], []
-    for path in paths:
-        raw = read_dataset(path)
-        train += take_step_share(raw.train, split, step, seed, path)
+    for i, path in enumerate(paths):
+        raw = read_dataset(path, splits=splits)
+        rows = take_step_share(raw.train, split, step, seed, path)
+        train += take_fraction(rows, fractions[i], seed, path) if fractions else rows
         test += raw.test
     return StepData(train, test)
+
+
+def split_names(cfg) -> SplitNames:
+    """--train_splits / --test_splits as the readers take them (unset on a config without them)."""
+    train, test = getattr(cfg, "train_splits", None), getattr(cfg, "test_splits", None)
+    return SplitNames(None if train is None else tuple(train), None if test is None else tuple(test))
 
 
 def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
@@ -62,8 +71,11 @@ def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list,
     """
     from ..distributed import print_rank0
 
-    data = load_step_records(cfg.data_path, cfg.data_split, step=step, seed=cfg.data_seed)
-    only = load_step_records(getattr(cfg, "sft_only_data_path", []), None, step=step, seed=cfg.data_seed)
+    splits = split_names(cfg)
+    data = load_step_records(cfg.data_path, cfg.data_split, step=step, seed=cfg.data_seed,
+                             fractions=getattr(cfg, "data_fractions", None), splits=splits)
+    only = load_step_records(getattr(cfg, "sft_only_data_path", []), None, step=step, seed=cfg.data_seed,
+                             splits=splits)
     data = StepData(data.train + only.train, data.test + only.test)
     train, test, stats = tokenize_per_source(data, tokenize, getattr(cfg, "data_output_path", None))
     print_rank0(f"[data] {len(train)} training and {len(test)} held-out {unit}")
@@ -73,7 +85,7 @@ def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list,
 
 
 __all__ = [
-    "DataError", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "RawDataset", "Record", "StepData",
+    "DataError", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "RawDataset", "Record", "SplitNames", "StepData",
     "collate_lm", "collate_packed", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
     "read_dataset", "sft_prompt", "step_examples", "tokenize_per_source", "tokenize_records",
 ]

@@ -44,6 +44,14 @@ class Record:
         return f"{self.source}{self.loc}"
 
 
+@dataclass(frozen=True)
+class SplitNames:
+    """Which splits of a folder or dataset are read (--train_splits / --test_splits); None keeps the
+    default (train; the first held-out name of SPLIT_NAMES present), [] reads no held-out split."""
+    train: tuple[str, ...] | None = None
+    test: tuple[str, ...] | None = None
+
+
 @dataclass
 class RawDataset:
     """One `--data_path` entry: its train and (possibly empty) test records."""
@@ -153,8 +161,8 @@ def read_file(path: Path) -> list[Record]:
     return read_text_file(path)
 
 
-def _find_split(folder: Path, split: str) -> Path | None:
-    for stem in SPLIT_NAMES[split]:
+def _find_split(folder: Path, stems: tuple[str, ...]) -> Path | None:
+    for stem in stems:
         for ext in TEXT_EXTS + TABLE_EXTS:
             p = folder / f"{stem}{ext}"
             if p.is_file():
@@ -170,7 +178,7 @@ def _looks_local(path: str) -> bool:
     )
 
 
-def read_dataset(path: str, config_name: str | None = None) -> RawDataset:
+def read_dataset(path: str, config_name: str | None = None, splits: SplitNames = SplitNames()) -> RawDataset:
     """One `--data_path` entry's train and held-out records, from
     - a file: all rows are train;
     - a folder with train.* and optionally test.* files (SPLIT_NAMES, TEXT_EXTS, TABLE_EXTS);
@@ -181,46 +189,67 @@ def read_dataset(path: str, config_name: str | None = None) -> RawDataset:
     A DeepSpeed-Chat dataset name anywhere in the path applies that dataset's column rule
     and split choice (`named.NAMED`), however it was loaded; Anthropic HH rows become
     prompt/chosen/rejected (`named.hh_pair`). Skipped rows are counted per file.
-    `config_name` only matters where `load_dataset` is called.
+    `config_name` only matters where `load_dataset` is called. `splits` names the splits to read
+    instead (each must exist; several are concatenated).
     """
     spec = named.match(path)
-    train, test = _load(path, config_name, spec)
+    train, test = _load(path, config_name, spec, splits)
     if spec is not None:
         why = f"{spec.name} rows without a usable prompt and answer: utils.data.named.{spec.row.__name__}"
         train, test = (_convert(part, spec.row, why, reading_as=spec.name) for part in (train, test))
-        if spec.eval_split is None and not test:
+        if spec.eval_split is None and not test and splits.test is None:
             train, test = _derive_eval(train)
     why = "Anthropic HH rows whose chosen and rejected differ before the last answer, or with an empty answer"
     train, test = (_convert(part, named.hh_pair, why, only=named.is_hh) for part in (train, test))
     return RawDataset(path, train, test)
 
 
-def _load(path: str, config_name: str | None, spec: named.NamedDataset | None) -> tuple[list[Record], list[Record]]:
+def _load(path: str, config_name: str | None, spec: named.NamedDataset | None,
+          splits: SplitNames) -> tuple[list[Record], list[Record]]:
     p = Path(path).expanduser()
     if p.is_file():
         return read_file(p), []
     if p.is_dir():
-        train = _find_split(p, "train")
-        if train is not None:
-            test = _find_split(p, "test")
-            return read_file(train), read_file(test) if test else []
+        if _find_split(p, splits.train or SPLIT_NAMES["train"]) is not None:
+            return _read_split_files(p, path, splits)
         if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
-            return _load_saved(p, path, spec)
-        return _load_with_datasets(str(p), path, config_name, spec, folder=True)
+            return _load_saved(p, path, spec, splits)
+        return _load_with_datasets(str(p), path, config_name, spec, splits, folder=True)
     if _looks_local(path):
         raise DataError(f"{path}: no such file or folder")
     if spec is not None and spec.local_files:
         return _read_local_files(path, spec)
     name = spec.hub_name if spec is not None and spec.hub_name else path
-    return _load_with_datasets(name, path, config_name, spec, folder=False)
+    return _load_with_datasets(name, path, config_name, spec, splits, folder=False)
+
+
+def _read_split_files(folder: Path, label: str, splits: SplitNames) -> tuple[list[Record], list[Record]]:
+    """A folder of <split>.<ext> files: the named splits (each must be there), else train and the
+    first held-out name of SPLIT_NAMES present."""
+    def named_files(names: tuple[str, ...], flag: str) -> list[Record]:
+        out = []
+        for name in names:
+            f = _find_split(folder, (name,))
+            if f is None:
+                raise DataError(f"{label}: no {name}.* file (split {name!r} of {flag})")
+            out += read_file(f)
+        return out
+    if splits.train:
+        train = named_files(splits.train, "--train_splits")
+    else:
+        train = read_file(_find_split(folder, SPLIT_NAMES["train"]))
+    if splits.test is not None:
+        return train, named_files(splits.test, "--test_splits")
+    test = _find_split(folder, SPLIT_NAMES["test"])
+    return train, read_file(test) if test else []
 
 
 def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def _load_with_datasets(target: str, label: str, config_name: str | None, spec: named.NamedDataset | None, *,
-                        folder: bool) -> tuple[list[Record], list[Record]]:
+def _load_with_datasets(target: str, label: str, config_name: str | None, spec: named.NamedDataset | None,
+                        splits: SplitNames, *, folder: bool) -> tuple[list[Record], list[Record]]:
     import datasets
 
     try:
@@ -232,28 +261,43 @@ def _load_with_datasets(target: str, label: str, config_name: str | None, spec: 
                             f"datasets.load_dataset cannot read it ({_first_line(e)})")
         loading = "" if target == label else f" {target}"
         raise DataError(f"{label}: cannot load dataset{loading} ({_first_line(e)})")
-    return _dataset_splits(ds, label, spec)
+    return _dataset_splits(ds, label, spec, splits)
 
 
-def _load_saved(folder: Path, label: str, spec: named.NamedDataset | None) -> tuple[list[Record], list[Record]]:
+def _load_saved(folder: Path, label: str, spec: named.NamedDataset | None,
+                splits: SplitNames) -> tuple[list[Record], list[Record]]:
     import datasets
 
     try:
         ds = datasets.load_from_disk(str(folder))
     except Exception as e:  # a partial or foreign save_to_disk folder
         raise DataError(f"{label}: cannot load the dataset saved there ({_first_line(e)})")
-    return _dataset_splits(ds, label, spec)
+    return _dataset_splits(ds, label, spec, splits)
 
 
-def _dataset_splits(ds, label: str, spec: named.NamedDataset | None) -> tuple[list[Record], list[Record]]:
-    """Train and held-out records of a loaded Dataset / DatasetDict; the held-out split is
-    the one the named dataset's DeepSpeed-Chat class reads, else the first of SPLIT_NAMES."""
+def _dataset_splits(ds, label: str, spec: named.NamedDataset | None,
+                    splits: SplitNames) -> tuple[list[Record], list[Record]]:
+    """Train and held-out records of a loaded Dataset / DatasetDict: the named `splits`, else
+    train and the held-out split the named dataset's DeepSpeed-Chat class reads, else the first
+    of SPLIT_NAMES."""
     import datasets
 
     def records(split: str, rows) -> list[Record]:
         return [Record(f"{label}[{split}]", f" row {i}", dict(r)) for i, r in enumerate(rows.to_list())]
+
+    def named_splits(names: tuple[str, ...], flag: str) -> list[Record]:
+        missing = [n for n in names if n not in ds]
+        if missing:
+            raise DataError(f"{label}: dataset has no {missing[0]!r} split ({flag}; it has {', '.join(ds)})")
+        return [r for n in names for r in records(n, ds[n])]
     if isinstance(ds, datasets.Dataset):
         return records("train", ds), []
+    if splits.train or splits.test is not None:
+        train = named_splits(splits.train or ("train",), "--train_splits")
+        if splits.test is not None:
+            return train, named_splits(splits.test, "--test_splits")
+        test = next((s for s in SPLIT_NAMES["test"] if s in ds), None)
+        return train, records(test, ds[test]) if test else []
     if "train" not in ds:
         raise DataError(f"{label}: dataset has no 'train' split (has {', '.join(ds)})")
     preferred = (spec.eval_split,) if spec is not None and spec.eval_split else ()

@@ -32,6 +32,17 @@ def split_indices(n: int, fractions: list[float], step: int, seed: int) -> list[
     return sorted(order[bounds[step]:bounds[step + 1]].tolist())
 
 
+def take_fraction(records: list, fraction: float, seed: int, name: str) -> list:
+    """`--data_fractions`: int(fraction x rows) rows chosen by a seeded permutation, in file order
+    (int() rounds down, as the alignment handbook's dataset_mixer does)."""
+    if fraction == 1:
+        return records
+    n = int(fraction * len(records))
+    if n == 0:
+        raise DataError(f"{name}: --data_fractions {fraction} keeps no row of {len(records)}")
+    return [records[i] for i in sorted(np.random.default_rng(seed).permutation(len(records))[:n].tolist())]
+
+
 def take_step_share(records: list, spec: str | None, step: int, seed: int, name: str) -> list:
     if spec is None:
         return records
