@@ -230,20 +230,20 @@ def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_pat
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
-def test_reference_precomputed_by_default_only_when_every_pair_is_trained_on():
-    from training.step2_dpo.reference import covers_every_example as covers_every_pair
+def test_reference_precomputed_by_default_only_when_every_example_is_trained_on():
+    from training.step2_dpo.reference import covers_every_example
     from utils.config import DPOConfig, parse_config
 
     def cfg(*extra):
         return parse_config(DPOConfig, ["--model_name_or_path", "m", "--data_path", "d", "--output_dir", "o",
                                         "--per_device_train_batch_size", "8", *extra])
 
-    assert covers_every_pair(cfg(), 100)                          # one epoch: 13 steps of 8
-    assert covers_every_pair(cfg("--max_steps", "13"), 100)       # 104 pairs >= 100
-    assert not covers_every_pair(cfg("--max_steps", "12"), 100)   # 96 pairs: 4 never trained on
+    assert covers_every_example(cfg(), 100)                          # one epoch: 13 steps of 8
+    assert covers_every_example(cfg("--max_steps", "13"), 100)       # 104 pairs >= 100
+    assert not covers_every_example(cfg("--max_steps", "12"), 100)   # 96 pairs: 4 never trained on
     # 13 micro-batches make 6 windows of 2: the 13th batch (4 pairs) is never trained on
-    assert not covers_every_pair(cfg("--gradient_accumulation_steps", "2"), 100)
-    assert covers_every_pair(cfg("--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "10"), 100)
+    assert not covers_every_example(cfg("--gradient_accumulation_steps", "2"), 100)
+    assert covers_every_example(cfg("--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "10"), 100)
     assert cfg().precompute_ref_log_probs is None and cfg("--precompute_ref_log_probs").precompute_ref_log_probs
 
 

@@ -87,8 +87,9 @@ def build_classifier_sources(cfg) -> list[ClassifierSource]:
         label = pick(cfg.reward_classifier_label)
         if label is None:
             if len(id2label) > 1:
+                names = ", ".join(id2label[j] for j in sorted(id2label))
                 raise ConfigError(f"--reward_classifier {path} has {len(id2label)} labels: name the one to reward "
-                                  f"with --reward_classifier_label ({', '.join(id2label[j] for j in sorted(id2label))})")
+                                  f"with --reward_classifier_label ({names})")
             label = "0"
         if cfg.reward_classifier_score == "logprob" and len(id2label) < 2:
             raise ConfigError(f"--reward_classifier_score logprob: {path} has one label (its log-probability is "
