@@ -290,12 +290,20 @@ def test_summarize_tldr_is_sft_with_its_valid_split(hub):
     raw = read_dataset("CarperAI/openai_summarize_tldr")
     assert rows_of(raw.train) == [sft(rows[0]["prompt"], " sleepy cat")]   # the empty summary is skipped
     assert rows_of(raw.test) == rows_of(raw.train) and raw.test[0].source.endswith("[valid]")
+    # a local copy as split files holds out the same split, not the first held-out name (test)
+    local = hub / "copy" / "CarperAI" / "openai_summarize_tldr"
+    local.mkdir(parents=True)
+    for split, part in {"train": rows, "valid": rows[:1], "test": [rows[0] | {"label": " other"}]}.items():
+        pq.write_table(pa.Table.from_pylist(part), local / f"{split}.parquet")
+    raw = read_dataset(str(local))
+    assert rows_of(raw.test) == [sft(rows[0]["prompt"], " sleepy cat")] and raw.test[0].source.endswith("valid.parquet")
 
 
 def test_summarize_comparisons_pairs_and_awesome_prompts_without_answers(hub):
-    rows = [{"prompt": "POST: x\nTL;DR:", "chosen": "TL;DR: good", "rejected": "TL;DR: bad"}]
+    rows = [{"prompt": "POST: x", "chosen": "TL;DR: good", "rejected": "TL;DR: bad"}]
     write_hub(hub, "CarperAI/openai_summarize_comparisons", {"train": rows, "test": rows, "valid1": rows})
-    assert rows_of(read_dataset("CarperAI/openai_summarize_comparisons").train) == [pair(*rows[0].values())]
+    assert rows_of(read_dataset("CarperAI/openai_summarize_comparisons").train) == [
+        pair("POST: x\n", "TL;DR: good", "TL;DR: bad")]
     acts = [{"act": "Linux Terminal", "prompt": f"act as a terminal {i}"} for i in range(20)]
     write_hub(hub, "fka/awesome-chatgpt-prompts", {"train": acts})
     raw = read_dataset("fka/awesome-chatgpt-prompts")

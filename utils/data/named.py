@@ -225,8 +225,10 @@ def summarize_tldr(row: dict) -> dict | None:
 
 
 def summarize_comparisons(row: dict) -> dict | None:
-    """CarperAI/openai_summarize_comparisons: `prompt`, `chosen`, `rejected` as they are."""
-    return _pair(_text(row, "prompt"), _text(row, "chosen"), _text(row, "rejected"))
+    """CarperAI/openai_summarize_comparisons: `prompt` (the post, without "TL;DR:"), `chosen` and
+    `rejected` (each "TL;DR: <summary>"); the prompt gains a "\\n", as trlx's reward model joins
+    prompt and summary, so the scored text is the tldr prompt (which ends in "\\nTL;DR:") and a summary."""
+    return _pair(_text(row, "prompt") + "\n", _text(row, "chosen"), _text(row, "rejected"))
 
 
 def awesome_prompts(row: dict) -> dict | None:

@@ -211,7 +211,7 @@ def _load(path: str, config_name: str | None, spec: named.NamedDataset | None,
         return read_file(p), []
     if p.is_dir():
         if _find_split(p, splits.train or SPLIT_NAMES["train"]) is not None:
-            return _read_split_files(p, path, splits)
+            return _read_split_files(p, path, spec, splits)
         if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
             return _load_saved(p, path, spec, splits)
         return _load_with_datasets(str(p), path, config_name, spec, splits, folder=True)
@@ -223,9 +223,16 @@ def _load(path: str, config_name: str | None, spec: named.NamedDataset | None,
     return _load_with_datasets(name, path, config_name, spec, splits, folder=False)
 
 
-def _read_split_files(folder: Path, label: str, splits: SplitNames) -> tuple[list[Record], list[Record]]:
+def _held_out_names(spec: named.NamedDataset | None) -> tuple[str, ...]:
+    """Held-out split names in the order looked for: the named dataset's own first."""
+    return ((spec.eval_split,) if spec is not None and spec.eval_split else ()) + SPLIT_NAMES["test"]
+
+
+def _read_split_files(folder: Path, label: str, spec: named.NamedDataset | None,
+                      splits: SplitNames) -> tuple[list[Record], list[Record]]:
     """A folder of <split>.<ext> files: the named splits (each must be there), else train and the
-    first held-out name of SPLIT_NAMES present."""
+    held-out split of the named dataset (a local copy holds out what the hub's does), else the first
+    held-out name of SPLIT_NAMES present."""
     def named_files(names: tuple[str, ...], flag: str) -> list[Record]:
         out = []
         for name in names:
@@ -240,7 +247,7 @@ def _read_split_files(folder: Path, label: str, splits: SplitNames) -> tuple[lis
         train = read_file(_find_split(folder, SPLIT_NAMES["train"]))
     if splits.test is not None:
         return train, named_files(splits.test, "--test_splits")
-    test = _find_split(folder, SPLIT_NAMES["test"])
+    test = _find_split(folder, _held_out_names(spec))
     return train, read_file(test) if test else []
 
 
@@ -300,8 +307,7 @@ def _dataset_splits(ds, label: str, spec: named.NamedDataset | None,
         return train, records(test, ds[test]) if test else []
     if "train" not in ds:
         raise DataError(f"{label}: dataset has no 'train' split (has {', '.join(ds)})")
-    preferred = (spec.eval_split,) if spec is not None and spec.eval_split else ()
-    test = next((s for s in preferred + SPLIT_NAMES["test"] if s in ds), None)
+    test = next((s for s in _held_out_names(spec) if s in ds), None)
     return records("train", ds["train"]), records(test, ds[test]) if test else []
 
 
