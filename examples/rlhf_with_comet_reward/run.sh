@@ -30,15 +30,9 @@ ppo ppo_comet_chrf --use_comet_model --comet_model_path "$OUT/comet-regression" 
   --reward_functions examples.rlhf_with_comet_reward.chrf:reward --reward_function_weights 0.5 \
   --weights_comet_model 0.5
 
-row() {
-  python - "$1" "$2" "$3" <<'PY'
-import json, subprocess, sys
-name, model, secs = sys.argv[1:]
-r = subprocess.run([sys.executable, "-m", "examples.rlhf_with_comet_reward.evaluate", "--model", model, "--json"],
-                   capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-r = json.loads(r)
-print(f"{name:<22} {r['chrf']:8.1f} {r['exact']:8.3f} {r['adjective_recall']:12.3f} {secs:>7}")
-PY
+row() {  # row NAME MODEL TIME
+  python -m examples.row examples.rlhf_with_comet_reward.evaluate "$@" chrf:8.1f exact:8.3f adjective_recall:12.3f \
+    --name_width 22
 }
 echo
 echo "== held-out translation quality (200 unseen sources, greedy) =="

@@ -27,15 +27,9 @@ bash scripts/rlhf.sh --actor_model_name_or_path "$OUT/sft" --data_path "$DATA" -
   --max_prompt_seq_len 16 --max_answer_seq_len 20 --kl_ctl 0.05 --num_train_epochs 1 --max_steps 60 --disable_tqdm
 ppo_time=$(( SECONDS - t ))
 
-row() {
-  python - "$1" "$2" "$3" "$OUT/sentiment" <<'PY'
-import json, subprocess, sys
-name, model, secs, classifier = sys.argv[1:]
-r = subprocess.run([sys.executable, "-m", "examples.sentiment.evaluate", "--model", model, "--classifier", classifier,
-                    "--json"], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-r = json.loads(r)
-print(f"{name:<12} {r['positive_sampled']:18.3f} {r['positive_greedy']:16.3f} {secs:>7}")
-PY
+row() {  # row NAME MODEL TIME
+  python -m examples.row examples.sentiment.evaluate "$@" positive_sampled:18.3f positive_greedy:16.3f \
+    -- --classifier "$OUT/sentiment"
 }
 echo
 echo "== held-out mean P(positive) of continuations (200 unseen review openings) =="

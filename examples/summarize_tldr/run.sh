@@ -26,15 +26,9 @@ run ppo bash scripts/rlhf.sh --actor_model_name_or_path "$OUT/sft" --critic_mode
   --data_path "$DATA/openai_summarize_tldr" --output_dir "$OUT/ppo" --max_prompt_seq_len 80 --max_answer_seq_len 24 \
   --kl_ctl 0.1 --num_train_epochs 1 --max_steps 60
 
-row() {
-  python - "$1" "$2" "$3" <<'PY'
-import json, subprocess, sys
-name, model, secs = sys.argv[1:]
-r = subprocess.run([sys.executable, "-m", "examples.summarize_tldr.evaluate", "--model", model, "--json"],
-                   capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-r = json.loads(r)
-print(f"{name:<9} {r['rouge1']:8.3f} {r['rouge2']:8.3f} {r['rougeL']:8.3f} {r['objection']:10.3f} {r['words']:6.1f} {secs:>6}")
-PY
+row() {  # row NAME MODEL TIME
+  python -m examples.row examples.summarize_tldr.evaluate "$@" rouge1:8.3f rouge2:8.3f rougeL:8.3f objection:10.3f \
+    words:6.1f --name_width 9 --time_width 6
 }
 echo
 rm_accuracy="$(python -c "
