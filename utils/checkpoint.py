@@ -92,7 +92,7 @@ def _export(sd: dict, module: nn.Module, tokenizer, out: Path, model_cls) -> Non
     left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if left:
         raise RuntimeError(f"export: weights missing from the trained model: {left[:5]}")
-    model.config.torch_dtype = dtype
+    model.config.dtype = dtype
     gen = getattr(module, "generation_config", None)
     if gen is not None and hasattr(model, "generation_config"):
         model.generation_config = gen
