@@ -199,7 +199,20 @@ def test_step3_behaviour_flags():
     assert fork_ptx.add_pretrained_loss and fork_ptx.factor_pretrained_loss == 0.15 and fork_ptx.factor_rl_loss == 0.7
 
 
+def test_step3_generation_flags():
+    default = parse_config(RLHFConfig, BASE3 + ["--actor_zero_stage", "3"])
+    assert default.ds3_gather_for_generation and default.cache_implementation is None
+    assert not getattr(default, "notes", [])
+    kept = parse_config(RLHFConfig, BASE3 + ["--actor_zero_stage", "3", "--ds3_gather_for_generation", "false",
+                                             "--cache_implementation", "static"])
+    assert not kept.ds3_gather_for_generation and kept.cache_implementation == "static"
+    assert not getattr(kept, "notes", [])
+    stage2 = parse_config(RLHFConfig, BASE3 + ["--actor_zero_stage", "2", "--ds3_gather_for_generation", "false"])
+    assert stage2.notes == ["--ds3_gather_for_generation: only ZeRO-3 partitions the actor's weights"]
+
+
 @pytest.mark.parametrize("argv,msg", [
+    (["--cache_implementation", "paged"], "--cache_implementation"),
     (["--remove_kl_penalty", "--adaptive_kl"], "--adaptive_kl steers the KL penalty in the reward"),
     (["--critic_go_first_steps", "2", "--remove_critic_model"], "--critic_go_first_steps needs a critic"),
     (["--update_reference_with_sampling"], "--update_reference_with_sampling needs --add_sft_loss"),

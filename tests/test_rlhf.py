@@ -62,8 +62,9 @@ def test_two_process_zero3(sft_dir, rm_dir, prompts, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "z3"
+    # the actor's weights gathered once per generation (the default), decoding into a static KV cache
     run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 2, "--actor_zero_stage", 3,
-                                 "--critic_zero_stage", 3), nproc=2)
+                                 "--critic_zero_stage", 3, "--cache_implementation", "static"), nproc=2)
     sft, actor = load_weights(sft_dir), load_weights(out / "actor")
     assert all(not torch.equal(sft[k], actor[k]) for k in sft)
     assert len(read_metrics(out)) == 2

@@ -679,6 +679,14 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     unpin_actor_parameters: bool = _f(False, "Hybrid engine: do not pin the actor's parameters during generation "
                                              "(slower, less memory).")
     release_inference_cache: bool = _f(False, "Hybrid engine: free the inference cache after each generation.")
+    ds3_gather_for_generation: bool = _f(True, "At --actor_zero_stage 3, gather the actor's weights once per "
+                                               "generation batch instead of once per decoding step (TRL's flag): "
+                                               "much faster, but each device holds the whole actor while it "
+                                               "generates; false keeps them partitioned.")
+    cache_implementation: Optional[str] = _f(None, "transformers' KV cache for generation (TRL's flag): 'static' "
+                                                   "preallocates it, and on a GPU transformers then compiles the "
+                                                   "decoding step; unset: the model's default (dynamic).",
+                                             choices=["static", "dynamic", "offloaded", "offloaded_static"])
     enable_mixed_precision_lora: bool = _f(False, "ZeRO++ quantized frozen weights for LoRA training (needs "
                                                   "--actor_lora_dim > 0, --actor_zero_stage 3 and a GPU).")
     align_overflow: bool = _f(False, "fp16: when actor or critic overflows, skip both steps.")
@@ -1000,6 +1008,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         for flag, default in defaults.items():
             if getattr(self, flag) != default and not hybrid:
                 self.note(f"--{flag}", "tunes the hybrid engine, which is off in this run")
+        if not self.ds3_gather_for_generation and self.actor_zero_stage != 3:
+            self.note("--ds3_gather_for_generation", "only ZeRO-3 partitions the actor's weights")
+        if self.cache_implementation and hybrid:
+            self.note("--cache_implementation", "the hybrid engine keeps its own inference cache")
         if self.enable_mixed_precision_lora:
             if not (self.actor_lora_dim or self.lora_dim) or self.actor_zero_stage != 3:
                 raise ConfigError("--enable_mixed_precision_lora needs --actor_lora_dim > 0 and "

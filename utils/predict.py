@@ -205,11 +205,6 @@ def _eval_mode(model):
             m.training = t
 
 
-def _is_zero3(module) -> bool:
-    p = next(iter(module.parameters()), None)
-    return p is not None and hasattr(p, "ds_id")
-
-
 def _device(model, module):
     import torch
 
@@ -222,28 +217,25 @@ def _device(model, module):
 
 def _generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, max_new_tokens: int,
               greedy: bool, temperature: float, top_p: float, top_k: int, repetition_penalty: float,
-              synced_gpus: Optional[bool], device) -> list[str]:
+              device) -> list[str]:
     import torch
 
     from . import distributed as dist
-    from .generation import cut_at_eos, left_pad
+    from .generation import cut_at_eos, generation_model, left_pad
 
-    module = getattr(model, "module", model)
-    # DeepSpeed's hybrid engine generates through its own generate (inference kernels, ZeRO-3 gather)
-    gen = model.generate if type(model).__name__ == "DeepSpeedHybridEngine" else module.generate
-    if synced_gpus is None:
-        synced_gpus = dist.world_size() > 1 and _is_zero3(module)
-    device = device or _device(model, module)
     sampling = ({"temperature": None, "top_p": None, "top_k": None} if greedy else
                 {"temperature": temperature, "top_p": top_p, "top_k": top_k or None})
     answers: list[str] = []
-    with torch.no_grad():
+    # ZeRO-3 weights stay partitioned: steps 1-2 may use ZeRO-3 because the whole model does not fit
+    with torch.no_grad(), generation_model(model, gather=False, world_size=dist.world_size()) as (gen, synced):
+        device = device or _device(model, gen)
         for i in range(0, len(prompt_ids), batch_size):
             ids, mask = left_pad(prompt_ids[i:i + batch_size], tokenizer.pad_token_id)
-            out = gen(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                      do_sample=not greedy, repetition_penalty=repetition_penalty, num_return_sequences=1,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      synced_gpus=synced_gpus, use_cache=True, **sampling)
+            out = gen.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               max_new_tokens=max_new_tokens, do_sample=not greedy,
+                               repetition_penalty=repetition_penalty, num_return_sequences=1,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                               synced_gpus=synced, use_cache=True, **sampling)
             for seq in cut_at_eos(out[:, ids.shape[1]:].cpu(), tokenizer.eos_token_id):
                 answers.append(tokenizer.decode(seq, skip_special_tokens=True))
     return answers
@@ -265,8 +257,7 @@ def _write_atomic(path: Path, rows: list[dict]) -> None:
 def write_predictions(model, tokenizer, prompts: list[PredictPrompt], out_path: str | os.PathLike,
                       batch_size: int, max_new_tokens: int, *, greedy: bool = False,
                       temperature: float = TEMPERATURE, top_p: float = TOP_P, top_k: int = TOP_K,
-                      repetition_penalty: float = 1.0, seed: int = 1234, synced_gpus: Optional[bool] = None,
-                      device=None) -> list[dict]:
+                      repetition_penalty: float = 1.0, seed: int = 1234, device=None) -> list[dict]:
     """Answer `prompts` with `model` (a DeepSpeed engine or a plain module) and write them.
 
     Collective: every rank must call it with the same prompts. Rank 0 writes `out_path`
@@ -286,8 +277,7 @@ def write_predictions(model, tokenizer, prompts: list[PredictPrompt], out_path: 
         with _seeded(seed + rank), _eval_mode(model):
             answers = _generate(model, tokenizer, [prompts[i].prompt_ids for i in mine], batch_size=batch_size,
                                 max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
-                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                                synced_gpus=synced_gpus, device=device)
+                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, device=device)
     # positions >= n in `order` are the padding repeats: generated (to keep ranks in step), not kept
     kept = [(i, a) for pos, (i, a) in enumerate(zip(mine, answers), start=rank * share) if pos < n]
     by_index = {i: a for part in dist.all_gather_object(kept) for i, a in part}

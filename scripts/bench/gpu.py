@@ -8,7 +8,7 @@ each and prints the whole report; a section by hand:
 
     python -m scripts.bench.gpu peak
     python -m scripts.bench.gpu sft   [--batch 16 --seq 1024 --steps 30 --zero 2]
-    python -m scripts.bench.gpu ppo   [--zero 3 --hybrid --dtype bf16 --esrl --rounds 6]
+    python -m scripts.bench.gpu ppo   [--zero 3 --hybrid --dtype bf16 --esrl --rounds 6 --no_gather --cache static]
     python -m scripts.bench.gpu fp16  (SFT on the demo task in fp16: loss and skipped steps)
 
 Each section ends with one `RESULT {...}` line (JSON) that gpu.sh collects into the summary.
@@ -261,7 +261,9 @@ def section_ppo(a) -> None:
         "--per_device_generation_batch_size", str(a.batch), "--per_device_training_batch_size", str(a.batch),
         "--max_prompt_seq_len", str(a.prompt_len), "--max_answer_seq_len", str(a.answer_len),
         "--max_steps", str(a.rounds), "--disable_tqdm", "--actor_learning_rate", "1e-6",
-        "--critic_learning_rate", "1e-5", *(["--enable_hybrid_engine"] if a.hybrid else []), *flags])
+        "--critic_learning_rate", "1e-5", *(["--enable_hybrid_engine"] if a.hybrid else []),
+        "--ds3_gather_for_generation", str(a.gather).lower(),
+        *(["--cache_implementation", a.cache] if a.cache else []), *flags])
     mem = peak_memory_gib()
     hist = out["history"]
     timed = hist[a.warmup:]
@@ -274,7 +276,9 @@ def section_ppo(a) -> None:
     length = statistics.median(h["response_length"] for h in timed)
     hybrid = out["engine"].hybrid
     name = (f"PPO actor {actor['params'] / 1e6:.0f}M + critic {critic['params'] / 1e6:.0f}M, {a.dtype}, "
-            f"ZeRO-{a.zero}, hybrid engine {'on' if hybrid else 'off'}{', ESRL' if a.esrl else ''}")
+            f"ZeRO-{a.zero}{'' if a.gather or a.zero < 3 else ' (weights partitioned in generation)'}, "
+            f"hybrid engine {'on' if hybrid else 'off'}{', ESRL' if a.esrl else ''}"
+            f"{f', {a.cache} KV cache' if a.cache else ''}")
     report(f"{name}: {a.batch} prompts/round, prompt {a.prompt_len} + <= {a.answer_len} new tokens "
           f"(median answer {length:.0f}), {len(timed)} timed rounds of {len(hist)}")
     report(f"  generation {gen:.2f} s ({gen / total:.0%}), experience {exp:.2f} s, training {train:.2f} s; "
@@ -284,49 +288,79 @@ def section_ppo(a) -> None:
     if skipped:
         report(f"  fp16: skipped steps {skipped}; critic vf_loss {vf[0]:.4f} -> {vf[-1]:.4f}; any NaN: "
               f"{any(v != v for h in hist for v in h.values() if isinstance(v, float))}")
-    result(section="ppo", zero=a.zero, dtype=a.dtype, hybrid=hybrid, esrl=a.esrl, batch=a.batch,
+    result(section="ppo", zero=a.zero, dtype=a.dtype, hybrid=hybrid, esrl=a.esrl, gather=a.gather, cache=a.cache,
+           batch=a.batch,
            samples_per_s=samples / total, generation_s=gen, experience_s=exp, training_s=train,
            generation_share=gen / total, peak_gib=mem, answer_len=length, skipped=skipped,
            vf_first=vf[0] if vf else None, vf_last=vf[-1] if vf else None)
-    if hybrid and a.zero < 3:  # ZeRO-3 would gather weights over the process group main() closed
-        result(section="hybrid_check", zero=a.zero, **hybrid_vs_native(out["engine"].actor, tmp / "actor"))
+    if a.zero < 3:  # ZeRO-3 would gather weights over the process group main() closed
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tmp / "actor")
+        if hybrid:
+            result(section="hybrid_check", zero=a.zero, **hybrid_vs_native(out["engine"].actor, tok))
+        if a.cache == "static":
+            result(section="static_cache_check", zero=a.zero, **static_vs_dynamic(out["engine"].actor, tok))
 
 
-def hybrid_vs_native(actor, actor_dir: Path) -> dict:
-    """Greedy answers of the trained actor through the hybrid engine's kernels and through the
-    model's own forward, from the same prompts: equal prompt lengths, then left-padded ones.
-    Reports, per case, the first step where the greedy tokens differ and the largest logit gap
-    before it (bf16 kernels differ in rounding, so a late divergence is expected)."""
+def greedy_agreement(label: str, tok, fast, slow) -> dict:
+    """Greedy answers from the same prompts through `fast` and `slow` (each a `generate`): equal
+    prompt lengths, then left-padded ones. Reports, per case, the first step where the greedy
+    tokens differ and the largest logit gap before it (bf16 kernels differ in rounding, so a late
+    divergence is expected)."""
     import torch
-    from transformers import AutoTokenizer
 
     from utils.generation import left_pad
 
-    tok = AutoTokenizer.from_pretrained(actor_dir)
     rng = random.Random(1)
     cases = {"equal": [[rng.randrange(4, 500) for _ in range(64)] for _ in range(8)],
              "padded": [[rng.randrange(4, 500) for _ in range(16 + 6 * i)] for i in range(8)]}
     out = {}
     for case, rows in cases.items():
-        ids, mask = (t.cuda() for t in left_pad(rows, tok.pad_token_id))
+        ids, mask = (t.to("cuda" if torch.cuda.is_available() else "cpu") for t in left_pad(rows, tok.pad_token_id))
         kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=32, do_sample=False, output_scores=True,
                   return_dict_in_generate=True, pad_token_id=tok.pad_token_id, eos_token_id=None)
         with torch.no_grad():
-            actor.eval()
-            fast = actor.generate(**kw)
-            actor.train()
-            actor.module.eval()
-            slow = actor.module.generate(**kw)
-            actor.module.train()
+            a, b = fast(**kw), slow(**kw)
         P = ids.shape[1]
-        same = (fast.sequences[:, P:] == slow.sequences[:, P:]).all(0).tolist() + [False]
+        same = (a.sequences[:, P:] == b.sequences[:, P:]).all(0).tolist() + [False]
         first = same.index(False)
-        gap = max((float((f.float() - s.float()).abs().max()) for f, s in zip(fast.scores[:max(first, 1)],
-                                                                              slow.scores)), default=0.0)
-        report(f"  hybrid vs native greedy ({case} prompt lengths): tokens equal for {first} of 32 steps; "
+        gap = max((float((f.float() - s.float()).abs().max()) for f, s in zip(a.scores[:max(first, 1)], b.scores)),
+                  default=0.0)
+        report(f"  {label} greedy ({case} prompt lengths): tokens equal for {first} of 32 steps; "
                f"largest logit gap before that {gap:.3f}")
-        out[f"he_equal_steps_{case}"], out[f"he_logit_gap_{case}"] = first, gap
+        out[f"equal_steps_{case}"], out[f"logit_gap_{case}"] = first, gap
     return out
+
+
+def hybrid_vs_native(actor, tok) -> dict:
+    """The hybrid engine's kernels against the model's own forward."""
+    def hybrid(**kw):
+        actor.eval()
+        try:
+            return actor.generate(**kw)
+        finally:
+            actor.train()
+
+    return greedy_agreement("hybrid vs native", tok, hybrid, eval_generate(actor.module))
+
+
+def static_vs_dynamic(actor, tok) -> dict:
+    """A static KV cache (compiled decoding on a GPU) against the dynamic cache, same weights."""
+    gen = eval_generate(actor.module)
+    return greedy_agreement("static vs dynamic cache", tok, lambda **kw: gen(**kw, cache_implementation="static"),
+                            gen)
+
+
+def eval_generate(module):
+    def generate(**kw):
+        module.eval()
+        try:
+            return module.generate(**kw)
+        finally:
+            module.train()
+
+    return generate
 
 
 def section_fp16(a) -> None:
@@ -366,6 +400,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="sft: --torch_compile")
     p.add_argument("--profile", type=int, default=0, help="sft: profile 3 optimizer steps from this one (0: none)")
     p.add_argument("--hybrid", action="store_true")
+    p.add_argument("--no_gather", dest="gather", action="store_false",
+                   help="ppo at ZeRO-3: --ds3_gather_for_generation false (partitioned weights in generation)")
+    p.add_argument("--cache", default=None, choices=["static"], help="ppo: --cache_implementation")
     p.add_argument("--esrl", action="store_true", help="ppo: ESRL dynamic sampling with its default knobs")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="ppo: rounds left out of the medians")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmarks (scripts/bench/gpu.py): SFT MFU, PPO with and without the hybrid engine at
-# ZeRO-2 and ZeRO-3, fp16 loss scaling in SFT and PPO, peak memory of PPO vs ESRL.
+# ZeRO-2 and ZeRO-3 (weights gathered for generation or not, dynamic or static KV cache), fp16
+# loss scaling in SFT and PPO, peak memory of PPO vs ESRL.
 #
 #   bash scripts/bench/gpu.sh --download     # on a machine with network: wheels into .whl/
 #   bash scripts/bench/gpu.sh                # on the GPU machine (no network needed): every section
@@ -53,13 +54,19 @@ declare -A SECTIONS=(
   [ppo-z2]="ppo --zero 2"
   [ppo-z2-he]="ppo --zero 2 --hybrid"
   [ppo-z3]="ppo --zero 3"
+  [ppo-z3-partitioned]="ppo --zero 3 --no_gather --answer_len 64"
+  [ppo-z2-static]="ppo --zero 2 --cache static"
+  [ppo-z3-static]="ppo --zero 3 --cache static"
   [ppo-z3-he]="ppo --zero 3 --hybrid"
   [ppo-fp16]="ppo --zero 2 --dtype fp16 --rounds 8"
   [esrl]="ppo --zero 2 --esrl"
 )
 # ppo-z2-he / ppo-z3-he only show the hybrid engine switching itself off with transformers 4.57
 # (training/step3_rlhf/rlhf_engine.py); name them to run them
-ORDER=(peak sft sft-profile sft-compile fp16 ppo-z2 esrl ppo-fp16 ppo-z3)
+# ppo-z3-partitioned decodes with ZeRO-3's per-step gathering (190 ms per token on an H100), hence
+# 64 new tokens
+ORDER=(peak sft sft-profile sft-compile fp16 ppo-z2 ppo-z2-static esrl ppo-fp16 ppo-z3 ppo-z3-static
+       ppo-z3-partitioned)
 (( $# )) && ORDER=("$@")
 
 log="${GPU_BENCH_LOG:-$(mktemp)}"

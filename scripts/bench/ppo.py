@@ -10,7 +10,7 @@ and critic updates on the same minibatches with fused AdamW. Ours is timed from 
 round (`time` of each metrics row: logging and sampling bookkeeping included).
 
     .venv/bin/python -m scripts.bench.ppo [--rounds 12 --batch 32 --answer_len 16 --hidden 128 --layers 4]
-        [--profile 3]
+        [--profile 3] [--no-bare] [step-3 flags, e.g. --actor_zero_stage 3 --cache_implementation static]
 
 --profile N: torch.profiler over N rounds after the warm-up, printing where a round's time goes
 (the busiest operators) and how close its matmuls run to this machine's matmul peak: the floor
@@ -18,6 +18,7 @@ under any PPO round that does this arithmetic.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import tempfile
@@ -32,7 +33,9 @@ def main() -> None:
     p.set_defaults(batch=32)
     p.add_argument("--answer_len", type=int, default=16)
     p.add_argument("--profile", type=int, default=0, help="rounds to profile after the warm-up (0: none)")
-    a = p.parse_args()
+    p.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the bare-torch round (--no-bare: ours only)")
+    a, extra = p.parse_known_args()
     folder = setup_tiny(a.hidden, a.layers, 64 + a.answer_len)
     prof = RoundProfile(first=3, count=a.profile) if a.profile else None
 
@@ -53,7 +56,7 @@ def main() -> None:
         "--data_path", str(tmp / "prompts.txt"), "--output_dir", str(tmp / "out"),
         "--per_device_generation_batch_size", str(a.batch), "--per_device_training_batch_size", str(a.batch // 2),
         "--max_prompt_seq_len", "64", "--max_answer_seq_len", str(a.answer_len), "--max_steps", str(a.rounds),
-        "--disable_tqdm", "--actor_learning_rate", "1e-5", "--critic_learning_rate", "1e-5"])
+        "--disable_tqdm", "--actor_learning_rate", "1e-5", "--critic_learning_rate", "1e-5", *extra])
     hist = result["history"][2:]  # the first rounds warm up
     gen = statistics.median(h["time/generation"] for h in hist)
     exp = statistics.median(h["time/experience"] for h in hist)
@@ -69,8 +72,10 @@ def main() -> None:
     rows = [json.loads(x) for x in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
     stamps = [r["time"] for r in rows if "time/generation" in r][2:]
     ours = statistics.median(b - a_ for a_, b in zip(stamps, stamps[1:]))
-    bare = bare_round_time(folder, tmp / "rm", tmp / "prompts.txt", a)
     print(f"ours, round to round  {ours * 1e3:8.1f} ms  -> {a.batch / ours:.1f} samples/s")
+    if not a.bare:
+        return
+    bare = bare_round_time(folder, tmp / "rm", tmp / "prompts.txt", a)
     print(f"bare torch round      {bare * 1e3:8.1f} ms  -> {a.batch / bare:.1f} samples/s")
     print(f"ratio ours/bare       {ours / bare:.3f}  (target <= 1.30)")
     if prof is not None:

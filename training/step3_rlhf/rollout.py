@@ -27,7 +27,7 @@ from training.step3_rlhf.esrl import (CapabilityEstimator, allocate, eliminate, 
 from utils import distributed as dist
 from utils.data import IGNORE_INDEX, Example
 from utils.data.rlhf import PromptExample
-from utils.generation import left_pad
+from utils.generation import generation_model, left_pad
 from utils.losses import (adaptive_kl_coef, gae, group_baseline, grpo_advantages, kl_penalized_rewards,
                           masked_moments, reward_to_go, standardize, token_logprobs, uniform_groups, whiten)
 from utils.models import lm_logits, token_values
@@ -180,7 +180,6 @@ class ExperienceMaker:
         self.device = dist.device()
         self.kl = AdaptiveKLController(cfg.kl_ctl, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon)
         self.normalizer = RewardNormalizer(cfg.reward_normalization, cfg.reward_queue_size)
-        self.synced = cfg.actor_zero_stage == 3 and dist.world_size() > 1
         self.esrl = (CapabilityEstimator(cfg.esrl_confidence_weight, cfg.esrl_capability_decay)
                      if cfg.dynamic_sampling else None)
         self.baseline = None   # moving average of rewards: the REINFORCE baseline of single samples
@@ -214,14 +213,17 @@ class ExperienceMaker:
         cfg, tok = self.cfg, self.tok
         ids, mask = left_pad([p.prompt_ids for p in prompts], tok.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        model = self.rlhf.actor if self.rlhf.hybrid else self.rlhf.actor.module
         self.rlhf.actor.eval()
         per_row = LogitsProcessorList([RowTemperature(temps)]) if temps is not None else None
         sampling = {} if greedy else {"temperature": 1.0 if per_row else cfg.temperature, "top_p": cfg.top_p,
                                       "top_k": cfg.top_k or None, "logits_processor": per_row}
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_answer_seq_len,
-                             do_sample=not greedy, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                             synced_gpus=self.synced, use_cache=True, **sampling)
+        if cfg.cache_implementation and not self.rlhf.hybrid:
+            sampling["cache_implementation"] = cfg.cache_implementation
+        with generation_model(self.rlhf.actor, gather=cfg.ds3_gather_for_generation,
+                              world_size=dist.world_size()) as (model, synced):
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_answer_seq_len,
+                                 do_sample=not greedy, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id, synced_gpus=synced, use_cache=True, **sampling)
         self.rlhf.actor.train()
         P = ids.shape[1]
         answers = []
