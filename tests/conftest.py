@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,48 @@ def run_module(module: str, args: list[str], *, nproc: int = 1, timeout: int = 6
     if check and p.returncode != 0:
         raise AssertionError(f"{module} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
     return p
+
+
+def launch(module: str, args: list, nproc: int) -> subprocess.Popen:
+    """The run as a user starts it (the deepspeed launcher at nproc > 1), in its own process group."""
+    env = child_env(nproc)
+    cmd = ([sys.executable, "-m", module] if nproc == 1 else
+           [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
+            str(free_port()), "--module", module])
+    return subprocess.Popen([*cmd, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def checkpoint_step(out: Path) -> int:
+    latest = out / "checkpoints" / "latest"
+    return int(latest.read_text()[len("step"):]) if latest.is_file() else 0
+
+
+def metric_rows(out: Path) -> list[str]:
+    metrics = out / "metrics.jsonl"
+    return [x for x in metrics.read_text().splitlines() if x.strip()] if metrics.is_file() else []
+
+
+def logged_step(out: Path, skip: int = 0) -> int:
+    """The last step logged, in the rows after the first `skip` (those of earlier runs)."""
+    return max((json.loads(x).get("step", 0) for x in metric_rows(out)[skip:]), default=0)
+
+
+def interrupt(module: str, args: list, out: Path, nproc: int, *, after: int, sig: int) -> subprocess.CompletedProcess:
+    """Start the run and send `sig` to every process of it once it is past step `after`: SIGKILL
+    once a checkpoint at or after that step exists, SIGTERM once this run has logged that step (the
+    ranks get the signal directly, as a cluster scheduler sends it)."""
+    earlier = len(metric_rows(out))     # a resumed run continues the file
+    p = launch(module, args, nproc)
+    reached = checkpoint_step if sig == signal.SIGKILL else (lambda o: logged_step(o, earlier))
+    deadline = time.time() + 400
+    while p.poll() is None and reached(out) < after:
+        assert time.time() < deadline, "the run did not reach the step to interrupt"
+        time.sleep(0.02)
+    if p.poll() is None:
+        os.killpg(p.pid, sig)
+    stdout, stderr = p.communicate(timeout=400)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
 
 
 def step3_args(actor: Path, critic: Path, prompts: Path, out: Path, *extra, prompt_len: int = 32,

@@ -2,66 +2,20 @@
 checkpoint and continued with --resume ends bit-identical to an uninterrupted run, in every step."""
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import (DEMO_DATA, ROOT, child_env, free_port, load_weights, read_metrics, run_module, step3_args,
+from tests.conftest import (DEMO_DATA, checkpoint_step, interrupt, load_weights, read_metrics, run_module, step3_args,
                             write_jsonl)
 from tests.test_step2 import dpo_args, rm_args, write_parquet
 from utils.losses import adaptive_kl_coef
 
 pytestmark = pytest.mark.slow
-
-
-def launch(module: str, args: list, nproc: int) -> subprocess.Popen:
-    """The run as a user starts it (the deepspeed launcher at nproc > 1), in its own process group."""
-    env = child_env(nproc)
-    cmd = ([sys.executable, "-m", module] if nproc == 1 else
-           [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
-            str(free_port()), "--module", module])
-    return subprocess.Popen([*cmd, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def checkpoint_step(out: Path) -> int:
-    latest = out / "checkpoints" / "latest"
-    return int(latest.read_text()[len("step"):]) if latest.is_file() else 0
-
-
-def metric_rows(out: Path) -> list[str]:
-    metrics = out / "metrics.jsonl"
-    return [x for x in metrics.read_text().splitlines() if x.strip()] if metrics.is_file() else []
-
-
-def logged_step(out: Path, skip: int = 0) -> int:
-    """The last step logged, in the rows after the first `skip` (those of earlier runs)."""
-    return max((json.loads(x).get("step", 0) for x in metric_rows(out)[skip:]), default=0)
-
-
-def interrupt(module: str, args: list, out: Path, nproc: int, *, after: int, sig: int) -> subprocess.CompletedProcess:
-    """Start the run and send `sig` to every process of it once it is past step `after`: SIGKILL
-    once a checkpoint at or after that step exists, SIGTERM once this run has logged that step (the
-    ranks get the signal directly, as a cluster scheduler sends it)."""
-    earlier = len(metric_rows(out))     # a resumed run continues the file
-    p = launch(module, args, nproc)
-    reached = checkpoint_step if sig == signal.SIGKILL else (lambda o: logged_step(o, earlier))
-    deadline = time.time() + 400
-    while p.poll() is None and reached(out) < after:
-        assert time.time() < deadline, "the run did not reach the step to interrupt"
-        time.sleep(0.02)
-    if p.poll() is None:
-        os.killpg(p.pid, sig)
-    stdout, stderr = p.communicate(timeout=400)
-    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
 
 
 def assert_same_weights(full: Path, resumed: Path, subfolders=("",)) -> None:

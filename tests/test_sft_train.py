@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, child_env, load_weights, read_metrics, run_module, write_jsonl
+from tests.conftest import checkpoint_step, interrupt, load_weights, read_metrics, run_module, write_jsonl
 
 MODULE = "training.step1_sft.main"
 
@@ -132,30 +129,29 @@ def test_two_process_zero3_equals_one_process(tiny_dir, sft_data, tmp_path):
     assert_reloads_and_generates(two)
 
 
-def test_resume_after_kill_equals_uninterrupted(tiny_dir, sft_data, tmp_path):
+def test_kill_then_sigterm_resume_equals_uninterrupted(tiny_dir, sft_data, tmp_path):
+    """One process: SIGKILL after a periodic checkpoint, resume; that run pre-empted by SIGTERM
+    (it saves between optimizer steps and exits 0), resume again: the weights and the schedule end
+    where an uninterrupted run's end (two processes: tests/test_exact_resume.py)."""
     common = ["--num_train_epochs", 3, "--per_device_train_batch_size", 2, "--save_steps", 10,
               "--lr_scheduler_type", "cosine", "--num_warmup_steps", 5]
-    full, killed = tmp_path / "full", tmp_path / "killed"
+    full, part = tmp_path / "full", tmp_path / "part"
     run_module(MODULE, sft_args(tiny_dir, sft_data, full, *common))
 
-    env = child_env(1)
-    proc = subprocess.Popen([sys.executable, "-m", MODULE, *sft_args(tiny_dir, sft_data, killed, *common)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = killed / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not (latest.exists() and latest.read_text() == "step20") and proc.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
+    interrupt(MODULE, sft_args(tiny_dir, sft_data, part, *common), part, 1, after=20, sig=signal.SIGKILL)
+    resumed_from = checkpoint_step(part)
+    assert resumed_from >= 20 and not (part / "model.safetensors").exists(), "the run finished before the kill"
+    p = interrupt(MODULE, sft_args(tiny_dir, sft_data, part, *common, "--resume"), part, 1, after=resumed_from + 3,
+                  sig=signal.SIGTERM)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("[preempted] SIGTERM: checkpoint at step") == 1, p.stdout[-3000:]
+    assert checkpoint_step(part) > resumed_from and not (part / "model.safetensors").exists()
+    assert not (part / "training_curves.png").exists(), "a pre-empted run has not finished: no picture"
 
-    run_module(MODULE, sft_args(tiny_dir, sft_data, killed, *common, "--resume"))
-    wf, wk = load_weights(full), load_weights(killed)
-    for k in wf:
-        torch.testing.assert_close(wf[k], wk[k], atol=1e-6, rtol=0, msg=k)
-    resumed = [m for m in read_metrics(killed) if "train/loss" in m]
-    assert resumed[-1]["step"] == 240
+    run_module(MODULE, sft_args(tiny_dir, sft_data, part, *common, "--resume"))
+    wf, wk = load_weights(full), load_weights(part)
+    assert all(torch.equal(wf[k], wk[k]) for k in wf)
+    assert [m for m in read_metrics(part) if "train/loss" in m][-1]["step"] == 240
 
 
 def test_bad_data_one_line_error_and_no_output(tiny_dir, tmp_path):
