@@ -57,6 +57,24 @@ def test_cross_field_checks_print_one_line(capsys, argv, msg):
     assert err.count("\n") == 0 and msg in err
 
 
+@pytest.mark.parametrize("extra,msg", [
+    (["--center_rewards_coefficient", "-0.1"], "--center_rewards_coefficient must be >= 0, got -0.1"),
+    (["--center_rewards_coefficient", "nan"], "--center_rewards_coefficient must be >= 0, got nan"),
+    (["--center_rewards_coefficient", "0.01", "--rm_loss", "score"],
+     "--center_rewards_coefficient needs --rm_loss pairwise or mixed"),
+])
+def test_reward_config_checks_print_one_line(capsys, extra, msg):
+    from utils.config import RewardConfig
+
+    with pytest.raises(SystemExit) as e:
+        parse_config(RewardConfig, BASE + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and msg in err
+    assert parse_config(RewardConfig, BASE + ["--center_rewards_coefficient", "0.01"]).center_rewards_coefficient \
+        == 0.01
+
+
 def test_offload_at_stage0_is_named_and_off():
     cfg = parse_config(SFTConfig, BASE + ["--offload"])
     assert cfg.offload is False

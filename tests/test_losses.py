@@ -37,8 +37,8 @@ def test_token_logprobs_matches_loss():
 
 
 # -- reward model ---------------------------------------------------------------------------------
-from utils.losses import (divergence_pairwise_loss, dpo_loss, ipo_loss, orpo_loss, pairwise_loss,  # noqa: E402
-                          score_mse, sequence_logprobs, simpo_loss)
+from utils.losses import (centering_penalty, divergence_pairwise_loss, dpo_loss, ipo_loss, orpo_loss,  # noqa: E402
+                          pairwise_loss, score_mse, sequence_logprobs, simpo_loss)
 
 
 def log_sigmoid(x: float) -> float:
@@ -51,6 +51,13 @@ def test_pairwise_and_mse_by_hand():
     assert score_mse(torch.tensor([3.0, 0.5]), torch.tensor([1.0, 0.5])).tolist() == [4.0, 0.0]
 
 
+def test_pairwise_margin_and_centering_by_hand():
+    # margins 1 and -1 shift the differences 1 and 0 to 0 and 1
+    loss = pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, -1.0]))
+    assert loss.tolist() == pytest.approx([math.log(2), math.log1p(math.exp(-1.0))], abs=1e-6)
+    assert centering_penalty(torch.tensor([1.0, -2.0]), torch.tensor([0.5, 2.0])).tolist() == [2.25, 0.0]
+
+
 def test_divergence_pairwise_loss_by_hand():
     # Sequences agree on positions 0-1, differ from 2; chosen has 4 real tokens, rejected 3,
     # so the span is positions 2 and 3: mean(-log s(1 - 0), -log s(2 - 9)).
@@ -59,6 +66,10 @@ def test_divergence_pairwise_loss_by_hand():
     got = divergence_pairwise_loss(cv, rv, chosen_ids, rejected_ids, torch.tensor([4]), torch.tensor([3]))
     want = (-log_sigmoid(1.0) - log_sigmoid(-7.0)) / 2
     assert got.item() == pytest.approx(want, abs=1e-6)
+    # a margin of 0.5 is taken off every position's difference
+    got = divergence_pairwise_loss(cv, rv, chosen_ids, rejected_ids, torch.tensor([4]), torch.tensor([3]),
+                                   torch.tensor([0.5]))
+    assert got.item() == pytest.approx((-log_sigmoid(0.5) - log_sigmoid(-7.5)) / 2, abs=1e-6)
 
 
 # -- DPO family -------------------------------------------------------------------------------------

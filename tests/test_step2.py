@@ -39,6 +39,12 @@ BAD = [
     ("unknown_column", [{"prompt": "p", "good": "a", "bad": "b"}], "row 0: unknown column(s) bad, good"),
     ("string_score", [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_gpt_score": "high",
                        "rejected_gpt_score": 0.1}], 'field "chosen_gpt_score" must be a number, got str'),
+    ("margin_on_point", [{"prompt": "p", "response": "a", "score": 1.0, "margin": 1.0}],
+     "row 0: a margin needs a pair (chosen, rejected)"),
+    ("null_margin", [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0},
+                     {"prompt": "p", "chosen": "a", "rejected": "b", "margin": None}], 'row 1: field "margin" is missing'),
+    ("string_margin", [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}],
+     'row 0: field "margin" must be a number, got str'),
 ]
 
 
@@ -70,14 +76,22 @@ def test_fork_files_read_unchanged(tokenizer):
 def test_preference_collator_exact_tensors():
     from utils.data.preference import PreferenceExample
 
-    b = collate_preferences([PreferenceExample([1, 9], [5, 2], [6, 7, 2], 0.5, 0.25),
+    b = collate_preferences([PreferenceExample([1, 9], [5, 2], [6, 7, 2], 0.5, 0.25, margin=1.5),
                              PreferenceExample([1], [8, 2], None, 3.0)], pad_id=3)
-    assert b.n_pairs == 1
+    assert b.n_pairs == 1 and b.margin.tolist() == [1.5]
     assert torch.equal(b.input_ids, torch.tensor([[1, 9, 5, 2, 3], [1, 9, 6, 7, 2], [1, 8, 2, 3, 3]]))
     assert torch.equal(b.labels, torch.tensor([[-100, -100, 5, 2, -100], [-100, -100, 6, 7, 2],
                                                [-100, 8, 2, -100, -100]]))
     assert b.score_target.tolist() == [0.5, 0.25, 3.0]
     assert b.lengths.tolist() == [4, 5, 3]
+
+
+def test_margins_are_read_for_both_encodings(tmp_path, tokenizer):
+    folder = write_parquet(tmp_path / "m", [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1},
+                                            {"prompt": "p", "chosen": "c", "rejected": "d", "margin": 2.5}])
+    for joint in (False, True):
+        ex, _ = tokenize_preferences(read_dataset(str(folder)).train, tokenizer, 64, joint=joint)
+        assert [e.margin for e in ex] == [1.0, 2.5]
 
 
 def test_chat_pairs_share_the_prompt(tokenizer):
@@ -172,6 +186,33 @@ def test_reward_from_scores_mse_falls(sft_dir, tmp_path):
                                                      "--pairwise_reduction", "divergence", "--num_train_epochs", 1))
     m = [r for r in read_metrics(out2) if "eval/mse" in r]
     assert m[-1]["eval/mse"] < m[0]["eval/mse"] and m[-1]["eval/accuracy"] >= m[0]["eval/accuracy"]
+
+
+def test_reward_margin_and_centering(sft_dir, tmp_path):
+    """TRL's `margin` column and --center_rewards_coefficient: the first evaluation's loss is the
+    hand-derived mean of softplus(m - (r_c - r_r)) + C (r_c + r_r)^2 (the untrained head scores every
+    answer nearly alike), and the centred run keeps the mean score near 0 where the plain one drifts."""
+    train = pq.read_table(DEMO_DATA / "preference" / "train.parquet").to_pylist()[:640]
+    rows = [{**r, "margin": 1.0 + 0.5 * (i % 3)} for i, r in enumerate(train)]
+    data = write_parquet(tmp_path / "margins", rows[:600])
+    write_parquet(data, rows[600:], "test")
+    margins = [r["margin"] for r in rows[600:]]
+    runs = {}
+    for name, coef in (("plain", 0.0), ("centred", 0.1)):
+        out = tmp_path / name
+        extra = ["--center_rewards_coefficient", coef] if coef else []
+        run_module("training.step2_reward.main", rm_args(sft_dir, data, out, "--num_train_epochs", 1,
+                                                         "--eval_steps", 25, *extra))
+        evals = runs[name] = [m for m in read_metrics(out) if "eval/accuracy" in m]
+        first = evals[0]
+        assert first["step"] == 0 and first["eval/score_std"] < 0.05
+        c, r = first["eval/chosen_score"], first["eval/rejected_score"]
+        want = sum(math.log1p(math.exp(m - (c - r))) for m in margins) / len(margins) + coef * (c + r) ** 2
+        assert first["eval/loss"] == pytest.approx(want, abs=5e-4)   # C (r_c + r_r)^2 is 2.4e-3 here
+        assert evals[-1]["eval/chosen_score"] - evals[-1]["eval/rejected_score"] > 0.5
+        assert evals[-1]["eval/loss"] < 0.85 * first["eval/loss"]
+    drift = {k: max(abs(m["eval/score_mean"]) for m in v[1:]) for k, v in runs.items()}
+    assert drift["plain"] > 0.5 and drift["centred"] < 0.25 * drift["plain"], drift
 
 
 def test_reward_cli_bad_column_one_line(tiny_dir, tmp_path):

@@ -7,6 +7,7 @@ as the first argument (flags after it override the file). Cross-field checks liv
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -505,6 +506,10 @@ class RewardConfig(TrainConfig):
                                         "DeepSpeed-Chat's mean over the tokens after the answers diverge.",
                                  choices=["end", "divergence"])
     score_loss_weight: float = _f(1.0, "Weight of the MSE term in --rm_loss mixed.")
+    center_rewards_coefficient: Optional[float] = _f(None, "TRL's: adds C * mean((r_chosen + r_rejected)^2) to "
+                                                           "the pairwise loss, so a pair's scores centre on 0 "
+                                                           "instead of drifting (0.01 in TRL's docs). Off by "
+                                                           "default.")
     gpt_annotated_score: bool = _f(False, "Train from the score columns (chosen_gpt_score/rejected_gpt_score or "
                                           "chosen_score/rejected_score); same as --rm_loss score.")
     head_dropout: float = _f(0.0, "Dropout on the last hidden state before the scalar head, in training.")
@@ -522,6 +527,12 @@ class RewardConfig(TrainConfig):
             raise ConfigError("--score_loss_weight must be >= 0")
         if self.pairwise_reduction == "divergence" and self.rm_loss == "score":
             raise ConfigError("--pairwise_reduction divergence needs --rm_loss pairwise or mixed")
+        if self.center_rewards_coefficient is not None:
+            if not (math.isfinite(self.center_rewards_coefficient) and self.center_rewards_coefficient >= 0):
+                raise ConfigError(f"--center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}")
+            if self.rm_loss == "score":
+                raise ConfigError("--center_rewards_coefficient needs --rm_loss pairwise or mixed (annotated scores "
+                                  "already fix the scale)")
         if not 0 <= self.head_dropout < 1:
             raise ConfigError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
         for flag in ("reward_type", "add_error_sample"):

@@ -62,25 +62,39 @@ def response_lengths(labels: torch.Tensor) -> torch.Tensor:
 
 
 # -- reward model ------------------------------------------------------------------------------
-def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry loss -log sigmoid(r_chosen - r_rejected).
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin); the margin (Llama 2's,
+    TRL's `margin` column) asks a clearer preference to be scored further apart.
 
-    Args: chosen, rejected: [P] end-token scores. Returns: [P] per-pair losses.
+    Args: chosen, rejected: [P] end-token scores; margin: [P] or None (0). Returns: [P] per-pair losses.
     """
-    return -F.logsigmoid(chosen.float() - rejected.float())
+    diff = chosen.float() - rejected.float()
+    return -F.logsigmoid(diff if margin is None else diff - margin.float())
+
+
+def centering_penalty(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """(r_chosen + r_rejected)^2: pulls a pair's mean score to 0. The pairwise loss sees only
+    differences, so without it the scores drift as a whole (Eisenstein et al. 2023, TRL's
+    `center_rewards_coefficient`).
+
+    Args: chosen, rejected: [P] end-token scores. Returns: [P].
+    """
+    return (chosen.float() + rejected.float()) ** 2
 
 
 def divergence_pairwise_loss(chosen_values: torch.Tensor, rejected_values: torch.Tensor,
                              chosen_ids: torch.Tensor, rejected_ids: torch.Tensor,
-                             chosen_len: torch.Tensor, rejected_len: torch.Tensor) -> torch.Tensor:
-    """DeepSpeed-Chat's variant: mean of -log sigmoid(v_chosen[t] - v_rejected[t]) over the
-    tokens from the first position where the two sequences differ up to the end of the
+                             chosen_len: torch.Tensor, rejected_len: torch.Tensor,
+                             margin: torch.Tensor | None = None) -> torch.Tensor:
+    """DeepSpeed-Chat's variant: mean of -log sigmoid(v_chosen[t] - v_rejected[t] - margin) over
+    the tokens from the first position where the two sequences differ up to the end of the
     longer one (clamped to the padded length).
 
     Args:
         chosen_values, rejected_values: [P, T] per-token scores.
         chosen_ids, rejected_ids: [P, T] token ids (same padded length).
         chosen_len, rejected_len: [P] number of real tokens.
+        margin: [P] or None (0).
     Returns:
         [P] per-pair losses. Identical pairs fall back to the last token.
     """
@@ -90,7 +104,8 @@ def divergence_pairwise_loss(chosen_values: torch.Tensor, rejected_values: torch
     first = torch.where(differs.any(1), differs.float().argmax(1), torch.minimum(chosen_len, rejected_len) - 1)
     end = torch.maximum(chosen_len, rejected_len)
     span = (pos >= first.unsqueeze(1)) & (pos < end.unsqueeze(1))
-    per_tok = -F.logsigmoid(chosen_values.float() - rejected_values.float())
+    diff = chosen_values.float() - rejected_values.float()
+    per_tok = -F.logsigmoid(diff if margin is None else diff - margin.float().unsqueeze(1))
     return (per_tok * span).sum(1) / span.sum(1).clamp_min(1)
 
 

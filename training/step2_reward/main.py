@@ -20,7 +20,7 @@ from utils.checkpoint import save_hf_model
 from utils.config import RewardConfig, parse_config
 from utils.data import step_examples
 from utils.data.preference import collate_preferences, tokenize_preferences
-from utils.losses import divergence_pairwise_loss, pairwise_loss, score_mse
+from utils.losses import centering_penalty, divergence_pairwise_loss, pairwise_loss, score_mse
 from utils import distributed as dist
 from utils.models import (add_distinct_pad, end_scores, load_tokenizer_for, load_trainable_lm,
                           reward_tokenizer_for_export, token_values)
@@ -38,11 +38,14 @@ def reward_loss(cfg: RewardConfig):
         total = scores.new_zeros(())
         if cfg.rm_loss in ("pairwise", "mixed") and P:
             if cfg.pairwise_reduction == "end":
-                total = total + pairwise_loss(chosen, rejected).sum()
+                total = total + pairwise_loss(chosen, rejected, batch.margin).sum()
             else:
                 lens = batch.lengths
                 total = total + divergence_pairwise_loss(values[:P], values[P:2 * P], batch.input_ids[:P],
-                                                         batch.input_ids[P:2 * P], lens[:P], lens[P:2 * P]).sum()
+                                                         batch.input_ids[P:2 * P], lens[:P], lens[P:2 * P],
+                                                         batch.margin).sum()
+            if cfg.center_rewards_coefficient:
+                total = total + cfg.center_rewards_coefficient * centering_penalty(chosen, rejected).sum()
         scored = ~torch.isnan(batch.score_target)
         mse = score_mse(scores[scored], batch.score_target[scored]).sum()
         if cfg.rm_loss in ("score", "mixed"):

@@ -3,9 +3,10 @@
 Accepted rows (parquet columns or JSON keys):
 - pairs: `prompt, chosen, rejected` (+ `response`, which duplicates `chosen` in
   DeepSpeed-Chat files and is ignored), optionally `chosen_score, rejected_score` (or the
-  earlier tool's `chosen_gpt_score, rejected_gpt_score`);
+  earlier tool's `chosen_gpt_score, rejected_gpt_score`), optionally `margin` (TRL's: the
+  reward model's pairwise loss asks r_chosen - r_rejected to exceed it; every row has one, or none);
 - chat pairs: `chosen` and `rejected` as message lists sharing every turn but the last
-  assistant answer (`prompt` optional and ignored);
+  assistant answer (`prompt` optional and ignored; `margin` as above);
 - pointwise: `prompt, response, score`.
 For DPO (and step 1) prompt and answers are tokenized separately, as in SFT; a plain answer
 ends with EOS. Long rows follow the length rule of sft.py: both answers of a pair follow one
@@ -32,7 +33,7 @@ from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, encode_pr
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 SCORE_COLUMNS = (("chosen_score", "rejected_score"), ("chosen_gpt_score", "rejected_gpt_score"))
-KNOWN_COLUMNS = {"prompt", "response", "chosen", "rejected", "score",
+KNOWN_COLUMNS = {"prompt", "response", "chosen", "rejected", "score", "margin",
                  *(c for pair in SCORE_COLUMNS for c in pair)}
 NAN = float("nan")
 
@@ -47,6 +48,7 @@ class PreferenceExample:
     rejected_score: float = NAN
     ref_chosen: float = NAN                # precomputed reference log-probs (DPO), NaN when absent
     ref_rejected: float = NAN
+    margin: float = 0.0                    # the reward model's pairwise margin (`margin` column)
 
     @property
     def is_pair(self) -> bool:
@@ -61,7 +63,7 @@ def _kind(rec: Record) -> str:
     unknown = sorted(keys - KNOWN_COLUMNS)
     if unknown:
         raise DataError(f"{rec.where}: unknown column(s) {', '.join(unknown)}; expected prompt, chosen, rejected "
-                        f"[, chosen_score, rejected_score] or prompt, response, score")
+                        f"[, chosen_score, rejected_score, margin] or prompt, response, score")
     if "chosen" in keys or "rejected" in keys:
         missing = [c for c in ("chosen", "rejected") if c not in keys]
         if not missing and isinstance(rec.data["chosen"], list):
@@ -71,6 +73,9 @@ def _kind(rec: Record) -> str:
             raise DataError(f"{rec.where}: missing column(s) {', '.join(missing)} (found: {', '.join(sorted(keys))})")
         return "pair"
     if "score" in keys:
+        if "margin" in keys:
+            raise DataError(f"{rec.where}: a margin needs a pair (chosen, rejected); this row is prompt, response, "
+                            f"score")
         missing = [c for c in ("prompt", "response") if c not in keys]
         if missing:
             raise DataError(f"{rec.where}: missing column(s) {', '.join(missing)} (found: {', '.join(sorted(keys))})")
@@ -130,7 +135,7 @@ def _ending_in_eos(tokenizer, ids: list[list[int]]) -> list[list[int]]:
 
 
 def _joint_examples(records: list[Record], kind: str, tokenizer, max_len: int,
-                    scores: list[tuple[float, float]]) -> tuple[list[PreferenceExample], LengthStats]:
+                    scores: list[tuple[float, float, float]]) -> tuple[list[PreferenceExample], LengthStats]:
     if kind == "chat":
         texts = [[p + c, p + r] for p, c, r in (_chat_texts(rec, tokenizer) for rec in records)]
         # the template renders the special prefix itself, and may close a turn with EOS + "\n"
@@ -144,13 +149,13 @@ def _joint_examples(records: list[Record], kind: str, tokenizer, max_len: int,
         rows = [flat[i:i + len(names)] for i in range(0, len(flat), len(names))]
     prefix = special_prefix(tokenizer)
     out, stats = [], LengthStats()
-    for answers, (cs, rs) in zip(rows, scores):
+    for answers, (cs, rs, m) in zip(rows, scores):
         cut = [fit_prompt(a, max_len, prefix) for a in answers]   # the score is read at the end
         if any(c is None for c in cut) or _cut_to_a_tie(answers, cut):
             stats.dropped += 1
             continue
         stats.count(any(len(c) < len(a) for c, a in zip(cut, answers)), False)
-        out.append(PreferenceExample([], cut[0], cut[1] if len(cut) == 2 else None, cs, rs))
+        out.append(PreferenceExample([], cut[0], cut[1] if len(cut) == 2 else None, cs, rs, margin=m))
     return out, stats
 
 
@@ -172,8 +177,9 @@ def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need
     kind = _file_kind(records)
     if pairs_only and kind == "point":
         raise DataError(f"{records[0].where}: pointwise rows (prompt, response, score) have no pair to prefer")
-    scores = [_scores(rec, need_scores) if kind != "point" else (require_number(rec, "score"), NAN)
-              for rec in records]
+    has_margin = any("margin" in rec.data for rec in records)
+    scores = [(*(_scores(rec, need_scores) if kind != "point" else (require_number(rec, "score"), NAN)),
+               require_number(rec, "margin") if has_margin else 0.0) for rec in records]
     if joint:
         out, stats = _joint_examples(records, kind, tokenizer, max_len, scores)
         require_usable(records[0].source, stats, f"--max_seq_len {max_len}")
@@ -190,14 +196,14 @@ def tokenize_preferences(records: list[Record], tokenizer, max_len: int, *, need
         rows = [(p, a) for p, *a in zip(prompts, *answers)]
     prefix = special_prefix(tokenizer)
     out, stats = [], LengthStats()
-    for (prompt, answers), (cs, rs) in zip(rows, scores):
+    for (prompt, answers), (cs, rs, m) in zip(rows, scores):
         fitted = fit_row(prompt, answers, max_len, prefix)
         if fitted is not None and _cut_to_a_tie(answers, fitted[1]):
             fitted = None
         stats.count_fit(prompt, answers, fitted)
         if fitted is not None:
             p, a = fitted
-            out.append(PreferenceExample(p, a[0], a[1] if len(a) == 2 else None, cs, rs))
+            out.append(PreferenceExample(p, a[0], a[1] if len(a) == 2 else None, cs, rs, margin=m))
     require_usable(records[0].source, stats, f"--max_seq_len {max_len}")
     return out, stats
 
@@ -223,6 +229,7 @@ class PreferenceBatch:
     labels: torch.Tensor          # [R, T] long, response tokens only (IGNORE_INDEX elsewhere)
     score_target: torch.Tensor    # [R] float, NaN where the row has no annotated score
     ref_logps: torch.Tensor       # [R] float, precomputed reference log-probs or NaN
+    margin: torch.Tensor          # [P] float, each pair's margin (0 without a margin column)
     n_pairs: int
 
     def to(self, device) -> "PreferenceBatch":
@@ -248,5 +255,6 @@ def collate_preferences(examples: list[PreferenceExample], pad_id: int) -> Prefe
         labels=pad_right(labels, IGNORE_INDEX),
         score_target=torch.tensor([s for _, _, s, _ in rows], dtype=torch.float32),
         ref_logps=torch.tensor([x for _, _, _, x in rows], dtype=torch.float32),
+        margin=torch.tensor([e.margin for e in pairs], dtype=torch.float32),
         n_pairs=len(pairs),
     )
