@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write_jsonl
-from utils.data import DataError, read_dataset, tokenize_records
+from utils.data import DataError, SplitNames, read_dataset, tokenize_records
 from utils.data.named import NAMED, match
 from utils.data.preference import tokenize_preferences
 
@@ -36,6 +36,11 @@ def write_hub(root, repo, splits: dict, schema: pa.Schema | None = None):
     for split, rows in splits.items():
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"{split}-00000-of-00001.parquet")
     return root / repo
+
+
+def write_parquet_file(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
 
 
 def rows_of(records):
@@ -325,6 +330,81 @@ def test_imdb_review_openings_become_prompts(hub, tmp_path):
 
 
 # -- loading --------------------------------------------------------------------------------------
+# -- TRL's and the alignment handbook's UltraFeedback ------------------------------------------------
+def ultrafeedback_row(question, good, bad, score_chosen=8.0, score_rejected=3.5, h4=True):
+    user = {"role": "user", "content": question}
+    chosen, rejected = [user, {"role": "assistant", "content": good}], [user, {"role": "assistant", "content": bad}]
+    row = {"chosen": chosen, "rejected": rejected, "score_chosen": score_chosen, "score_rejected": score_rejected}
+    # H4's also has the first user turn, an id and `messages` (a copy of chosen for its sft splits)
+    return {"prompt": question, "prompt_id": f"id-{question}", **row, "messages": chosen} if h4 else row
+
+
+def chat_pair(row):
+    return {"chosen": row["chosen"], "rejected": row["rejected"], "chosen_score": row["score_chosen"],
+            "rejected_score": row["score_rejected"]}
+
+
+def test_h4_ultrafeedback_reads_its_prefs_splits_with_scores(hub, tokenizer, capsys):
+    """The handbook's DPO data: train_prefs is trained on and test_prefs held out (not the sft or gen
+    splits); extra columns are not read; identical or empty answers are skipped and counted."""
+    train = [ultrafeedback_row("Name a red fruit.", "A strawberry.", "Blue."),
+             ultrafeedback_row("Count to two.", "One, two.", "Three.", 7, 7.5),
+             ultrafeedback_row("Same?", "Yes.", "Yes."),
+             ultrafeedback_row("Empty?", " ", "No.")]
+    other = [ultrafeedback_row("Other split.", "a", "b")]
+    write_hub(hub, "HuggingFaceH4/ultrafeedback_binarized",
+              {"train_prefs": train, "test_prefs": train[:1], "train_sft": other, "test_sft": other,
+               "train_gen": other, "test_gen": other})
+    raw = read_dataset("HuggingFaceH4/ultrafeedback_binarized")
+    assert rows_of(raw.train) == [chat_pair(r) for r in train[:2]] and rows_of(raw.test) == [chat_pair(train[0])]
+    assert raw.train[1].where == "HuggingFaceH4/ultrafeedback_binarized[train_prefs] row 1"
+    assert "2 of 4" in capsys.readouterr().out
+    pairs, _ = tokenize_preferences(raw.train, tokenizer, 256, need_scores=True)
+    assert [(e.chosen_score, e.rejected_score) for e in pairs] == [(8.0, 3.5), (7.0, 7.5)]
+    assert tokenizer.decode(pairs[0].chosen_ids).startswith("A strawberry.")
+    sft_rows, _ = tokenize_records(raw.train, tokenizer, 256)   # step 1: the chosen conversations
+    assert len(sft_rows) == 2
+    # a handbook recipe's dataset_splits name the splits anyway
+    raw = read_dataset("HuggingFaceH4/ultrafeedback_binarized", splits=SplitNames(("train_prefs",), ("test_prefs",)))
+    assert len(raw.train) == 2 and len(raw.test) == 1
+
+
+def test_trl_ultrafeedback_and_a_local_copy_of_split_files(hub, tmp_path):
+    rows = [ultrafeedback_row("Name a red fruit.", "A strawberry.", "Blue.", h4=False)]
+    write_hub(hub, "trl-lib/ultrafeedback_binarized", {"train": rows, "test": rows})
+    raw = read_dataset("trl-lib/ultrafeedback_binarized")
+    assert rows_of(raw.train) == rows_of(raw.test) == [chat_pair(rows[0])]
+    # split files of H4's names in a folder of that name: train_prefs / test_prefs, not train_sft
+    folder = tmp_path / "copy" / "HuggingFaceH4" / "ultrafeedback_binarized"
+    h4 = [ultrafeedback_row("Name a red fruit.", "A strawberry.", "Blue.")]
+    write_parquet_file(folder / "train_prefs.parquet", h4)
+    write_parquet_file(folder / "test_prefs.parquet", h4)
+    write_parquet_file(folder / "train_sft.parquet", [ultrafeedback_row("x", "y", "z")])
+    raw = read_dataset(str(folder))
+    assert rows_of(raw.train) == rows_of(raw.test) == [chat_pair(h4[0])]
+
+
+def test_h4_ultrachat_is_chat_sft_on_its_sft_splits(hub, tokenizer, capsys):
+    talk = [{"role": "user", "content": "Name a red fruit."}, {"role": "assistant", "content": "A strawberry."}]
+    row = {"prompt": "Name a red fruit.", "prompt_id": "a1", "messages": talk}
+    write_hub(hub, "HuggingFaceH4/ultrachat_200k", {"train_sft": [row, {**row, "messages": []}], "test_sft": [row],
+                                                    "train_gen": [{**row, "messages": talk[:1]}], "test_gen": [row]})
+    raw = read_dataset("HuggingFaceH4/ultrachat_200k")
+    assert rows_of(raw.train) == rows_of(raw.test) == [{"messages": talk}]
+    assert raw.train[0].source == "HuggingFaceH4/ultrachat_200k[train_sft]" and "1 of 2" in capsys.readouterr().out
+    (ex,), _ = tokenize_records(raw.train, tokenizer, 256)
+    assert tokenizer.decode([t for t in ex.labels if t != -100]).startswith("A strawberry.")
+
+
+def test_ultrafeedback_rule_errors(hub):
+    write_hub(hub, "trl-lib/ultrafeedback_binarized", {"train": [{"chosen": "text", "rejected": "text",
+                                                                   "score_chosen": 1.0, "score_rejected": 0.0}]})
+    with pytest.raises(DataError) as e:
+        read_dataset("trl-lib/ultrafeedback_binarized")
+    assert str(e.value) == ('trl-lib/ultrafeedback_binarized[train] row 0: column "chosen" must be a non-empty '
+                            'list of messages, got str (reading it as trl-lib/ultrafeedback_binarized)')
+
+
 def test_unknown_name_falls_back_to_the_generic_reader(hub):
     rows = [{"prompt": "User: hi\nAssistant: ", "chosen": "hello", "rejected": "go"}]
     write_hub(hub, "someone/pairs", {"train": rows, "validation": rows})

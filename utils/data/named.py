@@ -1,5 +1,5 @@
-"""DeepSpeed-Chat's named datasets (and those of trlx's and open-chatgpt's examples) and Anthropic
-HH dialogues, turned into our records.
+"""DeepSpeed-Chat's named datasets (and those of trlx's, open-chatgpt's, TRL's and the alignment
+handbook's examples) and Anthropic HH dialogues, turned into our records.
 
 Named datasets: DeepSpeed-Chat's `get_raw_dataset` recognises a dataset when one of its
 known names occurs anywhere in the path (so `/data/Dahoas/rm-static` is Dahoas/rm-static);
@@ -217,6 +217,33 @@ def local_jsonfile(row: dict) -> dict | None:
     return None if None in (p, c, r) else _pair(" " + p, " " + c, " " + r)
 
 
+# -- TRL's and the alignment handbook's preference data -----------------------------------------------
+def ultrafeedback(row: dict) -> dict | None:
+    """HuggingFaceH4/ultrafeedback_binarized (the handbook's DPO data) and
+    trl-lib/ultrafeedback_binarized (TRL's reward-model quick start): `chosen` and `rejected`
+    conversations with their ratings `score_chosen` / `score_rejected` -> a chat pair with scores.
+    `prompt` (the first user turn), `prompt_id` and `messages` (a copy of `chosen`) are not read.
+    Rows whose two conversations are identical or end in an empty answer are skipped."""
+    chosen, rejected = _at(row, "chosen"), _at(row, "rejected")
+    for col, conv in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(conv, list) or not conv:
+            raise RowError(f'column "{col}" must be a non-empty list of messages, got {type(conv).__name__}')
+    answers = [_opt_text(row, col, -1, "content") for col in ("chosen", "rejected")]
+    if chosen == rejected or any(a is None or _blank(a) for a in answers):
+        return None
+    return {"chosen": chosen, "rejected": rejected, "chosen_score": _number(row, "score_chosen"),
+            "rejected_score": _number(row, "score_rejected")}
+
+
+def ultrachat(row: dict) -> dict | None:
+    """HuggingFaceH4/ultrachat_200k (the handbook's SFT data): the `messages` conversation, as the
+    chat format; `prompt` (its first turn) and `prompt_id` are not read."""
+    messages = _at(row, "messages")
+    if not isinstance(messages, list):
+        raise RowError(f'column "messages" must be a list of messages, got {type(messages).__name__}')
+    return {"messages": messages} if messages else None
+
+
 # -- the examples of trlx / open-chatgpt (summarisation, sentiment, prompts) -------------------------
 def summarize_tldr(row: dict) -> dict | None:
     """CarperAI/openai_summarize_tldr: `prompt` (a Reddit post ending in "TL;DR:") and `label`
@@ -258,6 +285,7 @@ class NamedDataset:
     row: Callable[[dict], dict | None]        # one row -> our record, None to skip it
     eval_split: str | None = "test"           # the held-out split DeepSpeed-Chat reads; None: it
                                               # takes a seeded tenth of train instead
+    train_split: str = "train"                # the split trained on
     hub_name: str | None = None               # what is loaded for the bare name, when not the name
     local_files: tuple[str, str] | None = None  # (train, eval) under the working directory
     # DeepSpeed-Chat finds its names anywhere in a path; the others (a bare "imdb" would claim any
@@ -294,6 +322,11 @@ NAMED: dict[str, NamedDataset] = {d.name: d for d in (
     NamedDataset("fka/awesome-chatgpt-prompts", awesome_prompts, eval_split=None, anywhere=False),
     NamedDataset("stanfordnlp/imdb", imdb, eval_split="test", anywhere=False),
     NamedDataset("imdb", imdb, eval_split="test", anywhere=False),
+    NamedDataset("HuggingFaceH4/ultrafeedback_binarized", ultrafeedback, eval_split="test_prefs",
+                 train_split="train_prefs", anywhere=False),
+    NamedDataset("trl-lib/ultrafeedback_binarized", ultrafeedback, eval_split="test", anywhere=False),
+    NamedDataset("HuggingFaceH4/ultrachat_200k", ultrachat, eval_split="test_sft", train_split="train_sft",
+                 anywhere=False),
 )}
 
 

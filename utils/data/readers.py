@@ -210,7 +210,7 @@ def _load(path: str, config_name: str | None, spec: named.NamedDataset | None,
     if p.is_file():
         return read_file(p), []
     if p.is_dir():
-        if _find_split(p, splits.train or SPLIT_NAMES["train"]) is not None:
+        if _find_split(p, splits.train or _train_names(spec)) is not None:
             return _read_split_files(p, path, spec, splits)
         if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
             return _load_saved(p, path, spec, splits)
@@ -221,6 +221,11 @@ def _load(path: str, config_name: str | None, spec: named.NamedDataset | None,
         return _read_local_files(path, spec)
     name = spec.hub_name if spec is not None and spec.hub_name else path
     return _load_with_datasets(name, path, config_name, spec, splits, folder=False)
+
+
+def _train_names(spec: named.NamedDataset | None) -> tuple[str, ...]:
+    """Training split names in the order looked for: the named dataset's own first."""
+    return ((spec.train_split,) if spec is not None else ()) + SPLIT_NAMES["train"]
 
 
 def _held_out_names(spec: named.NamedDataset | None) -> tuple[str, ...]:
@@ -244,7 +249,7 @@ def _read_split_files(folder: Path, label: str, spec: named.NamedDataset | None,
     if splits.train:
         train = named_files(splits.train, "--train_splits")
     else:
-        train = read_file(_find_split(folder, SPLIT_NAMES["train"]))
+        train = read_file(_find_split(folder, _train_names(spec)))
     if splits.test is not None:
         return train, named_files(splits.test, "--test_splits")
     test = _find_split(folder, _held_out_names(spec))
@@ -300,15 +305,16 @@ def _dataset_splits(ds, label: str, spec: named.NamedDataset | None,
     if isinstance(ds, datasets.Dataset):
         return records("train", ds), []
     if splits.train or splits.test is not None:
-        train = named_splits(splits.train or ("train",), "--train_splits")
+        train = named_splits(splits.train or _train_names(spec)[:1], "--train_splits")
         if splits.test is not None:
             return train, named_splits(splits.test, "--test_splits")
         test = next((s for s in SPLIT_NAMES["test"] if s in ds), None)
         return train, records(test, ds[test]) if test else []
-    if "train" not in ds:
-        raise DataError(f"{label}: dataset has no 'train' split (has {', '.join(ds)})")
+    train = next((s for s in _train_names(spec) if s in ds), None)
+    if train is None:
+        raise DataError(f"{label}: dataset has no {_train_names(spec)[0]!r} split (has {', '.join(ds)})")
     test = next((s for s in _held_out_names(spec) if s in ds), None)
-    return records("train", ds["train"]), records(test, ds[test]) if test else []
+    return records(train, ds[train]), records(test, ds[test]) if test else []
 
 
 def _read_local_files(path: str, spec: named.NamedDataset) -> tuple[list[Record], list[Record]]:
