@@ -107,6 +107,29 @@ def test_chat_pairs_share_the_prompt(tokenizer):
 
 
 # -- reward model scoring ---------------------------------------------------------------------------
+def test_explicit_prompt_chat_pairs_equal_whole_conversations(tokenizer):
+    """TRL's explicit-prompt form ({"prompt": turns, "chosen": [answer], "rejected": [answer]}) reads
+    as the whole conversations do, for DPO, the reward model and step 1; the prompt's turns are not lost."""
+    from utils.data.preference import tokenize_chosen
+    from utils.data.readers import Record
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Repeat after me: fox red"}]
+    good, bad = {"role": "assistant", "content": "fox red"}, {"role": "assistant", "content": "owl"}
+    whole = Record("f", ":1", {"chosen": turns + [good], "rejected": turns + [bad]})
+    explicit = Record("g", ":1", {"prompt": turns, "chosen": [good], "rejected": [bad]})
+    for joint in (False, True):
+        (a,), _ = tokenize_preferences([whole], tokenizer, 96, joint=joint)
+        (b,), _ = tokenize_preferences([explicit], tokenizer, 96, joint=joint)
+        assert (a.prompt_ids, a.chosen_ids, a.rejected_ids) == (b.prompt_ids, b.chosen_ids, b.rejected_ids)
+    assert "Repeat after me" in tokenizer.decode(b.chosen_ids)   # joint: the whole rendered conversation
+    (a,), _ = tokenize_chosen([whole], tokenizer, 96)
+    (b,), _ = tokenize_chosen([explicit], tokenizer, 96)
+    assert a.input_ids == b.input_ids and a.labels == b.labels
+    bad_turn = Record("h", ":3", {"prompt": [{"role": "robot", "content": "x"}], "chosen": [good], "rejected": [bad]})
+    with pytest.raises(DataError, match=r"^h:3: prompt\[0\]\.role must be system, user or assistant, got 'robot'$"):
+        tokenize_preferences([bad_turn], tokenizer, 96)
+
+
 def test_score_ignores_right_padding_and_matches_stock_pooling(tiny_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 

@@ -6,7 +6,9 @@ Accepted rows (parquet columns or JSON keys):
   earlier tool's `chosen_gpt_score, rejected_gpt_score`), optionally `margin` (TRL's: the
   reward model's pairwise loss asks r_chosen - r_rejected to exceed it; every row has one, or none);
 - chat pairs: `chosen` and `rejected` as message lists sharing every turn but the last
-  assistant answer (`prompt` optional and ignored; `margin` as above);
+  assistant answer; or TRL's explicit-prompt form, `prompt` the list of turns before the
+  answers and `chosen` / `rejected` the answers (a string `prompt` is a copy of the first turn,
+  as in UltraFeedback, and is not read); `margin` as above;
 - pointwise: `prompt, response, score`.
 For DPO (and step 1) prompt and answers are tokenized separately, as in SFT; a plain answer
 ends with EOS. Long rows follow the length rule of sft.py: both answers of a pair follow one
@@ -93,9 +95,15 @@ def _scores(rec: Record, required: bool) -> tuple[float, float]:
     return NAN, NAN
 
 
+def _conversations(rec: Record) -> tuple[list[dict], list[dict]]:
+    """The whole chosen and rejected conversations of a chat pair (module docstring)."""
+    prompt = rec.data.get("prompt")
+    head = _check_messages(rec, "prompt", need_answer=False) if isinstance(prompt, list) else []
+    return tuple(head + _check_messages(rec, col, need_answer=not head) for col in ("chosen", "rejected"))
+
+
 def _chat_texts(rec: Record, tokenizer) -> tuple[str, str, str]:
-    chosen = _check_messages(Record(rec.source, rec.loc, {"messages": rec.data["chosen"]}))
-    rejected = _check_messages(Record(rec.source, rec.loc, {"messages": rec.data["rejected"]}))
+    chosen, rejected = _conversations(rec)
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
         raise DataError(f"{rec.where}: chosen and rejected must end with an assistant message")
     if chosen[:-1] != rejected[:-1]:
@@ -213,7 +221,7 @@ def tokenize_chosen(records: list[Record], tokenizer, max_len: int) -> tuple[lis
     chat pairs; `rejected`, `response` and scores are not used."""
     kind = _file_kind(records)
     if kind == "chat":
-        return tokenize_chat([Record(r.source, r.loc, {"messages": r.data["chosen"]}) for r in records],
+        return tokenize_chat([Record(r.source, r.loc, {"messages": _conversations(r)[0]}) for r in records],
                              tokenizer, max_len)
     prompts = encode_prompts(tokenizer, [require_str(r, "prompt") for r in records])
     answers = encode_responses(tokenizer, [require_str(r, "chosen") for r in records])

@@ -191,18 +191,18 @@ def tokenize_sft(records: list[Record], tokenizer, max_len: int) -> tuple[list[E
     return prompt_answer_examples(prompts, answers, max_len, special_prefix(tokenizer))
 
 
-def _check_messages(rec: Record) -> list[dict]:
-    msgs = rec.data["messages"]
+def _check_messages(rec: Record, field: str = "messages", need_answer: bool = True) -> list[dict]:
+    msgs = rec.data[field]
     if not isinstance(msgs, list) or not msgs:
-        raise DataError(f'{rec.where}: field "messages" must be a non-empty list')
+        raise DataError(f'{rec.where}: field "{field}" must be a non-empty list')
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-            raise DataError(f'{rec.where}: messages[{i}] must be an object with a string "content"')
+            raise DataError(f'{rec.where}: {field}[{i}] must be an object with a string "content"')
         if m.get("role") not in ("system", "user", "assistant"):
-            raise DataError(f'{rec.where}: messages[{i}].role must be system, user or assistant, '
+            raise DataError(f'{rec.where}: {field}[{i}].role must be system, user or assistant, '
                             f'got {m.get("role")!r}')
-    if not any(m["role"] == "assistant" for m in msgs):
-        raise DataError(f'{rec.where}: messages has no assistant turn (nothing to learn)')
+    if need_answer and not any(m["role"] == "assistant" for m in msgs):
+        raise DataError(f'{rec.where}: {field} has no assistant turn (nothing to learn)')
     return msgs
 
 
