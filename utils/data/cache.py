@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: chat pairs with a list prompt (TRL explicit-prompt form) read the prompt turns
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
