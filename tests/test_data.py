@@ -43,6 +43,10 @@ BAD_CASES = [
     ("empty_file", b"\n\n", ": file is empty"),
     ("bad_history", b'{"instruction": "a", "output": "b", "history": [["q"]]}\n', ':1: field "history" must be'),
     ("unknown_format", b'{"question": "a", "answer": "b"}\n', ":1: cannot tell the format"),
+    ("kto_rows", b'{"prompt": "a", "completion": "b", "label": true}\n', ":1: cannot tell the format"),
+    ("prompt_only", b'{"prompt": "a"}\n', ":1: prompt-only rows have no answer to train on"),
+    ("completion_not_messages", b'{"prompt": [{"role": "user", "content": "a"}], "completion": "b"}\n',
+     ':1: field "completion" must be a non-empty list'),
     ("mixed_formats", b'{"instruction": "a", "output": "b"}\n{"text": "plain"}\n',
      ":2: record is text format but earlier records are sft"),
 ]
@@ -145,6 +149,45 @@ def test_chat_loss_only_on_assistant_turns(tokenizer):
     assert tokenizer.decode(trained) == "hello</s>\nowl</s>\n"
     full = tokenizer.apply_chat_template(msgs, tokenize=False)
     assert tokenizer.decode(ex.input_ids) == full
+
+
+def test_trl_prompt_completion_rows(tokenizer):
+    """TRL's prompt-completion rows: strings train exactly as instruction -> output; conversations as
+    the whole chat with the loss on the completion's turns only (the prompt's own answer is context)."""
+    (a,), _ = tokenize_records([Record("f", ":1", {"prompt": SFT["instruction"], "completion": SFT["output"]})],
+                               tokenizer, 64)
+    (b,), _ = tokenize_records([Record("f", ":1", dict(SFT))], tokenizer, 64)
+    assert (a.input_ids, a.labels) == (b.input_ids, b.labels)
+    head = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "fox"}]
+    tail = [{"role": "assistant", "content": "owl"}]
+    (pc,), _ = tokenize_records([Record("f", ":1", {"prompt": head, "completion": tail})], tokenizer, 128)
+    assert tokenizer.decode(pc.input_ids) == tokenizer.apply_chat_template(head + tail, tokenize=False)
+    # the prompt is one piece, as generation would be fed it (TRL tokenizes prompt and completion apart)
+    context = tokenizer("<s>System: be brief\nUser: hi\nAssistant: hello</s>\nUser: fox\nAssistant: ",
+                        add_special_tokens=False)["input_ids"]
+    answer = tokenizer("owl</s>\n", add_special_tokens=False)["input_ids"]
+    assert pc.input_ids == context + answer and pc.labels == [IGNORE_INDEX] * len(context) + answer
+
+
+def test_trl_prompt_rows_in_step3(tokenizer):
+    """Step 3 reads TRL's prompt-only rows (other columns, e.g. a reward function's answer, unread) and
+    prompt-completion rows (completion = the reference, its SFT example = step 1's of the row)."""
+    from utils.data.rlhf import prompt_examples
+
+    prompt = SFT["instruction"]
+    (only,), _ = prompt_examples([Record("f", ":1", {"prompt": prompt, "ground_truth": "42"})], tokenizer, 32, 64,
+                                 False)
+    assert only.prompt_ids == encode_prompts(tokenizer, [prompt])[0] and only.reference == "" and only.sft is None
+    (pc,), _ = prompt_examples([Record("f", ":1", {"prompt": prompt, "completion": SFT["output"]})], tokenizer, 32,
+                               64, True)
+    (sft,), _ = tokenize_records([Record("f", ":1", dict(SFT))], tokenizer, 64)
+    assert pc.reference == SFT["output"] and (pc.sft.input_ids, pc.sft.labels) == (sft.input_ids, sft.labels)
+    with pytest.raises(DataError, match=r'^f:1: field "completion" is missing$'):
+        prompt_examples([Record("f", ":1", {"prompt": prompt})], tokenizer, 32, 64, True)
+    chat = Record("f", ":2", {"prompt": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(DataError, match=r'^f:2: step 3 needs a text prompt; "prompt" is a list'):
+        prompt_examples([chat], tokenizer, 32, 64, False)
 
 
 def test_text_is_packed_into_blocks(tmp_path, tokenizer):

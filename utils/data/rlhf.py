@@ -1,5 +1,6 @@
 """Step 3 prompts: the SFT format, where `output` is the reference answer and `input` the source,
-or preference pairs (`prompt, chosen, rejected`), where `chosen` is the reference answer.
+preference pairs (`prompt, chosen, rejected`), where `chosen` is the reference answer, or TRL's
+prompt-only (`prompt`) and prompt-completion (`prompt, completion`: the reference) rows of strings.
 
 Lengths: a prompt longer than --max_prompt_seq_len is cut from the left to that many tokens,
 keeping its special prefix (BOS) at the front and its end next to where generation starts;
@@ -35,6 +36,12 @@ def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str 
             raise DataError(f'{rec.where}: step 3 needs a text prompt: SFT format ("instruction", "input", '
                             f'"output") or pairs with a string "prompt"; chat pairs are not supported here')
         return require_str(rec, "prompt"), require_str(rec, "chosen"), None
+    if kind in ("prompt", "completion"):
+        if not isinstance(rec.data["prompt"], str):
+            raise DataError(f'{rec.where}: step 3 needs a text prompt; "prompt" is a {type(rec.data["prompt"]).__name__} '
+                            f'(conversational prompts are not supported here)')
+        reference = require_str(rec, "completion", optional=not need_reference, allow_empty=not need_reference)
+        return require_str(rec, "prompt"), reference or "", None
     reference = require_str(rec, "output", optional=not need_reference, allow_empty=not need_reference) or ""
     return sft_prompt(rec), reference, require_str(rec, "input", optional=True, allow_empty=True) or None
 
@@ -52,9 +59,10 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
         return [], LengthStats()
     kinds = [detect_format(r) for r in records]
     for r, k in zip(records, kinds):
-        if k not in ("sft", "preference"):
-            raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output") '
-                            f'or preference pairs ("prompt", "chosen", "rejected")')
+        if k not in ("sft", "preference", "prompt", "completion"):
+            raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output"), '
+                            f'preference pairs ("prompt", "chosen", "rejected") or TRL\'s "prompt" (with '
+                            f'"completion" as the reference) as strings')
         if fmt == "sft" and k != "sft":
             raise DataError(f"{r.where}: record is {k} format but --data_format is sft")
         if k != kinds[0]:

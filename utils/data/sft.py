@@ -11,7 +11,10 @@ Prompt rule for the seed format `{"instruction", "input", "output", "history"}`:
   instruction when there is one, and is appended to the instruction otherwise.
 - the loss covers `output` + EOS.
 Preference rows (`prompt, chosen, rejected`, see preference.py) train on prompt -> chosen;
-chat pairs train on the chosen conversation.
+chat pairs train on the chosen conversation. TRL's prompt-completion rows train on prompt ->
+completion: strings as the seed format's instruction -> output, conversations (`prompt` and
+`completion` lists of messages) as chat with the loss on the completion's assistant turns only.
+TRL's prompt-only rows (`prompt` alone) have nothing to learn here; step 3 reads them as prompts.
 
 Long rows (every step uses this rule; a long row never stops a run). A row is a prompt
 (context, no loss) and an answer, or for a pair two answers sharing one prompt; `max_len`
@@ -99,6 +102,8 @@ def by_source(records: list[Record]) -> dict[str, list[Record]]:
 
 
 def detect_format(rec: Record) -> str:
+    """sft, chat, preference, text, completion (TRL's prompt-completion with string prompts; with
+    lists of messages it is chat) or prompt (TRL's prompt-only)."""
     d = rec.data
     if "messages" in d:
         return "chat"
@@ -106,12 +111,16 @@ def detect_format(rec: Record) -> str:
         return "preference"
     if "instruction" in d or "output" in d:
         return "sft"
+    if "completion" in d and "label" not in d:
+        return "chat" if isinstance(d.get("prompt"), list) else "completion"
     if "text" in d:
         return "text"
+    if "prompt" in d and not {"response", "score", "label", "responses", "scores"} & set(d):
+        return "prompt"   # other columns (a GRPO dataset's answers for its reward functions) are not read
     keys = ", ".join(sorted(d)) or "none"
     raise DataError(f'{rec.where}: cannot tell the format: expected "instruction"/"output" (SFT), '
-                    f'"messages" (chat), "prompt"/"chosen"/"rejected" (preference pairs) or "text" '
-                    f'(plain text); found fields: {keys}')
+                    f'"messages" (chat), "prompt"/"completion" (prompt-completion), "prompt"/"chosen"/"rejected" '
+                    f'(preference pairs), "text" (plain text) or "prompt" alone (step-3 prompts); found fields: {keys}')
 
 
 def sft_prompt(rec: Record) -> str:
@@ -185,13 +194,17 @@ def prompt_answer_examples(prompts: list[list[int]], answers: list[list[int]], m
     return out, stats
 
 
-def tokenize_sft(records: list[Record], tokenizer, max_len: int) -> tuple[list[Example], LengthStats]:
-    prompts = encode_prompts(tokenizer, [sft_prompt(r) for r in records])
-    answers = encode_responses(tokenizer, [require_str(r, "output") for r in records])
-    return prompt_answer_examples(prompts, answers, max_len, special_prefix(tokenizer))
+def tokenize_sft(records: list[Record], tokenizer, max_len: int, completion: bool = False
+                 ) -> tuple[list[Example], LengthStats]:
+    """The seed format, or (`completion`) TRL's prompt-completion rows of strings."""
+    prompts = [require_str(r, "prompt") for r in records] if completion else [sft_prompt(r) for r in records]
+    answers = encode_responses(tokenizer, [require_str(r, "completion" if completion else "output") for r in records])
+    return prompt_answer_examples(encode_prompts(tokenizer, prompts), answers, max_len, special_prefix(tokenizer))
 
 
 def _check_messages(rec: Record, field: str = "messages", need_answer: bool = True) -> list[dict]:
+    if field not in rec.data:
+        raise DataError(f'{rec.where}: field "{field}" is missing')
     msgs = rec.data[field]
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f'{rec.where}: field "{field}" must be a non-empty list')
@@ -206,8 +219,18 @@ def _check_messages(rec: Record, field: str = "messages", need_answer: bool = Tr
     return msgs
 
 
-def chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
-    """Split the rendered conversation into (text, is_assistant_answer) pieces.
+def _conversation(rec: Record) -> tuple[list[dict], int]:
+    """(messages, index of the first trained message): `messages`, or TRL's conversational
+    prompt-completion (the prompt's turns are context)."""
+    if "messages" in rec.data:
+        return _check_messages(rec), 0
+    head = _check_messages(rec, "prompt", need_answer=False)
+    return head + _check_messages(rec, "completion"), len(head)
+
+
+def chat_segments(tokenizer, messages: list[dict], first_answer: int = 0) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, is_assistant_answer) pieces; assistant turns
+    before message `first_answer` are context.
 
     Each assistant answer is what the template adds after the generation prompt, so the
     context before it ends exactly where generation would start.
@@ -217,7 +240,7 @@ def chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
 
     segments, done = [], ""
     for i, m in enumerate(messages):
-        if m["role"] == "assistant":
+        if m["role"] == "assistant" and i >= first_answer:
             before = render(messages[:i], True) if i else render([], True)
             after = render(messages[: i + 1], False)
             if not before.startswith(done) or not after.startswith(before):
@@ -233,9 +256,9 @@ def tokenize_chat(records: list[Record], tokenizer, max_len: int) -> tuple[list[
     prefix = special_prefix(tokenizer)
     out, stats = [], LengthStats()
     for rec in records:
-        msgs = _check_messages(rec)
+        msgs, first_answer = _conversation(rec)
         try:
-            segs = chat_segments(tokenizer, msgs)
+            segs = chat_segments(tokenizer, msgs, first_answer)
         except ValueError as e:
             raise DataError(f"{rec.where}: {e}")
         ids: list[int] = []
@@ -288,8 +311,11 @@ def tokenize_records(records: list[Record], tokenizer, max_len: int,
             raise DataError(f"{r.where}: record is {k} format but earlier records are {kind}")
     if kind == "text":
         return tokenize_text(records, tokenizer, max_len), LengthStats(kept=len(records))
-    if kind == "sft":
-        out = tokenize_sft(records, tokenizer, max_len)
+    if kind == "prompt":
+        raise DataError(f"{records[0].where}: prompt-only rows have no answer to train on (step 3 reads them as "
+                        f"prompts)")
+    if kind in ("sft", "completion"):
+        out = tokenize_sft(records, tokenizer, max_len, completion=kind == "completion")
     elif kind == "chat":
         out = tokenize_chat(records, tokenizer, max_len)
     else:
