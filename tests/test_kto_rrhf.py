@@ -105,6 +105,22 @@ def test_kto_reads_unpaired_rows_and_splits_pairs(tmp_path, tokenizer):
     assert [(e.completion_ids, e.desirable) for e in split] == [(good, True), (bad, False)]
 
 
+def test_kto_conversational_rows_read_as_chat_pairs_do(tmp_path, tokenizer):
+    """TRL's conversational unpaired rows (kto-mix-14k): the same prompt and answer ids as the chat
+    pair of those conversations."""
+    from utils.data.preference import tokenize_preferences
+
+    user = [{"role": "user", "content": "Repeat after me: fox red owl"}]
+    good, bad = [{"role": "assistant", "content": "fox red owl"}], [{"role": "assistant", "content": "fox red"}]
+    rows = [{"prompt": user, "completion": good, "label": True}, {"prompt": user, "completion": bad, "label": False}]
+    ex, _ = tokenize_kto(records(tmp_path, rows), tokenizer, 64)
+    (pair,), _ = tokenize_preferences(records(tmp_path / "pair", [{"chosen": user + good, "rejected": user + bad}]),
+                                      tokenizer, 64)
+    assert [(e.prompt_ids, e.completion_ids, e.desirable) for e in ex] == \
+        [(pair.prompt_ids, pair.chosen_ids, True), (pair.prompt_ids, pair.rejected_ids, False)]
+    assert tokenizer.decode(ex[0].completion_ids) == "fox red owl</s>\n"
+
+
 def test_rrhf_reads_ranked_rows_and_pairs(tmp_path, tokenizer):
     rows = [{"prompt": PROMPT, "responses": ["fox red owl", "fox red", "owl"], "scores": [1.0, 0, -2]}]
     (e,), _ = tokenize_ranked(records(tmp_path, rows), tokenizer, 64)
@@ -121,6 +137,9 @@ BAD = [
     ("kto", [{"prompt": "p", "completion": "a"}], ":1: missing column(s) label; expected prompt, completion"),
     ("kto", [{"prompt": "p", "completion": "a", "label": True}, {"prompt": "p", "chosen": "a", "rejected": "b"}],
      ":2: missing column(s) completion, label"),
+    ("kto", [{"prompt": [{"role": "user", "content": "p"}], "completion": [{"role": "assistant", "content": "a"}],
+              "label": True}, {"prompt": "p", "completion": "a", "label": False}],
+     ':2: field "prompt" must be a non-empty list'),
     ("rrhf", [{"prompt": "p", "responses": ["a", "b"], "scores": [1.0]}],
      ':1: field "scores" must be a list of 2 numbers'),
     ("rrhf", [{"prompt": "p", "responses": ["a", "b"], "scores": [1.0, float("nan")]}],

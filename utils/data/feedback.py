@@ -2,7 +2,8 @@
 
 Accepted rows (parquet columns or JSON keys):
 - KTO: `prompt, completion, label` (label true: the completion is desirable), as TRL's and
-  OpenRLHF's unpaired datasets; or preference pairs (preference.py), each split into its chosen
+  OpenRLHF's unpaired datasets, as strings or (TRL's conversational form) lists of messages,
+  rendered with the chat template like chat pairs; or preference pairs (preference.py), each split into its chosen
   answer (desirable) and its rejected one (undesirable), as TRL's `unpair_preference_dataset`.
 - RRHF: `prompt, responses, scores` (a list of answers and a list of as many numbers, higher is
   better); or preference pairs as two answers scored by their score columns when present, else
@@ -20,9 +21,10 @@ import torch
 
 from .collate import batch_to, pad_right
 from .errors import DataError
-from .preference import PreferenceExample, tokenize_preferences
+from .preference import PreferenceExample, render_after, tokenize_preferences
 from .readers import Record, require_str
-from .sft import IGNORE_INDEX, LengthStats, encode_prompts, encode_responses, fit_row, require_usable, special_prefix
+from .sft import (IGNORE_INDEX, LengthStats, _check_messages, encode_prompts, encode_responses, fit_row,
+                  require_usable, special_prefix)
 
 NAN = float("nan")
 KTO_COLUMNS = ("prompt", "completion", "label")
@@ -86,14 +88,30 @@ def tokenize_kto(records: list[Record], tokenizer, max_len: int) -> tuple[list[K
         return [KTOExample(e.prompt_ids, ids, good) for e in pairs
                 for ids, good in ((e.chosen_ids, True), (e.rejected_ids, False))], stats
     labels = [_label(r) for r in records]
-    prompts = encode_prompts(tokenizer, [require_str(r, "prompt") for r in records])
-    answers = encode_responses(tokenizer, [require_str(r, "completion") for r in records])
+    if isinstance(records[0].data["prompt"], list):
+        prompts, answers = _chat_rows(records, tokenizer)
+    else:
+        prompts = encode_prompts(tokenizer, [require_str(r, "prompt") for r in records])
+        answers = encode_responses(tokenizer, [require_str(r, "completion") for r in records])
     prefix, out, stats = special_prefix(tokenizer), [], LengthStats()
     for p, a, good in zip(prompts, answers, labels):
         if (fitted := _fit(p, [a], max_len, prefix, stats)) is not None:
             out.append(KTOExample(fitted[0], fitted[1][0], good))
     require_usable(records[0].source, stats, f"--max_seq_len {max_len}")
     return out, stats
+
+
+def _chat_rows(records: list[Record], tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt and completion ids of conversational KTO rows: the rendered prompt with its generation
+    prompt, and what the completion's turns add (the template's special tokens are in the text)."""
+    texts = []
+    for rec in records:
+        head = _check_messages(rec, "prompt", need_answer=False)
+        tail = _check_messages(rec, "completion")
+        prompt, (answer,) = render_after(rec, tokenizer, head, [head + tail])
+        texts.append((prompt, answer))
+    ids = tokenizer([t for pair in texts for t in pair], add_special_tokens=False)["input_ids"]
+    return ids[0::2], ids[1::2]
 
 
 def _ranked_texts(rec: Record) -> tuple[list[str], list[float]]:

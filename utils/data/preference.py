@@ -108,14 +108,21 @@ def _chat_texts(rec: Record, tokenizer) -> tuple[str, str, str]:
         raise DataError(f"{rec.where}: chosen and rejected must end with an assistant message")
     if chosen[:-1] != rejected[:-1]:
         raise DataError(f"{rec.where}: chosen and rejected differ before their last message")
-    prompt = tokenizer.apply_chat_template(chosen[:-1], tokenize=False, add_generation_prompt=True)
+    prompt, (c, r) = render_after(rec, tokenizer, chosen[:-1], [chosen, rejected])
+    return prompt, c, r
+
+
+def render_after(rec: Record, tokenizer, head: list[dict], conversations: list[list[dict]]) -> tuple[str, list[str]]:
+    """The chat template's text of `head` with the generation prompt, and what each conversation
+    (head + its answer turns) renders after it: the prompt and the answers as generation sees them."""
+    prompt = tokenizer.apply_chat_template(head, tokenize=False, add_generation_prompt=True)
     out = []
-    for msgs in (chosen, rejected):
+    for msgs in conversations:
         full = tokenizer.apply_chat_template(msgs, tokenize=False)
         if not full.startswith(prompt):
             raise DataError(f"{rec.where}: the tokenizer's chat template does not render turns incrementally")
         out.append(full[len(prompt):])
-    return prompt, out[0], out[1]
+    return prompt, out
 
 
 def _file_kind(records: list[Record]) -> str:
