@@ -186,8 +186,30 @@ def test_trl_prompt_rows_in_step3(tokenizer):
     with pytest.raises(DataError, match=r'^f:1: field "completion" is missing$'):
         prompt_examples([Record("f", ":1", {"prompt": prompt})], tokenizer, 32, 64, True)
     chat = Record("f", ":2", {"prompt": [{"role": "user", "content": "hi"}]})
-    with pytest.raises(DataError, match=r'^f:2: step 3 needs a text prompt; "prompt" is a list'):
-        prompt_examples([chat], tokenizer, 32, 64, False)
+    with pytest.raises(DataError, match=r'^f:2: field "prompt" is a list but earlier rows have text prompts$'):
+        prompt_examples([Record("f", ":1", {"prompt": prompt}), chat], tokenizer, 32, 64, False)
+
+
+def test_trl_conversational_prompts_in_step3(tokenizer):
+    """A conversational prompt is the chat template of its turns with the generation prompt, tokenized
+    as the template wrote it; the turns stay with the example (the reward model renders them), the
+    reference is the completion's answer and its SFT example is step 1's of the same row."""
+    from utils.data.rlhf import prompt_examples
+
+    head = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Repeat: fox red"}]
+    tail = [{"role": "assistant", "content": "fox red"}]
+    (only,), _ = prompt_examples([Record("f", ":1", {"prompt": head, "solution": "fox red"})], tokenizer, 32, 64,
+                                 False)
+    rendered = tokenizer.apply_chat_template(head, tokenize=False, add_generation_prompt=True)
+    assert rendered == "<s>System: be brief\nUser: Repeat: fox red\nAssistant: "
+    assert only.prompt_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"] and only.prompt == rendered
+    assert only.messages == head and only.source == "Repeat: fox red" and only.reference == "" and only.sft is None
+    row = {"prompt": head, "completion": tail}
+    (pc,), _ = prompt_examples([Record("f", ":1", row)], tokenizer, 32, 64, True)
+    (sft,), _ = tokenize_records([Record("f", ":1", row)], tokenizer, 64)
+    assert pc.reference == "fox red" and (pc.sft.input_ids, pc.sft.labels) == (sft.input_ids, sft.labels)
+    with pytest.raises(DataError, match=r'^f:1: field "completion" is missing$'):
+        prompt_examples([Record("f", ":1", {"prompt": head})], tokenizer, 32, 64, True)
 
 
 def test_text_is_packed_into_blocks(tmp_path, tokenizer):

@@ -112,6 +112,37 @@ def test_reward_model_source_scores_as_stock_transformers(rm_dir, tokenizer):
                                rtol=0)
 
 
+def test_reward_model_reads_conversational_prompts_as_step2_chat_pairs(tokenizer):
+    """A conversational prompt's answer reaches the reward model as step 2 encodes the chat pair of
+    that conversation (its own chat template, the score read at EOS); text prompts in the same batch
+    keep `prompt + answer`, in order."""
+    from utils.data.preference import reward_model_ids, tokenize_preferences
+    from utils.data.readers import Record
+    from utils.rewards import RewardInputs, reward_inputs_ids
+
+    head = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Repeat after me: fox red"}]
+    text = "User: Repeat after me: cat\nAssistant: "
+    batch = RewardInputs(["<rendered>", text, "<rendered>"], ["fox red", "cat", "owl"], [""] * 3, [""] * 3,
+                         [[]] * 3, [[]] * 3, messages=[head, None, head])
+    ids = reward_inputs_ids(tokenizer, batch)
+    pair = Record("f", ":1", {"chosen": head + [{"role": "assistant", "content": "fox red"}],
+                              "rejected": head + [{"role": "assistant", "content": "owl"}]})
+    (trained,), _ = tokenize_preferences([pair], tokenizer, 128, joint=True)
+    assert ids == [trained.chosen_ids, reward_model_ids(tokenizer, [text + "cat"])[0], trained.rejected_ids]
+    assert tokenizer.decode(ids[0]) == "<s>System: be brief\nUser: Repeat after me: fox red\nAssistant: fox red</s>\n</s>"
+    # the experience maker hands each prompt's turns on with its decoded answer
+    import types
+
+    from training.step3_rlhf.rollout import ExperienceMaker
+    from utils.data.rlhf import prompt_examples
+
+    (chat,), _ = prompt_examples([Record("f", ":1", {"prompt": head})], tokenizer, 64, 96, False)
+    answer = tokenizer("fox red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    inputs = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer), [chat], [answer])
+    assert inputs.messages == [head] and inputs.answers == ["fox red"]
+    assert reward_inputs_ids(tokenizer, inputs) == [trained.chosen_ids]
+
+
 def test_missing_eos_penalty_and_ema(sft_dir, rm_dir, prompts, tmp_path):
     out = tmp_path / "noeos"
     run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 2, "--max_answer_seq_len", 1,

@@ -921,8 +921,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         self.check_predictions()
         self.check_data()
         if self.data_format in ("chat", "text"):
-            raise ConfigError(f"--data_format {self.data_format}: step 3 reads prompts in the SFT format or as "
-                              f"preference pairs; use auto or sft")
+            raise ConfigError(f"--data_format {self.data_format}: step 3 reads prompts in the SFT format, as "
+                              f"preference pairs or as TRL's prompt(-completion) rows; use auto or sft")
         self.check_machinery()
         for side in ("actor", "critic"):
             dim = getattr(self, f"{side}_lora_dim")

@@ -63,6 +63,10 @@ def build(cfg) -> Parts:
     total = rounds_per_epoch * cfg.num_train_epochs * optimizer_steps_per_round(cfg)
     rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, total)
     sources, weights = build_sources(cfg, rlhf, comet, classifiers)
+    if ("reward_model" in sources and any(p.messages is not None for p in prompts + eval_prompts)
+            and not getattr(rlhf.reward_tokenizer, "chat_template", None)):
+        raise ConfigError("conversational prompts: the reward model's tokenizer has no chat template to render them "
+                          "with (--reward_tokenizer_name_or_path can name one that has)")
     dist.print_rank0(f"[data] {len(prompts)} prompts; reward sources: " +
                      ", ".join(f"{k} x {w:g}" for k, w in weights.items()))
     for src in comet:

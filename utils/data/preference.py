@@ -141,7 +141,17 @@ def reward_model_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     tokenizers merge the space that ends a prompt into the answer's first token, which separate
     encoding would not); the tokenizer saved with a reward model appends the EOS itself
     (`utils.models.reward_tokenizer_for_export`)."""
+    if not texts:
+        return []
     return _ending_in_eos(tokenizer, tokenizer(texts, add_special_tokens=True)["input_ids"])
+
+
+def reward_model_chat_ids(tokenizer, rendered: list[str]) -> list[list[int]]:
+    """`reward_model_ids` of texts the chat template rendered: it wrote the special prefix itself,
+    and may close a turn with EOS + "\n", so an EOS is appended for the score to be read at."""
+    if not rendered:
+        return []
+    return _ending_in_eos(tokenizer, tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
 def _ending_in_eos(tokenizer, ids: list[list[int]]) -> list[list[int]]:
@@ -153,9 +163,7 @@ def _joint_examples(records: list[Record], kind: str, tokenizer, max_len: int,
                     scores: list[tuple[float, float, float]]) -> tuple[list[PreferenceExample], LengthStats]:
     if kind == "chat":
         texts = [[p + c, p + r] for p, c, r in (_chat_texts(rec, tokenizer) for rec in records)]
-        # the template renders the special prefix itself, and may close a turn with EOS + "\n"
-        flat = _ending_in_eos(tokenizer, tokenizer([t for pair in texts for t in pair],
-                                                   add_special_tokens=False)["input_ids"])
+        flat = reward_model_chat_ids(tokenizer, [t for pair in texts for t in pair])
         rows = [flat[i:i + 2] for i in range(0, len(flat), 2)]
     else:
         names = ("chosen", "rejected") if kind == "pair" else ("response",)

@@ -1,6 +1,10 @@
 """Step 3 prompts: the SFT format, where `output` is the reference answer and `input` the source,
 preference pairs (`prompt, chosen, rejected`), where `chosen` is the reference answer, or TRL's
-prompt-only (`prompt`) and prompt-completion (`prompt, completion`: the reference) rows of strings.
+prompt-only (`prompt`) and prompt-completion (`prompt, completion`: the reference) rows, of
+strings or conversational (lists of messages). A conversational prompt is the actor's chat
+template of its turns with the generation prompt (its special tokens come from the template);
+the turns travel with the example, so a reward model scores the conversation with its own
+template (utils.rewards), and the reference is the completion's last answer.
 
 Lengths: a prompt longer than --max_prompt_seq_len is cut from the left to that many tokens,
 keeping its special prefix (BOS) at the front and its end next to where generation starts;
@@ -14,10 +18,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from .errors import DataError
-from .preference import _kind
+from .preference import _kind, render_after
 from .readers import Record, require_str
-from .sft import (IGNORE_INDEX, Example, LengthStats, by_source, detect_format, encode_prompts, encode_responses,
-                  fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
+from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, by_source, detect_format, encode_prompts,
+                  encode_responses, fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
 
 
 @dataclass
@@ -27,6 +31,7 @@ class PromptExample:
     reference: str            # the record's `output` (pairs: `chosen`); "" when absent
     source: str               # the record's `input`, else the prompt (COMET's `src`)
     sft: Example | None       # prompt + reference answer, for the extra SFT loss
+    messages: list[dict] | None = None   # a conversational prompt's turns; None for a text prompt
 
 
 def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str | None]:
@@ -38,12 +43,34 @@ def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str 
         return require_str(rec, "prompt"), require_str(rec, "chosen"), None
     if kind in ("prompt", "completion"):
         if not isinstance(rec.data["prompt"], str):
-            raise DataError(f'{rec.where}: step 3 needs a text prompt; "prompt" is a {type(rec.data["prompt"]).__name__} '
-                            f'(conversational prompts are not supported here)')
+            raise DataError(f'{rec.where}: field "prompt" is a {type(rec.data["prompt"]).__name__} but earlier rows '
+                            f'have text prompts')
         reference = require_str(rec, "completion", optional=not need_reference, allow_empty=not need_reference)
         return require_str(rec, "prompt"), reference or "", None
     reference = require_str(rec, "output", optional=not need_reference, allow_empty=not need_reference) or ""
     return sft_prompt(rec), reference, require_str(rec, "input", optional=True, allow_empty=True) or None
+
+
+def _chat_texts(rec: Record, tokenizer, need_reference: bool) -> tuple[str, str, str, str, list[dict]]:
+    """(rendered prompt, rendered reference answer or "", reference text, source, the prompt's turns)
+    of a conversational row."""
+    head = _check_messages(rec, "prompt", need_answer=False)
+    if "completion" not in rec.data and need_reference:
+        raise DataError(f'{rec.where}: field "completion" is missing')
+    if "completion" in rec.data:
+        tail = _check_messages(rec, "completion")
+        prompt, (answer,) = render_after(rec, tokenizer, head, [head + tail])
+        reference = next(m["content"] for m in reversed(tail) if m["role"] == "assistant")
+    else:
+        prompt = tokenizer.apply_chat_template(head, tokenize=False, add_generation_prompt=True)
+        answer = reference = ""
+    source = next((m["content"] for m in reversed(head) if m["role"] == "user"), prompt)
+    return prompt, answer, reference, source, head
+
+
+def _step3_kind(rec: Record) -> str:
+    kind = detect_format(rec)
+    return "completion" if kind == "chat" and "messages" not in rec.data else kind
 
 
 def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_len: int,
@@ -57,22 +84,31 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
     """
     if not records:
         return [], LengthStats()
-    kinds = [detect_format(r) for r in records]
+    kinds = [_step3_kind(r) for r in records]
     for r, k in zip(records, kinds):
         if k not in ("sft", "preference", "prompt", "completion"):
             raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output"), '
                             f'preference pairs ("prompt", "chosen", "rejected") or TRL\'s "prompt" (with '
-                            f'"completion" as the reference) as strings')
+                            f'"completion" as the reference), not chat "messages"')
         if fmt == "sft" and k != "sft":
             raise DataError(f"{r.where}: record is {k} format but --data_format is sft")
         if k != kinds[0]:
             raise DataError(f"{r.where}: record is {k} format but earlier records are {kinds[0]}")
-    texts = [_texts(r, kinds[0], need_reference) for r in records]
-    p_ids = encode_prompts(tokenizer, [p for p, _, _ in texts])
-    r_ids = encode_responses(tokenizer, [ref for _, ref, _ in texts])
+    if isinstance(records[0].data.get("prompt"), list):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"{records[0].where}: conversational prompts need a tokenizer with a chat template")
+        chats = [_chat_texts(r, tokenizer, need_reference) for r in records]
+        p_ids, r_ids = (tokenizer([c[i] for c in chats], add_special_tokens=False)["input_ids"] for i in (0, 1))
+        texts = [(prompt, ref, source) for prompt, _, ref, source, _ in chats]
+        turns = [c[4] for c in chats]
+    else:
+        texts = [_texts(r, kinds[0], need_reference) for r in records]
+        p_ids = encode_prompts(tokenizer, [p for p, _, _ in texts])
+        r_ids = encode_responses(tokenizer, [ref for _, ref, _ in texts])
+        turns = [None] * len(texts)
     prefix = special_prefix(tokenizer)
     out, stats = [], LengthStats()
-    for (text, ref, source), p, rid in zip(texts, p_ids, r_ids):
+    for (text, ref, source), p, rid, messages in zip(texts, p_ids, r_ids, turns):
         gen = fit_prompt(p, max_prompt_len, prefix)
         if gen is None:
             stats.dropped += 1
@@ -86,7 +122,7 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
             sft = Example(fp + fa, [IGNORE_INDEX] * len(fp) + fa)
             sft_prompt_cut, answer_cut = len(fp) < len(p), len(fa) < len(rid)
         stats.count(len(gen) < len(p) or sft_prompt_cut, answer_cut)
-        out.append(PromptExample(gen, text, ref, source or text, sft))
+        out.append(PromptExample(gen, text, ref, source or text, sft, messages))
     require_usable(records[0].source, stats, f"--max_prompt_seq_len {max_prompt_len}")
     return out, stats
 

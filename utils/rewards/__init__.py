@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.collate import pad_right
-from ..data.preference import reward_model_ids
+from ..data.preference import reward_model_chat_ids, reward_model_ids
 from ..models import end_scores, token_values
 
 
@@ -23,6 +23,7 @@ class RewardInputs:
     sources: list[str]             # raw source text (`input`, else the prompt), e.g. for COMET
     prompt_ids: list[list[int]]    # actor-tokenizer ids of each prompt (no padding)
     answer_ids: list[list[int]]    # actor-tokenizer ids of each answer, EOS included when generated
+    messages: list[list[dict] | None] | None = None   # each conversational prompt's turns (None: a text prompt)
 
 
 class RewardSource:
@@ -49,25 +50,37 @@ class RewardSource:
 class RewardModelSource(RewardSource):
     """The trained reward model's score of `prompt + answer` (the decoded answer), encoded by the
     reward model's tokenizer as in its training and as stock transformers reads it
-    (`reward_model_scores`), whichever tokenizer the actor uses. An answer cut at
-    --max_answer_seq_len is scored at an appended EOS like a finished one; --missing_eos_penalty
-    is what tells them apart."""
+    (`reward_model_scores`), whichever tokenizer the actor uses; a conversational prompt's turns
+    and the answer as the assistant's turn are rendered with the reward model's chat template, as
+    step 2 encodes chat pairs. An answer cut at --max_answer_seq_len is scored at an appended EOS
+    like a finished one; --missing_eos_penalty is what tells them apart."""
     name = "reward_model"
 
     def __init__(self, engine, tokenizer, batch_size: int, device):
         self.engine, self.tokenizer, self.batch_size, self.device = engine, tokenizer, batch_size, device
 
     def __call__(self, batch: RewardInputs) -> torch.Tensor:
-        return reward_model_scores(self.engine, self.tokenizer, [p + a for p, a in zip(batch.prompts, batch.answers)],
-                                   self.batch_size, self.device)
+        ids = reward_inputs_ids(self.tokenizer, batch)
+        return reward_model_scores(self.engine, self.tokenizer, None, self.batch_size, self.device, ids=ids)
+
+
+def reward_inputs_ids(tokenizer, batch: RewardInputs) -> list[list[int]]:
+    """What the reward model reads for each answer of the batch (RewardModelSource)."""
+    turns = batch.messages or [None] * len(batch.answers)
+    texts = [p + a for p, a, m in zip(batch.prompts, batch.answers, turns) if m is None]
+    chats = [tokenizer.apply_chat_template(m + [{"role": "assistant", "content": a}], tokenize=False)
+             for a, m in zip(batch.answers, turns) if m is not None]
+    plain, rendered = iter(reward_model_ids(tokenizer, texts)), iter(reward_model_chat_ids(tokenizer, chats))
+    return [next(plain) if m is None else next(rendered) for m in turns]
 
 
 @torch.no_grad()
-def reward_model_scores(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
+def reward_model_scores(model, tokenizer, texts: list[str] | None, batch_size: int, device,
+                        ids: list[list[int]] | None = None) -> torch.Tensor:
     """[N] float scores of full texts by a reward model (engine or plain module), in batches of
-    right-padded `reward_model_ids`."""
+    right-padded `reward_model_ids` (or the given `ids`)."""
     out = []
-    ids = reward_model_ids(tokenizer, texts)
+    ids = reward_model_ids(tokenizer, texts) if ids is None else ids
     for i in range(0, len(ids), batch_size):
         chunk = ids[i:i + batch_size]
         mask = pad_right([[1] * len(x) for x in chunk], 0).to(device)
