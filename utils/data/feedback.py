@@ -3,8 +3,9 @@
 Accepted rows (parquet columns or JSON keys):
 - KTO: `prompt, completion, label` (label true: the completion is desirable), as TRL's and
   OpenRLHF's unpaired datasets, as strings or (TRL's conversational form) lists of messages,
-  rendered with the chat template like chat pairs; or preference pairs (preference.py), each split into its chosen
-  answer (desirable) and its rejected one (undesirable), as TRL's `unpair_preference_dataset`.
+  rendered with the chat template like chat pairs; or preference pairs (preference.py), each
+  split into its chosen answer (desirable) and its rejected one (undesirable), as TRL's
+  `unpair_preference_dataset`.
 - RRHF: `prompt, responses, scores` (a list of answers and a list of as many numbers, higher is
   better); or preference pairs as two answers scored by their score columns when present, else
   chosen 1 and rejected 0.
