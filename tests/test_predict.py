@@ -100,6 +100,10 @@ def test_preference_rows(tokenizer, tmp_path):
     (p,) = load_predict_prompts(str(f), tokenizer)
     assert (p.prompt, p.reference) == (" Human: hi Assistant:", " hello")
     assert p.prompt_ids == encode_prompts(tokenizer, [" Human: hi Assistant:"])[0]
+    trl = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": " Human: hi Assistant:", "completion": " hello"},
+                                               {"prompt": " Human: bye Assistant:"}])
+    assert [(p.prompt, p.reference) for p in load_predict_prompts(str(trl), tokenizer)] == \
+        [(" Human: hi Assistant:", " hello"), (" Human: bye Assistant:", None)]
 
 
 def test_bad_files_are_one_line_config_errors(tokenizer, tmp_path):

@@ -117,11 +117,14 @@ def _prompt_and_reference(rec) -> tuple[str, Optional[str]]:
                             f'rows (chat pairs are not supported here)')
         chosen = d.get("chosen")
         return require_str(rec, "prompt"), chosen if isinstance(chosen, str) else None
+    if "instruction" not in d and isinstance(d.get("prompt"), str):   # TRL's prompt(-completion) rows
+        completion = d.get("completion")
+        return require_str(rec, "prompt"), completion if isinstance(completion, str) else None
     if "instruction" not in d:
         found = ", ".join(sorted(d)) or "none"
         raise DataError(f'{rec.where}: predictions need the SFT format ("instruction", "input", "output"), '
-                        f'preference pairs ("prompt", "chosen", "rejected") or "prompt ||| reference" text '
-                        f'lines; found fields: {found}')
+                        f'preference pairs ("prompt", "chosen", "rejected"), TRL\'s "prompt" (with "completion" '
+                        f'as the reference) as text, or "prompt ||| reference" text lines; found fields: {found}')
     ref = d.get("output")
     if ref is not None and not isinstance(ref, str):
         raise DataError(f'{rec.where}: field "output" must be a string, got {type(ref).__name__}')
