@@ -179,6 +179,12 @@ def test_trl_prompt_rows_in_step3(tokenizer):
     (only,), _ = prompt_examples([Record("f", ":1", {"prompt": prompt, "ground_truth": "42"})], tokenizer, 32, 64,
                                  False)
     assert only.prompt_ids == encode_prompts(tokenizer, [prompt])[0] and only.reference == "" and only.sft is None
+    assert only.columns == {"ground_truth": "42"}
+    import datetime
+
+    (sft_row,), _ = prompt_examples([Record("f", ":1", {**SFT, "id": 7, "when": datetime.date(2026, 1, 2)})],
+                                    tokenizer, 32, 64, True)
+    assert sft_row.columns == {"id": 7, "when": "2026-01-02"}   # the cache stores JSON: a date becomes its text
     (pc,), _ = prompt_examples([Record("f", ":1", {"prompt": prompt, "completion": SFT["output"]})], tokenizer, 32,
                                64, True)
     (sft,), _ = tokenize_records([Record("f", ":1", dict(SFT))], tokenizer, 64)

@@ -143,6 +143,53 @@ def test_reward_model_reads_conversational_prompts_as_step2_chat_pairs(tokenizer
     assert reward_inputs_ids(tokenizer, inputs) == [trained.chosen_ids]
 
 
+def trl_accuracy(completions, solution, **kwargs):
+    """A reward function written for TRL's GRPOTrainer: completions in TRL's shape, a dataset column."""
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [float(t == s) for t, s in zip(texts, solution)]
+
+
+def our_reward(prompts, answers):
+    return [float(len(a)) for a in answers]
+
+
+def needs_trainer_state(completions, trainer_state):
+    return [0.0] * len(completions)
+
+
+def test_rule_rewards_get_the_arguments_they_name_and_the_rows_columns(tokenizer):
+    import types
+
+    from training.step3_rlhf.rollout import ExperienceMaker
+    from utils.data.readers import Record
+    from utils.data.rlhf import prompt_examples
+    from utils.rewards import RuleSource, rule_arguments
+
+    turns = [{"role": "user", "content": "Say fox"}]
+    rows = [Record("f", ":1", {"prompt": turns, "solution": "fox", "level": 1}),
+            Record("f", ":2", {"prompt": turns, "solution": "owl"})]
+    chats, _ = prompt_examples(rows, tokenizer, 64, 96, False)
+    assert [p.columns for p in chats] == [{"solution": "fox", "level": 1}, {"solution": "owl"}]
+    answers = [tokenizer("fox", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]] * 2
+    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer), chats, answers)
+    values = rule_arguments(batch)
+    assert values["completions"] == [[{"role": "assistant", "content": "fox"}]] * 2
+    assert values["solution"] == ["fox", "owl"] and values["level"] == [1, None]
+    assert values["completion_ids"] == answers and values["answers"] == ["fox", "fox"]
+    trl = RuleSource("tests.test_rlhf:trl_accuracy")
+    trl.check({"solution", "level"})
+    assert trl(batch).tolist() == [1.0, 0.0]
+    assert RuleSource("tests.test_rlhf:our_reward")(batch).tolist() == [3.0, 3.0]   # no **kwargs: only its names
+    text = [Record("g", ":1", {"prompt": "Say fox: ", "solution": "fox"})]
+    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer), prompt_examples(
+        text, tokenizer, 64, 96, False)[0], answers[:1])
+    assert rule_arguments(batch)["completions"] == ["fox"] and trl(batch).tolist() == [1.0]
+    with pytest.raises(ValueError, match=r"^--reward_functions tests.test_rlhf:needs_trainer_state: "
+                                         r"needs_trainer_state needs trainer_state; it can be given prompts, "
+                                         r"answers, references, sources, completions, completion_ids, solution$"):
+        RuleSource("tests.test_rlhf:needs_trainer_state").check({"solution"})
+
+
 def test_missing_eos_penalty_and_ema(sft_dir, rm_dir, prompts, tmp_path):
     out = tmp_path / "noeos"
     run_module(MODULE, rlhf_args(sft_dir, rm_dir, prompts, out, "--max_steps", 2, "--max_answer_seq_len", 1,

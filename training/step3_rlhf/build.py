@@ -63,6 +63,13 @@ def build(cfg) -> Parts:
     total = rounds_per_epoch * cfg.num_train_epochs * optimizer_steps_per_round(cfg)
     rlhf = DeepSpeedRLHFEngine(cfg, tokenizer, total)
     sources, weights = build_sources(cfg, rlhf, comet, classifiers)
+    columns = {k for p in prompts + eval_prompts if p.columns for k in p.columns}
+    for src in sources.values():
+        if isinstance(src, RuleSource):
+            try:
+                src.check(columns)
+            except ValueError as e:
+                raise ConfigError(str(e))
     if ("reward_model" in sources and any(p.messages is not None for p in prompts + eval_prompts)
             and not getattr(rlhf.reward_tokenizer, "chat_template", None)):
         raise ConfigError("conversational prompts: the reward model's tokenizer has no chat template to render them "

@@ -430,7 +430,7 @@ class ExperienceMaker:
         ref_ids = [[t for t in p.sft.labels if t != IGNORE_INDEX] if p.sft else [] for p in prompts]
         refs = RewardInputs(prompts=inputs.prompts, answers=[p.reference for p in prompts],
                             references=inputs.references, sources=inputs.sources, prompt_ids=inputs.prompt_ids,
-                            answer_ids=ref_ids, messages=inputs.messages)
+                            answer_ids=ref_ids, messages=inputs.messages, columns=inputs.columns)
         sampled = combine({k: s.raw_scores(inputs).float().cpu() for k, s in self.sources.items()}, self.weights)
         reference = combine({k: s.raw_scores(refs).float().cpu() for k, s in self.sources.items()}, self.weights)
         for i, p in enumerate(prompts):
@@ -444,7 +444,7 @@ class ExperienceMaker:
         return RewardInputs(prompts=[p.prompt for p in prompts], answers=texts,
                             references=[p.reference for p in prompts], sources=[p.source for p in prompts],
                             prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers,
-                            messages=[p.messages for p in prompts])
+                            messages=[p.messages for p in prompts], columns=[p.columns for p in prompts])
 
     @staticmethod
     def _gather(d: dict[int, float]) -> dict[int, float]:

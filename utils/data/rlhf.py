@@ -4,7 +4,8 @@ prompt-only (`prompt`) and prompt-completion (`prompt, completion`: the referenc
 strings or conversational (lists of messages). A conversational prompt is the actor's chat
 template of its turns with the generation prompt (its special tokens come from the template);
 the turns travel with the example, so a reward model scores the conversation with its own
-template (utils.rewards), and the reference is the completion's last answer.
+template (utils.rewards), and the reference is the completion's last answer. A row's other
+columns (a GRPO dataset's `solution`, say) travel too, for rule rewards that ask for them.
 
 Lengths: a prompt longer than --max_prompt_seq_len is cut from the left to that many tokens,
 keeping its special prefix (BOS) at the front and its end next to where generation starts;
@@ -14,11 +15,12 @@ SFT loss is the whole prompt + reference cut by the same rule as step 1 (sft.py)
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import partial
 
 from .errors import DataError
-from .preference import _kind, render_after
+from .preference import KNOWN_COLUMNS, _kind, render_after
 from .readers import Record, require_str
 from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, by_source, detect_format, encode_prompts,
                   encode_responses, fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
@@ -32,6 +34,7 @@ class PromptExample:
     source: str               # the record's `input`, else the prompt (COMET's `src`)
     sft: Example | None       # prompt + reference answer, for the extra SFT loss
     messages: list[dict] | None = None   # a conversational prompt's turns; None for a text prompt
+    columns: dict | None = None          # the row's columns the format does not read (rule rewards' extras)
 
 
 def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str | None]:
@@ -66,6 +69,19 @@ def _chat_texts(rec: Record, tokenizer, need_reference: bool) -> tuple[str, str,
         answer = reference = ""
     source = next((m["content"] for m in reversed(head) if m["role"] == "user"), prompt)
     return prompt, answer, reference, source, head
+
+
+READ_COLUMNS = {"sft": {"instruction", "input", "output", "history"}, "preference": KNOWN_COLUMNS,
+                "prompt": {"prompt", "completion"}, "completion": {"prompt", "completion"}}
+
+
+def _jsonable(value):
+    """A column value as the tokenized-data cache can store it (a parquet timestamp becomes its text)."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _step3_kind(rec: Record) -> str:
@@ -108,7 +124,9 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
         turns = [None] * len(texts)
     prefix = special_prefix(tokenizer)
     out, stats = [], LengthStats()
-    for (text, ref, source), p, rid, messages in zip(texts, p_ids, r_ids, turns):
+    extra = [{k: _jsonable(v) for k, v in r.data.items() if k not in READ_COLUMNS[kinds[0]]} or None
+             for r in records]
+    for (text, ref, source), p, rid, messages, columns in zip(texts, p_ids, r_ids, turns, extra):
         gen = fit_prompt(p, max_prompt_len, prefix)
         if gen is None:
             stats.dropped += 1
@@ -122,7 +140,7 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
             sft = Example(fp + fa, [IGNORE_INDEX] * len(fp) + fa)
             sft_prompt_cut, answer_cut = len(fp) < len(p), len(fa) < len(rid)
         stats.count(len(gen) < len(p) or sft_prompt_cut, answer_cut)
-        out.append(PromptExample(gen, text, ref, source or text, sft, messages))
+        out.append(PromptExample(gen, text, ref, source or text, sft, messages, columns))
     require_usable(records[0].source, stats, f"--max_prompt_seq_len {max_prompt_len}")
     return out, stats
 

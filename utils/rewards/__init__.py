@@ -6,6 +6,7 @@ A source is called with the sampled batch and returns one float per answer:
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ class RewardInputs:
     prompt_ids: list[list[int]]    # actor-tokenizer ids of each prompt (no padding)
     answer_ids: list[list[int]]    # actor-tokenizer ids of each answer, EOS included when generated
     messages: list[list[dict] | None] | None = None   # each conversational prompt's turns (None: a text prompt)
+    columns: list[dict | None] | None = None          # each prompt row's unread columns (PromptExample.columns)
 
 
 class RewardSource:
@@ -90,8 +92,13 @@ def reward_model_scores(model, tokenizer, texts: list[str] | None, batch_size: i
 
 
 class RuleSource(RewardSource):
-    """A Python callable named `module:function`, called as
-    fn(prompts=[...], answers=[...], references=[...], sources=[...]) -> list of floats."""
+    """A Python callable named `module:function` returning one float per answer. It is called with
+    the keyword arguments it names, or all of them when it takes **kwargs: `prompts`, `answers`,
+    `references`, `sources` (lists of strings), TRL's `completions` (the answers; for a
+    conversational prompt `[{"role": "assistant", "content": answer}]`) and `completion_ids`, and
+    each column of the prompt rows that their format does not read, as a list with one value per
+    answer (None where a row lacks it). So a TRL reward function `f(completions, solution, **kwargs)`
+    runs as it is on a dataset with a `solution` column."""
 
     def __init__(self, spec: str):
         module, _, fn = spec.partition(":")
@@ -101,14 +108,45 @@ class RuleSource(RewardSource):
             self.fn = getattr(importlib.import_module(module), fn)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"--reward_functions {spec!r}: {e}")
-        self.name = fn
+        self.spec, self.name = spec, fn
+        params = inspect.signature(self.fn).parameters.values()
+        self.takes_all = any(p.kind == p.VAR_KEYWORD for p in params)
+        self.names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.required = [p.name for p in params
+                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty]
+
+    def check(self, columns: set[str]) -> None:
+        """ValueError when the function needs an argument that neither the step nor the prompt rows'
+        `columns` provide (before training, rather than at the first reward)."""
+        missing = [n for n in self.required if n not in set(BUILT_IN_ARGUMENTS) | columns]
+        if missing:
+            given = ", ".join(BUILT_IN_ARGUMENTS + sorted(columns - set(BUILT_IN_ARGUMENTS)))
+            raise ValueError(f"--reward_functions {self.spec}: {self.name} needs {', '.join(missing)}; it can be "
+                             f"given {given}")
 
     def __call__(self, batch: RewardInputs) -> torch.Tensor:
-        scores = self.fn(prompts=batch.prompts, answers=batch.answers, references=batch.references,
-                         sources=batch.sources)
+        values = rule_arguments(batch)
+        scores = self.fn(**(values if self.takes_all else {k: v for k, v in values.items() if k in self.names}))
         if len(scores) != len(batch.answers):
             raise ValueError(f"reward function {self.name} returned {len(scores)} scores for {len(batch.answers)} answers")
         return torch.tensor([float(s) for s in scores], dtype=torch.float32)
+
+
+BUILT_IN_ARGUMENTS = ["prompts", "answers", "references", "sources", "completions", "completion_ids"]
+
+
+def rule_arguments(batch: RewardInputs) -> dict[str, list]:
+    """What a rule reward may be given (RuleSource): the built-in lists, then the rows' columns."""
+    turns = batch.messages or [None] * len(batch.answers)
+    rows = batch.columns or [None] * len(batch.answers)
+    values = {"prompts": batch.prompts, "answers": batch.answers, "references": batch.references,
+              "sources": batch.sources,
+              "completions": [a if m is None else [{"role": "assistant", "content": a}]
+                              for a, m in zip(batch.answers, turns)],
+              "completion_ids": [list(ids) for ids in batch.answer_ids]}
+    for name in sorted({k for row in rows if row for k in row} - set(values)):
+        values[name] = [(row or {}).get(name) for row in rows]
+    return values
 
 
 def source_device(index: int | None, flag: str) -> torch.device:
