@@ -216,6 +216,15 @@ def test_trl_conversational_prompts_in_step3(tokenizer):
     assert pc.reference == "fox red" and (pc.sft.input_ids, pc.sft.labels) == (sft.input_ids, sft.labels)
     with pytest.raises(DataError, match=r'^f:1: field "completion" is missing$'):
         prompt_examples([Record("f", ":1", {"prompt": head})], tokenizer, 32, 64, True)
+    # a chat pair (UltraFeedback's rows) is the same prompt, its chosen answer the reference
+    pair = {"chosen": head + tail, "rejected": head + [{"role": "assistant", "content": "owl"}], "chosen_score": 9.0}
+    (cp,), _ = prompt_examples([Record("f", ":1", pair)], tokenizer, 32, 64, True)
+    assert (cp.prompt_ids, cp.reference, cp.messages, cp.sft) == (pc.prompt_ids, "fox red", head, pc.sft)
+    text_pair = Record("f", ":2", {"prompt": "p", "chosen": "a", "rejected": "b"})
+    with pytest.raises(DataError, match=r'^f:2: field "chosen" must be a non-empty list$'):
+        prompt_examples([Record("f", ":1", pair), text_pair], tokenizer, 32, 64, True)
+    with pytest.raises(DataError, match=r"^f:1: row is a chat pair but earlier rows are pairs of text$"):
+        prompt_examples([text_pair, Record("f", ":1", pair)], tokenizer, 32, 64, True)
 
 
 def test_text_is_packed_into_blocks(tmp_path, tokenizer):

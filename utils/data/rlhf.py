@@ -1,7 +1,8 @@
 """Step 3 prompts: the SFT format, where `output` is the reference answer and `input` the source,
 preference pairs (`prompt, chosen, rejected`), where `chosen` is the reference answer, or TRL's
 prompt-only (`prompt`) and prompt-completion (`prompt, completion`: the reference) rows, of
-strings or conversational (lists of messages). A conversational prompt is the actor's chat
+strings or conversational (lists of messages; a chat pair's prompt is the turns before its
+chosen answer, which is the reference). A conversational prompt is the actor's chat
 template of its turns with the generation prompt (its special tokens come from the template);
 the turns travel with the example, so a reward model scores the conversation with its own
 template (utils.rewards), and the reference is the completion's last answer. A row's other
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from .errors import DataError
-from .preference import KNOWN_COLUMNS, _kind, render_after
+from .preference import KNOWN_COLUMNS, _conversations, _kind, render_after
 from .readers import Record, require_str
 from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, by_source, detect_format, encode_prompts,
                   encode_responses, fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
@@ -41,8 +42,7 @@ def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str 
     """(prompt, reference, source or None) of one record."""
     if kind == "preference":
         if _kind(rec) != "pair":
-            raise DataError(f'{rec.where}: step 3 needs a text prompt: SFT format ("instruction", "input", '
-                            f'"output") or pairs with a string "prompt"; chat pairs are not supported here')
+            raise DataError(f"{rec.where}: row is a chat pair but earlier rows are pairs of text")
         return require_str(rec, "prompt"), require_str(rec, "chosen"), None
     if kind in ("prompt", "completion"):
         if not isinstance(rec.data["prompt"], str):
@@ -54,14 +54,29 @@ def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str 
     return sft_prompt(rec), reference, require_str(rec, "input", optional=True, allow_empty=True) or None
 
 
+def _conversational(rec: Record) -> bool:
+    return isinstance(rec.data.get("prompt"), list) or isinstance(rec.data.get("chosen"), list)
+
+
+def _turns(rec: Record) -> tuple[list[dict], list[dict] | None]:
+    """A conversational row's prompt turns and its reference answer's turns (None: no reference).
+    A chat pair's prompt is every turn before the chosen answer, which is the reference."""
+    if "chosen" in rec.data:
+        chosen, _ = _conversations(rec)
+        if chosen[-1]["role"] != "assistant" or len(chosen) < 2:
+            raise DataError(f"{rec.where}: chosen must hold turns before its last message, an assistant answer")
+        return chosen[:-1], chosen[-1:]
+    head = _check_messages(rec, "prompt", need_answer=False)
+    return head, _check_messages(rec, "completion") if "completion" in rec.data else None
+
+
 def _chat_texts(rec: Record, tokenizer, need_reference: bool) -> tuple[str, str, str, str, list[dict]]:
     """(rendered prompt, rendered reference answer or "", reference text, source, the prompt's turns)
     of a conversational row."""
-    head = _check_messages(rec, "prompt", need_answer=False)
-    if "completion" not in rec.data and need_reference:
+    head, tail = _turns(rec)
+    if tail is None and need_reference:
         raise DataError(f'{rec.where}: field "completion" is missing')
-    if "completion" in rec.data:
-        tail = _check_messages(rec, "completion")
+    if tail is not None:
         prompt, (answer,) = render_after(rec, tokenizer, head, [head + tail])
         reference = next(m["content"] for m in reversed(tail) if m["role"] == "assistant")
     else:
@@ -110,7 +125,7 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
             raise DataError(f"{r.where}: record is {k} format but --data_format is sft")
         if k != kinds[0]:
             raise DataError(f"{r.where}: record is {k} format but earlier records are {kinds[0]}")
-    if isinstance(records[0].data.get("prompt"), list):
+    if _conversational(records[0]):
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"{records[0].where}: conversational prompts need a tokenizer with a chat template")
         chats = [_chat_texts(r, tokenizer, need_reference) for r in records]
