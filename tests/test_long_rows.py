@@ -261,11 +261,17 @@ def test_step3_pairs_give_prompt_and_chosen_as_reference(tokenizer):
     assert ex.sft.input_ids == p + c and ex.sft.labels == [IGNORE_INDEX] * 16 + c
 
 
-def test_step3_chat_pairs_are_refused_in_one_line(tokenizer):
-    user = {"role": "user", "content": "hi"}
+def test_step3_chat_pair_prompt_cut_keeps_bos_and_its_turns(tokenizer):
+    """A chat pair's prompt (the turns before the chosen answer) follows the same cut as a text
+    prompt; the turns stay whole for the reward model."""
+    user = {"role": "user", "content": "Repeat after me: fox red owl fox red owl"}
     row = {"chosen": [user, {"role": "assistant", "content": "a"}], "rejected": [user, {"role": "assistant", "content": "b"}]}
-    with pytest.raises(DataError, match=r"^f.jsonl:1: step 3 needs a text prompt"):
-        prompt_examples(records([row]), tokenizer, 32, 64, False)
+    (ex,), stats = prompt_examples(records([row]), tokenizer, 9, 64, False)
+    full = tokenizer(tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+    assert full[0] == tokenizer.bos_token_id and len(full) > 9
+    assert ex.prompt_ids == [tokenizer.bos_token_id] + full[-8:] and ex.messages == [user] and ex.reference == "a"
+    assert stats == LengthStats(kept=1, truncated=1, truncated_prompts=1, truncated_answers=0, dropped=0)
 
 
 # -- the earlier fork's real files ------------------------------------------------------------------------
