@@ -22,10 +22,9 @@ import torch
 
 from .collate import batch_to, pad_right
 from .errors import DataError
-from .preference import PreferenceExample, render_after, tokenize_preferences
+from .preference import PreferenceExample, prompt_completion_turns, render_after, tokenize_preferences
 from .readers import Record, require_str
-from .sft import (IGNORE_INDEX, LengthStats, _check_messages, encode_prompts, encode_responses, fit_row,
-                  require_usable, special_prefix)
+from .sft import IGNORE_INDEX, LengthStats, encode_prompts, encode_responses, fit_row, require_usable, special_prefix
 
 NAN = float("nan")
 KTO_COLUMNS = ("prompt", "completion", "label")
@@ -107,8 +106,7 @@ def _chat_rows(records: list[Record], tokenizer) -> tuple[list[list[int]], list[
     prompt, and what the completion's turns add (the template's special tokens are in the text)."""
     texts = []
     for rec in records:
-        head = _check_messages(rec, "prompt", need_answer=False)
-        tail = _check_messages(rec, "completion")
+        head, tail = prompt_completion_turns(rec)   # `_holds` made sure the completion is there
         prompt, (answer,) = render_after(rec, tokenizer, head, [head + tail])
         texts.append((prompt, answer))
     ids = tokenizer([t for pair in texts for t in pair], add_special_tokens=False)["input_ids"]

@@ -112,6 +112,13 @@ def _chat_texts(rec: Record, tokenizer) -> tuple[str, str, str]:
     return prompt, c, r
 
 
+def prompt_completion_turns(rec: Record) -> tuple[list[dict], list[dict] | None]:
+    """TRL's conversational prompt-completion row: the prompt's turns and the completion's (None
+    when the row has no completion)."""
+    head = _check_messages(rec, "prompt", need_answer=False)
+    return head, _check_messages(rec, "completion") if "completion" in rec.data else None
+
+
 def render_after(rec: Record, tokenizer, head: list[dict], conversations: list[list[dict]]) -> tuple[str, list[str]]:
     """The chat template's text of `head` with the generation prompt, and what each conversation
     (head + its answer turns) renders after it: the prompt and the answers as generation sees them."""

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from .errors import DataError
-from .preference import KNOWN_COLUMNS, _conversations, _kind, render_after
+from .preference import KNOWN_COLUMNS, _conversations, _kind, prompt_completion_turns, render_after
 from .readers import Record, require_str
-from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, by_source, detect_format, encode_prompts,
-                  encode_responses, fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
+from .sft import (IGNORE_INDEX, Example, LengthStats, by_source, detect_format, encode_prompts, encode_responses,
+                  fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
 
 
 @dataclass
@@ -66,8 +66,7 @@ def _turns(rec: Record) -> tuple[list[dict], list[dict] | None]:
         if chosen[-1]["role"] != "assistant" or len(chosen) < 2:
             raise DataError(f"{rec.where}: chosen must hold turns before its last message, an assistant answer")
         return chosen[:-1], chosen[-1:]
-    head = _check_messages(rec, "prompt", need_answer=False)
-    return head, _check_messages(rec, "completion") if "completion" in rec.data else None
+    return prompt_completion_turns(rec)
 
 
 def _chat_texts(rec: Record, tokenizer, need_reference: bool) -> tuple[str, str, str, str, list[dict]]:
@@ -99,11 +98,6 @@ def _jsonable(value):
         return str(value)
 
 
-def _step3_kind(rec: Record) -> str:
-    kind = detect_format(rec)
-    return "completion" if kind == "chat" and "messages" not in rec.data else kind
-
-
 def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_len: int,
                     need_reference: bool, fmt: str = "auto") -> tuple[list[PromptExample], LengthStats]:
     """One source file's records -> (prompts, what the length rules did to its rows).
@@ -115,7 +109,7 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
     """
     if not records:
         return [], LengthStats()
-    kinds = [_step3_kind(r) for r in records]
+    kinds = [detect_format(r) for r in records]
     for r, k in zip(records, kinds):
         if k not in ("sft", "preference", "prompt", "completion"):
             raise DataError(f'{r.where}: step 3 prompts use the SFT format ("instruction", "input", "output"), '

@@ -102,8 +102,8 @@ def by_source(records: list[Record]) -> dict[str, list[Record]]:
 
 
 def detect_format(rec: Record) -> str:
-    """sft, chat, preference, text, completion (TRL's prompt-completion with string prompts; with
-    lists of messages it is chat) or prompt (TRL's prompt-only)."""
+    """sft, chat, preference, text, completion (TRL's prompt-completion, of strings or of
+    conversations) or prompt (TRL's prompt-only)."""
     d = rec.data
     if "messages" in d:
         return "chat"
@@ -112,7 +112,7 @@ def detect_format(rec: Record) -> str:
     if "instruction" in d or "output" in d:
         return "sft"
     if "completion" in d and "label" not in d:
-        return "chat" if isinstance(d.get("prompt"), list) else "completion"
+        return "completion"
     if "text" in d:
         return "text"
     if "prompt" in d and not {"response", "score", "label", "responses", "scores"} & set(d):
@@ -314,6 +314,8 @@ def tokenize_records(records: list[Record], tokenizer, max_len: int,
     if kind == "prompt":
         raise DataError(f"{records[0].where}: prompt-only rows have no answer to train on (step 3 reads them as "
                         f"prompts)")
+    if kind == "completion" and isinstance(records[0].data.get("prompt"), list):
+        kind = "chat"   # conversational prompt-completion: chat with the prompt's turns as context
     if kind in ("sft", "completion"):
         out = tokenize_sft(records, tokenizer, max_len, completion=kind == "completion")
     elif kind == "chat":

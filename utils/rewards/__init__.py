@@ -62,8 +62,8 @@ class RewardModelSource(RewardSource):
         self.engine, self.tokenizer, self.batch_size, self.device = engine, tokenizer, batch_size, device
 
     def __call__(self, batch: RewardInputs) -> torch.Tensor:
-        ids = reward_inputs_ids(self.tokenizer, batch)
-        return reward_model_scores(self.engine, self.tokenizer, None, self.batch_size, self.device, ids=ids)
+        return score_ids(self.engine, self.tokenizer, reward_inputs_ids(self.tokenizer, batch), self.batch_size,
+                         self.device)
 
 
 def reward_inputs_ids(tokenizer, batch: RewardInputs) -> list[list[int]]:
@@ -76,13 +76,15 @@ def reward_inputs_ids(tokenizer, batch: RewardInputs) -> list[list[int]]:
     return [next(plain) if m is None else next(rendered) for m in turns]
 
 
+def reward_model_scores(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
+    """[N] float scores of full texts by a reward model (engine or plain module)."""
+    return score_ids(model, tokenizer, reward_model_ids(tokenizer, texts), batch_size, device)
+
+
 @torch.no_grad()
-def reward_model_scores(model, tokenizer, texts: list[str] | None, batch_size: int, device,
-                        ids: list[list[int]] | None = None) -> torch.Tensor:
-    """[N] float scores of full texts by a reward model (engine or plain module), in batches of
-    right-padded `reward_model_ids` (or the given `ids`)."""
+def score_ids(model, tokenizer, ids: list[list[int]], batch_size: int, device) -> torch.Tensor:
+    """[N] float scores of token ids (each ending in EOS) by a reward model, in right-padded batches."""
     out = []
-    ids = reward_model_ids(tokenizer, texts) if ids is None else ids
     for i in range(0, len(ids), batch_size):
         chunk = ids[i:i + batch_size]
         mask = pad_right([[1] * len(x) for x in chunk], 0).to(device)
