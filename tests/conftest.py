@@ -167,6 +167,20 @@ def sft_dir(tiny_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def leaky_sft_dir(sft_dir, tmp_path_factory) -> Path:
+    """The SFT model with a generation_config that would change sampling if anything read it (as
+    Qwen2.5-Instruct's repetition_penalty does): step 3 must sample from its flags alone."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("leaky") / "model"
+    shutil.copytree(sft_dir, out)
+    path = out / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**config, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 3}))
+    return out
+
+
+@pytest.fixture(scope="session")
 def rm_dir(sft_dir, tokenizer, tmp_path_factory) -> Path:
     """An (untrained) reward model: the SFT backbone with a freshly initialised head."""
     from utils.models import load_reward_model

@@ -18,7 +18,7 @@ MODULE = "training.step3_rlhf.main"
 
 
 def test_temperatures_confidence_and_elimination_by_hand():
-    from training.step3_rlhf.esrl import eliminate, sequence_confidence, temperatures
+    from training.step3_rlhf.esrl import answer_confidence, eliminate, temperatures
 
     c = torch.tensor([0.0, 0.25, 0.5, 1.0])
     assert temperatures(c, 0.5, 1.5).tolist() == pytest.approx([0.5, 0.75, 1.0, 1.5])
@@ -29,10 +29,36 @@ def test_temperatures_confidence_and_elimination_by_hand():
     idle = torch.tensor([False, True, False, False, False, True, False])
     assert eliminate(conf, 0.3, idle).tolist() == [0, 2, 3, 4, 6]
     assert eliminate(conf, 0.5, idle).tolist() == [0, 3, 4, 6]
-    lp = torch.log(torch.tensor([[0.5, 0.5, 0.25, 0.9], [0.1, 0.8, 0.2, 0.9]]))
-    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
-    expected = [(0.5 * 0.25) ** 0.5, (0.1 * 0.8 * 0.2 * 0.9) ** 0.25]
-    assert sequence_confidence(lp, mask).tolist() == pytest.approx(expected)
+    # answer_confidence: exp(mean over answer positions of log sum_v p^2), p = softmax(logits)
+    logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [0.9, 0.05, 0.05]]]).clamp_min(1e-30))
+    mask = torch.tensor([[0, 1, 1]])
+    expected = ((0.0625 + 0.0625 + 0.25) * (0.81 + 0.0025 + 0.0025)) ** 0.5
+    assert answer_confidence(logits, mask).tolist() == pytest.approx([expected], rel=1e-5)
+
+
+def test_a_prompt_sampled_cooler_does_not_look_surer():
+    """A hard prompt (flat next-token distribution) sampled at 0.8 and an easy one (peaked) at 1.2,
+    as ESRL's temperatures from capability do. The sampled tokens' own probabilities, at temperature
+    1 (ESRL before) or at the row's (the sampling distribution), rank the hard prompt's samples surer
+    (cold draws keep to its modes), so they would be eliminated first; `answer_confidence` ranks them
+    as the model is, and elimination drops the easy prompt's samples."""
+    from training.step3_rlhf.esrl import answer_confidence, eliminate
+
+    k, T = 4, 32
+    hard, easy = torch.tensor([1.5, 1.2, 0, 0, 0, 0]), torch.tensor([2.0, 1.0, 0, 0, 0, 0])
+    logits = torch.stack([hard] * k + [easy] * k)[:, None, :].expand(2 * k, T, 6)
+    temps = torch.tensor([0.8] * k + [1.2] * k)[:, None, None]
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.multinomial(torch.softmax(logits / temps, -1).reshape(-1, 6), 1, generator=g).reshape(2 * k, T)
+    mask = torch.ones(2 * k, T)
+    for scored in (logits, logits / temps):
+        drawn = torch.log_softmax(scored, -1).gather(-1, tokens[..., None]).squeeze(-1).mean(1).exp()
+        assert drawn[:k].mean() > drawn[k:].mean()
+        assert eliminate(drawn, 0.5).tolist() != list(range(k))       # some hard samples go first
+    conf = answer_confidence(logits, mask)
+    p_hard, p_easy = torch.softmax(hard, -1), torch.softmax(easy, -1)
+    assert conf.tolist() == pytest.approx([float(p_hard @ p_hard)] * k + [float(p_easy @ p_easy)] * k, rel=1e-5)
+    assert eliminate(conf, 0.5).tolist() == list(range(k))            # the easy prompt's samples go first
 
 
 def test_first_pass_statistics_skip_and_need_by_hand():
@@ -160,7 +186,6 @@ def one_round(argv):
     from utils.config import RLHFConfig, parse_config
     from utils.data import load_step_records
     from utils.data.rlhf import tokenize_prompts
-    from training.step3_rlhf.esrl import sequence_confidence
     from utils.losses import token_logprobs
     from utils.models import load_tokenizer_for
     from utils.run import start
@@ -203,15 +228,17 @@ def one_round(argv):
         for i in range(exp.sequences.shape[0]):
             keep = exp.attention_mask[i].bool()
             ids = exp.sequences[i][keep][None]
-            lp = token_logprobs(rlhf.actor.module(input_ids=ids).logits, ids)[0]
+            lp = token_logprobs(rlhf.actor.module(input_ids=ids).logits / exp.temperatures[i], ids)[0]
             m = exp.action_mask[i].bool()
             diffs.append(float((exp.logprobs[i][m] - lp[-int(m.sum()):]).abs().max()))
+            # and the log-probs recorded while sampling, at the row's temperature too
+            diffs.append(float((exp.rollout_logprobs[i][m] - lp[-int(m.sum()):]).abs().max()))
     passes = {k: list(v) for k, v in seen.items()}     # the experience passes only, not training's
     step, minibatches = updater.step, []
     updater.step = lambda mb, *a: (minibatches.append(mb.sequences.shape[0]), step(mb, *a))[1]
     updater.train_on([exp], 0)
     sampled = [{"prompt_index": x.prompt_index, "reward": x.base.tolist(),
-                "confidence": sequence_confidence(x.logprobs, x.action_mask).tolist()} for x in samples]
+                "confidence": x.confidence.tolist() if x.confidence is not None else None} for x in samples]
     return {"seen": passes, "stats": stats, "rows": exp.sequences.shape[0], "diff": max(diffs),
             "counters": dict(trainer.counters), "minibatches": minibatches, "passes": sampled, "kept": kept,
             "prompt_index": exp.prompt_index, "advantages": exp.advantages.tolist(),

@@ -61,14 +61,18 @@ def rank_states(out: Path) -> list[dict]:
 
 @pytest.mark.parametrize("nproc", [1, 2])
 @pytest.mark.parametrize("mode", ["ppo", "dynamic_sampling", "grpo"])
-def test_rlhf_kill_resume_is_bit_exact(sft_dir, rm_dir, prompts, pretrain_text, tmp_path, mode, nproc):
+def test_rlhf_kill_resume_is_bit_exact(sft_dir, leaky_sft_dir, rm_dir, prompts, pretrain_text, tmp_path, mode,
+                                      nproc):
     extra = [*STEADY, "--unsupervised_dataset_name", pretrain_text]
     esrl = mode == "dynamic_sampling"
+    if not esrl:   # (ESRL sets each prompt's temperature itself)
+        extra += ["--temperature", 0.7]
     if esrl:   # ESRL's two passes on GRPO's budget of 3 per prompt; up to 5 for one prompt (D'Hondt's shares)
         extra += ["--dynamic_sampling", "--advantage_estimator", "grpo", "--num_samples_per_prompt", 3,
                   "--esrl_max_samples", 5]
     if mode == "grpo":   # critic-free, groups of 2 (the moving baseline's state too), uniform groups dropped
-        extra += ["--advantage_estimator", "grpo", "--num_samples_per_prompt", 2, "--drop_uniform_groups"]
+        extra += ["--advantage_estimator", "grpo", "--num_samples_per_prompt", 2, "--drop_uniform_groups",
+                  "--rollout_is_cap", 2]
     # PPO at two processes is preempted instead: SIGTERM to every rank of a run without periodic
     # checkpoints, so the actor's and the critic's preemption checkpoints alone carry it (saving does not
     # change the arithmetic: the uninterrupted run keeps its checkpoints, read below)
@@ -78,9 +82,15 @@ def test_rlhf_kill_resume_is_bit_exact(sft_dir, rm_dir, prompts, pretrain_text, 
     full, part = tmp_path / "full", tmp_path / "part"
 
     def args(out):
-        return step3_args(sft_dir, rm_dir, prompts, out, *(extra if out == full else part_extra))
+        return step3_args(leaky_sft_dir, rm_dir, prompts, out, *(extra if out == full else part_extra))
 
-    run_module("training.step3_rlhf.main", args(full), nproc=nproc)
+    p = run_module("training.step3_rlhf.main", args(full), nproc=nproc)
+    # the actor's generation_config is named once and ignored: every token is scored under the distribution
+    # that drew it (temperature 0.7, or ESRL's per prompt), so recorded and recomputed log-probs agree
+    assert p.stdout.count("[sampling] the actor's generation_config sets ") == 1
+    assert "repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=3: ignored" in p.stdout
+    assert all(r["rollout/logprob_diff_max"] <= 1e-4 for r in read_metrics(full))
+    assert all(0 <= r["rollout/logprob_diff_mean"] <= r["rollout/logprob_diff_max"] for r in read_metrics(full))
     # the statistics that steer training are the same on every rank after several rounds
     ranks = rank_states(full)
     assert len(ranks) == nproc

@@ -179,7 +179,7 @@ def test_alias_spellings_set_the_same_field():
                                           "--whiten_critic_values", "false", "--offload_critic_model"])
     b = parse_config(RLHFConfig, BASE3 + ["--per_device_generation_batch_size", "3", "--generation_batches", "2",
                                           "--per_device_training_batch_size", "5", "--factor_pretrained_loss",
-                                          "0.5", "--no_whiten_advantages", "--offload_reward_model"])
+                                          "0.5", "--whiten_advantages", "false", "--offload_reward_model"])
     for f in ("per_device_generation_batch_size", "generation_batches", "per_device_training_batch_size",
               "factor_pretrained_loss", "whiten_advantages"):
         assert getattr(a, f) == getattr(b, f)

@@ -34,10 +34,11 @@ def test_kl_penalty_and_end_reward_by_hand():
     logp = torch.tensor([[0.0, -1.0, -2.0, 0.0]])
     ref = torch.tensor([[0.0, -1.5, -1.0, 0.0]])
     mask = torch.tensor([[0, 1, 1, 0]])
-    rewards, kl = kl_penalized_rewards(logp, ref, mask, torch.tensor([9.0]), kl_ctl=0.1, clip_reward_value=5.0)
-    # kl = [0, 0.5, -1, 0]; r = -0.1*kl, + clip(9, 5) = 5 on the last answer token (index 2)
+    rewards, kl = kl_penalized_rewards(logp, ref, mask, torch.tensor([9.0]), kl_ctl=0.1)
+    # kl = [0, 0.5, -1, 0]; r = -0.1*kl, + 9 on the last answer token (index 2): the end reward arrives
+    # shaped (a group advantage) and is never clipped here; --clip_reward_value clips the raw reward earlier
     assert kl.tolist() == [[0.0, 0.5, -1.0, 0.0]]
-    assert rewards[0].tolist() == pytest.approx([0.0, -0.05, 0.1 + 5.0, 0.0], abs=1e-6)
+    assert rewards[0].tolist() == pytest.approx([0.0, -0.05, 0.1 + 9.0, 0.0], abs=1e-6)
 
 
 def test_whiten_by_hand():

@@ -138,7 +138,7 @@ def test_reward_model_reads_conversational_prompts_as_step2_chat_pairs(tokenizer
 
     (chat,), _ = prompt_examples([Record("f", ":1", {"prompt": head})], tokenizer, 64, 96, False)
     answer = tokenizer("fox red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    inputs = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer), [chat], [answer])
+    inputs = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), [chat], [answer])
     assert inputs.messages == [head] and inputs.answers == ["fox red"]
     assert reward_inputs_ids(tokenizer, inputs) == [trained.chosen_ids]
 
@@ -171,7 +171,7 @@ def test_rule_rewards_get_the_arguments_they_name_and_the_rows_columns(tokenizer
     chats, _ = prompt_examples(rows, tokenizer, 64, 96, False)
     assert [p.columns for p in chats] == [{"solution": "fox", "level": 1}, {"solution": "owl"}]
     answers = [tokenizer("fox", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]] * 2
-    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer), chats, answers)
+    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), chats, answers)
     values = rule_arguments(batch)
     assert values["completions"] == [[{"role": "assistant", "content": "fox"}]] * 2
     assert values["solution"] == ["fox", "owl"] and values["level"] == [1, None]
@@ -181,7 +181,7 @@ def test_rule_rewards_get_the_arguments_they_name_and_the_rows_columns(tokenizer
     assert trl(batch).tolist() == [1.0, 0.0]
     assert RuleSource("tests.test_rlhf:our_reward")(batch).tolist() == [3.0, 3.0]   # no **kwargs: only its names
     text = [Record("g", ":1", {"prompt": "Say fox: ", "solution": "fox"})]
-    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer), prompt_examples(
+    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), prompt_examples(
         text, tokenizer, 64, 96, False)[0], answers[:1])
     assert rule_arguments(batch)["completions"] == ["fox"] and trl(batch).tolist() == [1.0]
     with pytest.raises(ValueError, match=r"^--reward_functions tests.test_rlhf:needs_trainer_state: "

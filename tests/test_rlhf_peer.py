@@ -111,6 +111,7 @@ def test_two_rule_functions_of_one_name_both_count():
 
 
 def test_minibatch_order_changes_from_round_to_round():
+    from dataclasses import fields
     from types import SimpleNamespace
 
     from training.step3_rlhf.rollout import Experience
@@ -118,11 +119,14 @@ def test_minibatch_order_changes_from_round_to_round():
 
     n = 8
     t = torch.arange(n, dtype=torch.float32)[:, None]
-    exp = Experience(*([t] * 11), list(range(n)), [None] * n)
+    exp = Experience(*([t] * (len(fields(Experience)) - 2)), list(range(n)), [None] * n)
     updater = PPOUpdater.__new__(PPOUpdater)
+    # what a window needs before its micro-batches: the loss counts (no SFT or pretraining loss here)
     updater.cfg = SimpleNamespace(seed=1, ppo_epochs=1, ppo_mini_epochs=1, gradient_accumulation_steps=1,
                                   per_device_generation_batch_size=n, per_device_training_batch_size=4,
-                                  dynamic_sampling=False, num_samples_per_prompt=1)
+                                  dynamic_sampling=False, num_samples_per_prompt=1, loss_agg_mode="token-mean",
+                                  add_sft_loss=False, add_pretrained_loss=False)
+    updater.ptx = None
     seen = []
     updater.step = lambda mb, *a: seen.append(mb.sequences[:, 0].tolist()) or {}
     orders = []

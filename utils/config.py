@@ -743,13 +743,19 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     temperature: float = _f(1.0, "Sampling temperature.")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1: off).")
     top_k: int = _f(0, "Top-k sampling (0: off).")
+    rollout_is_cap: Optional[float] = _f(None, "Truncated importance sampling: weigh each token's policy loss by "
+                                               "min(pi_old / pi_rollout, this), pi_rollout its probability as "
+                                               "sampled (verl's and OpenRLHF's correction of what remains of "
+                                               "rollout/logprob_diff; off by default).")
     missing_eos_penalty: Optional[float] = _f(None, "Added to the reward of answers that end without EOS.")
     kl_ctl: float = _f(0.1, "Coefficient of the per-token KL penalty to the reference.")
     remove_kl_penalty: bool = _f(False, "No KL penalty and no reference model.")
     adaptive_kl: bool = _f(False, "Adapt kl_ctl towards --target_kl (Ziegler et al. 2019).")
     target_kl: float = _f(6.0, "Target KL per sequence for --adaptive_kl.")
     kl_horizon: int = _f(10000, "Horizon (in sequences) of the adaptive KL controller.")
-    clip_reward_value: float = _f(5.0, "Clip the sequence reward to +-this value.")
+    clip_reward_value: float = _f(5.0, "Clip the combined sequence reward to +-this value (after "
+                                       "--missing_eos_penalty, before --reward_normalization and the group "
+                                       "estimators' baselines; their advantages are never clipped).")
     gamma: float = _f(1.0, "GAE discount.")
     lam: float = _f(0.95, "GAE lambda.")
     cliprange: float = _f(0.2, "PPO policy ratio clip epsilon.")
@@ -781,11 +787,14 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                            "reward).", choices=["k1", "k2", "k3"])
     use_kl_in_reward: Optional[bool] = _opt_bool("Subtract --kl_ctl x KL from the per-token reward (default: on, "
                                                  "off with --use_kl_loss).")
-    loss_agg_mode: str = _f("token-mean", "How per-token policy and KL losses are reduced: token-mean, "
-                                          "seq-mean-token-mean, seq-mean-token-sum, or seq-mean-token-sum-norm "
-                                          "(token sums over --max_answer_seq_len, Dr. GRPO).",
-                            choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                     "seq-mean-token-sum-norm"])
+    loss_agg_mode: Optional[str] = _f(None, "How per-token policy and KL losses are reduced over an optimizer "
+                                            "step (all its micro-batches and ranks): token-mean, "
+                                            "seq-mean-token-mean, seq-mean-token-sum, or seq-mean-token-sum-norm "
+                                            "(token sums over --max_answer_seq_len, Dr. GRPO); seq-mean modes "
+                                            "average over the rows that train (default: seq-mean-token-sum-norm "
+                                            "for dr_grpo, which needs it, else token-mean).",
+                                      choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                                               "seq-mean-token-sum-norm"])
     drop_uniform_groups: bool = _f(False, "Leave out of the update the samples of prompts whose samples all got the "
                                           "same reward (DAPO's filter; needs --num_samples_per_prompt > 1 or "
                                           "--dynamic_sampling).")
@@ -798,9 +807,11 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     whiten_rewards: Optional[bool] = _opt_bool("The fork's name: true = --reward_normalization queue, false = "
                                               "none.")
     reward_queue_size: int = _f(1024, "FIFO size for --reward_normalization queue.")
-    whiten_advantages: bool = _f(True, "Whiten advantages per generation batch (gae, rloo); reinforce_pp whitens "
-                                       "over the whole round on all ranks; grpo's are normalised per group.",
-                                 aliases=("whiten_critic_values",))
+    whiten_advantages: Optional[bool] = _opt_bool("Whiten advantages over the rows that train: per generation "
+                                                  "batch (gae, rloo) or over the whole round on all ranks "
+                                                  "(reinforce_pp); grpo's are normalised per group (default: on "
+                                                  "for gae and reinforce_pp, off for rloo, as TRL's and verl's "
+                                                  "RLOO).", aliases=("whiten_critic_values",))
     shuffle_reward_score_randomly: bool = _f(False, "Ablation: permute the sequence rewards within each "
                                                     "generation batch (seeded).")
     critic_go_first_steps: int = _f(0, "Train only the critic (one pass) on the first N rounds of the first "
@@ -906,6 +917,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.reward_normalization = "queue" if self.whiten_rewards else "none"
         if not 0 < self.temperature:
             raise ConfigError("--temperature must be > 0")
+        if self.rollout_is_cap is not None and not 1 <= self.rollout_is_cap < float("inf"):
+            raise ConfigError("--rollout_is_cap must be a finite number >= 1")
         if self.dynamic_sampling and self.temperature != 1.0:
             self.note("--temperature", "ESRL sets each prompt's temperature (--esrl_temperature_min/max)")
         self.check_esrl()
@@ -939,12 +952,22 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         est = self.advantage_estimator
         if est == "dr_grpo":
             self.norm_adv_by_std_in_grpo = False
+            if self.loss_agg_mode not in (None, "seq-mean-token-sum-norm"):
+                raise ConfigError(f"--advantage_estimator dr_grpo aggregates with seq-mean-token-sum-norm (Dr. "
+                                  f"GRPO), not --loss_agg_mode {self.loss_agg_mode}; use grpo with "
+                                  f"--norm_adv_by_std_in_grpo false for that")
+            self.loss_agg_mode = "seq-mean-token-sum-norm"
+        if self.loss_agg_mode is None:
+            self.loss_agg_mode = "token-mean"
         est = aliases.get(est, est) or ("rloo" if self.remove_critic_model else "gae")
         if est == "gae" and self.remove_critic_model:
             raise ConfigError("--advantage_estimator gae needs the critic (drop --remove_critic_model and "
                               "--reward_type seq, or choose grpo, rloo or reinforce_pp)")
         self.advantage_estimator = est
         self.remove_critic_model = est != "gae"
+        if self.whiten_advantages is None:
+            # RLOO's leave-one-out baseline already centres its advantages; TRL and verl do not whiten them
+            self.whiten_advantages = est in ("gae", "reinforce_pp")
         if self.num_samples_per_prompt < 1:
             raise ConfigError("--num_samples_per_prompt must be >= 1")
         if est in ("grpo", "rloo") and self.num_samples_per_prompt < 2 and not self.dynamic_sampling:

@@ -1,9 +1,19 @@
-"""Batched generation with left-padded prompts; answers cut at the first EOS."""
+"""Batched generation with left-padded prompts; answers cut at the first stop id.
+
+Step 3 samples through `sample`, from one `SamplingSpec` built from its flags and nothing else:
+`generate` would otherwise start from the checkpoint's own `generation_config` (Qwen2.5-Instruct
+ships repetition_penalty 1.05; others set no_repeat_ngram_size, min_new_tokens, suppress_tokens)
+and sample from a distribution the teacher-forced log-probs never see. Per-row temperature,
+top-k and top-p run as our own logits processors, the last of which records each sampled token's
+log-prob under the distribution it was drawn from.
+"""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
 from .data.collate import pad_right
 from .data.sft import encode_prompts
@@ -78,3 +88,132 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
             answers.append(tokenizer.decode(seq, skip_special_tokens=True))
     model.train(was_training)
     return answers
+
+
+# generation_config fields that change which token is drawn; step 3 ignores every one of them
+SAMPLING_FIELDS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
+                   "eta_cutoff", "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
+                   "encoder_no_repeat_ngram_size", "bad_words_ids", "min_length", "min_new_tokens",
+                   "suppress_tokens", "begin_suppress_tokens", "sequence_bias", "forced_bos_token_id",
+                   "forced_eos_token_id", "exponential_decay_length_penalty", "renormalize_logits",
+                   "guidance_scale", "max_length", "max_new_tokens")
+
+
+def ignored_generation_settings(generation_config) -> dict:
+    """The sampling-relevant fields a model's `generation_config` sets away from transformers'
+    defaults: what `sample` leaves out (to name once at start-up)."""
+    if generation_config is None:
+        return {}
+    default = GenerationConfig()
+    return {k: getattr(generation_config, k) for k in SAMPLING_FIELDS
+            if getattr(generation_config, k, None) != getattr(default, k, None)}
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How step 3 draws answers, from its flags alone. `temperature`, `top_k` (0: off) and `top_p`
+    (1: off) apply to sampling; `greedy` takes the argmax instead."""
+    max_new_tokens: int
+    stop_ids: tuple[int, ...]
+    pad_id: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+
+    def generation_config(self, cache_implementation: str | None = None) -> GenerationConfig:
+        """A fresh config with no sampling processor of transformers' own (ours run instead)."""
+        cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=not self.greedy, temperature=1.0,
+                               top_k=None, top_p=1.0, pad_token_id=self.pad_id, use_cache=True,
+                               eos_token_id=list(self.stop_ids) if len(self.stop_ids) > 1 else self.stop_ids[0])
+        if cache_implementation:
+            cfg.cache_implementation = cache_implementation
+        return cfg
+
+
+class RowTemperature(LogitsProcessor):
+    """Divide each row's next-token logits by its own temperature. temps: [B]."""
+
+    def __init__(self, temps: torch.Tensor):
+        self.temps = temps
+
+    def __call__(self, input_ids, scores):
+        return scores / self.temps.to(scores.device, scores.dtype)[:, None]
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records log p(token) of each drawn token under the distribution it was drawn from (the
+    scores after every other processor), holding one step's [B, V] log-softmax at a time: the token
+    drawn from step t's scores is the last of the ids step t+1 sees, and the final one is read from
+    the finished sequences (`result`)."""
+
+    def __init__(self):
+        self.pending: torch.Tensor | None = None   # [B, V] log-softmax of the latest step
+        self.drawn: list[torch.Tensor] = []        # [B] per generated token but the latest
+
+    def __call__(self, input_ids, scores):
+        if self.pending is not None:
+            self.drawn.append(self.pending.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def result(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[B, N] log-probs of the N generated tokens `new_tokens` [B, N]."""
+        steps = list(self.drawn)
+        if self.pending is not None and len(steps) < new_tokens.shape[1]:
+            steps.append(self.pending.gather(1, new_tokens[:, len(steps):len(steps) + 1]).squeeze(1))
+        if not steps:
+            return torch.zeros(new_tokens.shape, dtype=torch.float32, device=new_tokens.device)
+        return torch.stack(steps, 1)
+
+
+@dataclass
+class Drawn:
+    """What `sample` returns: prompts left-padded to width P, answers right-padded, each cut after
+    its first stop id (kept)."""
+    sequences: torch.Tensor       # [B, S] long, S = P + N
+    attention_mask: torch.Tensor  # [B, S] long
+    answers: list[list[int]]      # answer ids per row, the stop id kept when generated
+    logprobs: torch.Tensor        # [B, N] each answer token's log-prob as drawn (0 past the answer)
+    prompt_len: int               # P
+
+
+@torch.no_grad()
+def sample(model, prompt_ids: list[list[int]], spec: SamplingSpec, temps: torch.Tensor | None = None, *,
+           device, synced_gpus: bool = False, cache_implementation: str | None = None) -> Drawn:
+    """Draw one answer per prompt with `spec` (temps: [B] per-row temperatures; default
+    spec.temperature): KV cache, no autograd graph, nothing from the model's generation_config."""
+    ids, mask = left_pad(prompt_ids, spec.pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    B, P = ids.shape
+    recorder = SampledLogprobs()
+    processors = LogitsProcessorList()
+    if not spec.greedy:
+        if temps is None:
+            temps = torch.full((B,), float(spec.temperature))
+        processors.append(RowTemperature(temps))
+        if spec.top_k:
+            processors.append(TopKLogitsWarper(spec.top_k))
+        if spec.top_p < 1.0:
+            processors.append(TopPLogitsWarper(spec.top_p))
+    processors.append(recorder)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=spec.generation_config(
+        cache_implementation), use_model_defaults=False, logits_processor=processors, synced_gpus=synced_gpus)
+    new = out[:, P:]
+    drawn = recorder.result(new)
+    stops = set(spec.stop_ids)
+    answers = []
+    for row in new.tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        answers.append(row[:end])
+    N = max(1, max(len(a) for a in answers))
+    ans = torch.full((B, N), spec.pad_id, dtype=torch.long)
+    amask = torch.zeros((B, N), dtype=torch.long)
+    lp = torch.zeros((B, N), dtype=torch.float32)
+    for i, a in enumerate(answers):
+        ans[i, :len(a)] = torch.tensor(a, dtype=torch.long)
+        amask[i, :len(a)] = 1
+        lp[i, :len(a)] = drawn[i, :len(a)].cpu()
+    seq = torch.cat([ids.cpu(), ans], 1).to(device)
+    attn = torch.cat([mask.cpu(), amask], 1).to(device)
+    return Drawn(seq, attn, answers, lp.to(device), P)

@@ -43,6 +43,21 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss_sum, (target != IGNORE_INDEX).sum()
 
 
+def prompt_lm_mask(attention_mask: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """The predictions of step 3's pretraining loss without a dataset (the fork's, on the prompts):
+    position t counts when token t and token t+1 are both real prompt tokens, so a left-pad position
+    is never trained to predict the first token.
+
+    Args:
+        attention_mask: [B, S] 1 on real tokens (prompts left-padded, answers right-padded).
+        action_mask: [B, S-1] 1 where token t+1 is an answer token.
+    Returns:
+        [B, S-1] float mask over next-token predictions.
+    """
+    real = attention_mask.float()
+    return real[:, :-1] * real[:, 1:] * (1 - action_mask.float())
+
+
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
     """Log-probability of each sequence's labelled tokens (the response).
 
@@ -252,15 +267,16 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
 
 
 def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                         end_rewards: torch.Tensor, kl_ctl: float, clip_reward_value: float,
+                         end_rewards: torch.Tensor, kl_ctl: float,
                          kl_kind: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards r_t = -kl_ctl * kl_t on every answer token, kl_t = `kl_estimate` (k1: log pi -
-    log ref), plus the sequence reward (clipped to +-clip_reward_value) on the last answer token.
+    log ref), plus the sequence reward on the last answer token, as given: a group estimator's shaped
+    value (an advantage) must not be clipped, so the raw reward is clipped before any shaping.
 
     Args:
         logprobs, ref_logprobs: [B, T] log-probs of the taken tokens (actor at sampling time, reference).
         mask: [B, T] 1 on answer tokens (each row's answer is contiguous).
-        end_rewards: [B] scalar reward per sequence.
+        end_rewards: [B] (shaped) scalar reward per sequence.
     Returns:
         (rewards [B, T], kl [B, T]) with zeros outside the mask.
     """
@@ -268,9 +284,8 @@ def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mas
     kl = kl_estimate(logprobs, ref_logprobs, kl_kind) * m
     rewards = -kl_ctl * kl
     last = (m * torch.arange(m.shape[1], device=m.device)).argmax(1)
-    clipped = end_rewards.to(rewards.dtype).clamp(-clip_reward_value, clip_reward_value)
     rewards = rewards.clone()
-    rewards[torch.arange(m.shape[0], device=m.device), last] += clipped * (m.sum(1) > 0)
+    rewards[torch.arange(m.shape[0], device=m.device), last] += end_rewards.to(rewards.dtype) * (m.sum(1) > 0)
     return rewards, kl
 
 
@@ -300,21 +315,41 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * m
 
 
-def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
-                   horizon: int | None = None) -> torch.Tensor:
-    """Reduce per-token losses to one number (verl's names for the modes):
+def aggregation_count(mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+    """What `aggregate_loss` divides by: the loss tokens (token-mean) or the rows with any loss token
+    (seq-mean-*; a row left out of the loss counts in no mean). Known before the forward, and additive
+    over micro-batches and ranks, so an optimizer step divides by the count of all its rows.
 
-    token-mean               sum_bt l * m / sum_bt m          every token weighs the same (PPO, DAPO)
-    seq-mean-token-mean      mean_b (sum_t l * m / sum_t m)    every sequence weighs the same (GRPO paper)
-    seq-mean-token-sum       mean_b sum_t l * m                long answers weigh more
-    seq-mean-token-sum-norm  mean_b (sum_t l * m) / horizon    Dr. GRPO: a constant, not the length, divides
+    Args: mask: [B, T]. Returns: [] float.
+    """
+    m = mask.float()
+    if mode == "token-mean":
+        return m.sum()
+    if mode not in ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+        raise ValueError(f"unknown loss aggregation {mode!r}")
+    return (m.sum(-1) > 0).float().sum()
+
+
+def aggregate_loss_sum(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+                       horizon: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses as (sum, count), the reduced loss being sum / count (verl's names for the modes):
+
+    mode                     sum                             count
+    token-mean               sum_bt l * m                    sum_bt m          every token weighs the same (PPO, DAPO)
+    seq-mean-token-mean      sum_b (sum_t l * m / sum_t m)   rows that train   every sequence weighs the same (GRPO)
+    seq-mean-token-sum       sum_b sum_t l * m               rows that train   long answers weigh more
+    seq-mean-token-sum-norm  sum_b (sum_t l * m) / horizon   rows that train   Dr. GRPO: a constant, not the length
+
+    Sums and counts add up over micro-batches and ranks: an accumulation window divides the sum of its
+    sums by the sum of its counts and equals one batch of all its rows.
 
     Args: loss, mask: [B, T]; horizon: the constant of the last mode (the answer budget).
-    Returns: [] the reduced loss.
+    Returns: (sum [], count []).
     """
     m = mask.to(loss.dtype)
+    count = aggregation_count(mask, mode)
     if mode == "token-mean":
-        return masked_mean(loss, m)
+        return (loss * m).sum(), count
     per_seq = (loss * m).sum(-1)
     if mode == "seq-mean-token-mean":
         per_seq = per_seq / m.sum(-1).clamp_min(1)
@@ -322,35 +357,58 @@ def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-me
         if not horizon:
             raise ValueError("seq-mean-token-sum-norm needs a horizon")
         per_seq = per_seq / horizon
-    elif mode != "seq-mean-token-sum":
-        raise ValueError(f"unknown loss aggregation {mode!r}")
-    return per_seq.mean()
+    return per_seq.sum(), count
 
 
-def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, cliprange: float, cliprange_high: float | None = None,
-                    agg_mode: str = "token-mean", horizon: int | None = None
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise.
+def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+                   horizon: int | None = None) -> torch.Tensor:
+    """Per-token losses [B, T] reduced to one number [] by `aggregate_loss_sum`'s mode: its sum / count."""
+    total, count = aggregate_loss_sum(loss, mask, mode, horizon)
+    return total / count.clamp_min(1)
 
-    pg_loss = agg_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1-eps_low, 1+eps_high)), ratio = exp(logp - old_logp);
-    eps_low = cliprange, eps_high = cliprange_high (default: cliprange; DAPO raises it, "clip-higher").
-    Args: [B, T] tensors; mask 1 on answer tokens; agg_mode, horizon: as `aggregate_loss`.
-    Returns: (pg_loss [], {"clipfrac", "approx_kl", "ratio"}) where approx_kl = mean((ratio - 1) - log ratio).
+
+def ppo_policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, cliprange: float, cliprange_high: float | None = None,
+                        agg_mode: str = "token-mean", horizon: int | None = None,
+                        weights: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise, in sum form.
+
+    l_t = w_t * max(-A_t * ratio_t, -A_t * clip(ratio_t, 1-eps_low, 1+eps_high)), ratio = exp(logp - old_logp);
+    eps_low = cliprange, eps_high = cliprange_high (default: cliprange; DAPO raises it, "clip-higher");
+    w_t = `weights` (e.g. truncated importance-sampling ratios; no gradient; default 1).
+    Args: [B, T] tensors; mask 1 on the tokens in the loss; agg_mode, horizon: as `aggregate_loss_sum`.
+    Returns: (pg_sum [], count [], token sums {"clipfrac", "approx_kl", "ratio"} []) where pg_loss =
+    pg_sum / count and each statistic's mean is its sum / mask.sum(); approx_kl sums (ratio - 1) - log ratio.
     """
     high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
-    pg_loss = aggregate_loss(torch.max(pg_losses, pg_losses2), mask, agg_mode, horizon)
+    per_token = torch.max(pg_losses, pg_losses2)
+    if weights is not None:
+        per_token = per_token * weights.detach()
+    pg_sum, count = aggregate_loss_sum(per_token, mask, agg_mode, horizon)
     with torch.no_grad():
+        m = mask.to(ratio.dtype)
         stats = {
-            "clipfrac": masked_mean((pg_losses2 > pg_losses).float(), mask),
-            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
-            "ratio": masked_mean(ratio, mask),
+            "clipfrac": ((pg_losses2 > pg_losses).to(m.dtype) * m).sum(),
+            "approx_kl": (((ratio - 1) - log_ratio) * m).sum(),
+            "ratio": (ratio * m).sum(),
         }
-    return pg_loss, stats
+    return pg_sum, count, stats
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, cliprange: float, cliprange_high: float | None = None,
+                    agg_mode: str = "token-mean", horizon: int | None = None,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`ppo_policy_loss_sum` of one batch, reduced: (pg_loss [], {"clipfrac", "approx_kl", "ratio"} token means)."""
+    pg_sum, count, sums = ppo_policy_loss_sum(logprobs, old_logprobs, advantages, mask, cliprange, cliprange_high,
+                                              agg_mode, horizon, weights)
+    n = mask.float().sum().clamp_min(1)
+    return pg_sum / count.clamp_min(1), {k: v / n for k, v in sums.items()}
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
@@ -373,16 +431,30 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
     raise ValueError(f"unknown KL estimator {kind!r}")
 
 
+def ppo_value_loss_sum(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped value loss in sum form: 0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2) summed over the
+    masked tokens.
+
+    Args: [B, T] tensors. Returns: (vf_sum [], clipped tokens [] (no gradient), tokens []); the token
+    mean vf_loss is vf_sum / tokens.
+    """
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    l1, l2 = (values - returns) ** 2, (clipped - returns) ** 2
+    m = mask.to(values.dtype)
+    vf_sum = 0.5 * (torch.max(l1, l2) * m).sum()
+    return vf_sum, ((l2 > l1).to(m.dtype) * m).sum().detach(), m.sum()
+
+
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                    cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss: 0.5 * mean max((V - R)^2, (clip(V, V_old +- eps) - R)^2).
 
     Args: [B, T] tensors. Returns: (vf_loss [], vf_clipfrac []).
     """
-    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    l1, l2 = (values - returns) ** 2, (clipped - returns) ** 2
-    vf_loss = 0.5 * masked_mean(torch.max(l1, l2), mask)
-    return vf_loss, masked_mean((l2 > l1).float(), mask).detach()
+    vf_sum, clipped, n = ppo_value_loss_sum(values, old_values, returns, mask, cliprange_value)
+    n = n.clamp_min(1)
+    return vf_sum / n, clipped / n
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -428,7 +500,8 @@ def group_baseline(rewards: torch.Tensor, groups: list[int], fallback: float) ->
 def grpo_advantages(rewards: torch.Tensor, groups: list[int], scale_by_std: bool = True,
                     eps: float = 1e-6, fallback: float | None = None) -> torch.Tensor:
     """GRPO's group-normalised sequence advantage (Shao et al. 2024, eq. 3):
-    A_i = (r_i - mean_g r) / (std_g r + eps) over the samples of i's prompt (population std);
+    A_i = (r_i - mean_g r) / (std_g r + eps) over the samples of i's prompt, with the unbiased (Bessel,
+    n - 1) std as TRL, verl and OpenRLHF compute it;
     scale_by_std=False leaves out the division (Dr. GRPO, Liu et al. 2025). A group of one has no
     mean to compare with: its advantage is r_i - fallback (0 without one), as in `group_baseline`.
 
@@ -439,8 +512,8 @@ def grpo_advantages(rewards: torch.Tensor, groups: list[int], scale_by_std: bool
     mean = same @ rewards / n
     centred = rewards - mean
     if scale_by_std:
-        var = same @ (rewards ** 2) / n - mean ** 2
-        centred = centred / (var.clamp_min(0).sqrt() + eps)
+        var = (same * (rewards[None, :] - mean[:, None]) ** 2).sum(1) / (n - 1).clamp_min(1)
+        centred = centred / (var.sqrt() + eps)
     lone = torch.zeros_like(rewards) if fallback is None else rewards - fallback
     return torch.where(n > 1, centred, lone)
 
@@ -460,3 +533,13 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) 
     """
     out, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)
     return out
+
+
+def truncated_is_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights min(pi_old / pi_rollout, cap) per token (Yao et al. 2025, "Your
+    efficient RL framework secretly brings you off-policy RL training"): what corrects the policy
+    gradient for a sampler whose distribution differs from the recomputed one. No gradient.
+
+    Args: old_logprobs, rollout_logprobs: [B, T]. Returns: [B, T].
+    """
+    return torch.exp(old_logprobs - rollout_logprobs).clamp(max=cap).detach()

@@ -159,13 +159,28 @@ def _prepare(model: nn.Module, tokenizer, disable_dropout_: bool, gradient_check
     return model
 
 
+def stop_ids(model, tokenizer) -> tuple[int, ...]:
+    """Every id that ends an answer: the tokenizer's EOS first, then each EOS the model's
+    generation config or config declares (Llama-3.1: 128001, 128008, 128009; Qwen2.5-Instruct:
+    151645, 151643)."""
+    ids = [tokenizer.eos_token_id]
+    for holder in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        declared = getattr(holder, "eos_token_id", None)
+        ids += declared if isinstance(declared, (list, tuple)) else [declared]
+    return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+
 def _align_special_ids(model: nn.Module, tokenizer) -> None:
+    """pad and EOS as the tokenizer has them; the other stop ids the model declares stay (after the
+    tokenizer's EOS), so a model with several (Llama-3.1, Qwen2.5-Instruct) still stops at each."""
+    ids = stop_ids(model, tokenizer)
+    eos = list(ids) if len(ids) > 1 else ids[0]
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.eos_token_id = eos
     gc = getattr(model, "generation_config", None)
     if gc is not None:
         gc.pad_token_id = tokenizer.pad_token_id
-        gc.eos_token_id = tokenizer.eos_token_id
+        gc.eos_token_id = eos
     emb = model.get_input_embeddings()
     rows = emb.weight.shape[0] if emb.weight.dim() == 2 and emb.weight.numel() else model.config.vocab_size
     if len(tokenizer) > rows:

@@ -147,7 +147,7 @@ def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
             ref_lp = logprobs(ref, seq, attn, P - 1)
             old_values = token_values(critic, seq, attn)[:, P - 1:-1]
             score = end_scores(token_values(reward, seq, attn), attn)
-            rewards, _ = kl_penalized_rewards(old, ref_lp, act, score, 0.1, 5.0)
+            rewards, _ = kl_penalized_rewards(old, ref_lp, act, score.clamp(-5.0, 5.0), 0.1)
             adv, ret = gae(rewards, old_values, act, 1.0, 0.95)
         for mb in torch.arange(len(seq)).split(a.batch // 2):
             lp = logprobs(actor, seq[mb], attn[mb], P - 1)

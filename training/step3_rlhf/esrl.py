@@ -3,7 +3,9 @@ Generation"): dynamic sampling driven by an estimate of the model's capability p
 spending a group budget (GRPO's --num_samples_per_prompt) where the samples teach.
 
 Capability of prompt x, in [0, 1] (README "ESRL" has the same formulas):
-    conf(x)  = exp(mean log pi(y_t | x, y_<t)) over the answer tokens of its first-pass samples
+    conf(x)  = exp(mean_t log sum_v pi(v | x, y_<t)^2) over the answer positions of its first-pass
+               samples, pi at temperature 1 (`answer_confidence`: the expected probability of the
+               model's own next token, which the sampling temperature does not move)
     score(x) = sigmoid((R(x) - mu_R) / (sigma_R + 1e-8)), R(x) its mean first-pass reward and mu_R,
                sigma^2_R moving averages of each batch's mean and variance of prompt rewards
     c(x)     = w * conf(x) + (1 - w) * score(x),   w = --esrl_confidence_weight
@@ -48,10 +50,20 @@ def temperatures(capability: torch.Tensor, t_min: float, t_max: float) -> torch.
     return t_min + capability.clamp(0, 1) * (t_max - t_min)
 
 
-def sequence_confidence(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """exp(mean log-prob of the answer tokens): the geometric-mean token probability. [B, T] -> [B]."""
-    m = mask.to(logprobs.dtype)
-    return torch.exp((logprobs * m).sum(1) / m.sum(1).clamp_min(1))
+def answer_confidence(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """exp(mean_t log sum_v pi(v | x, y_<t)^2) over the answer positions: the geometric mean of the
+    probability the model (at temperature 1) expects its own next token to have, E_{v~pi}[pi(v)],
+    along each sample's prefixes. ESRL's confidence is the sample's generation probability; that of
+    the sampled token itself rises when ESRL samples a prompt cooler (the draws keep to the modes),
+    so a hard prompt drawn cold would look sure and be eliminated first. The expectation does not
+    depend on the temperature that drew the token.
+
+    logits: [B, T, V] next-token logits at temperature 1; mask: [B, T] 1 on answer positions.
+    Returns [B].
+    """
+    m = mask.to(torch.float32)
+    log_collision = torch.logsumexp(2 * torch.log_softmax(logits.float(), dim=-1), dim=-1)   # log sum p^2
+    return torch.exp((log_collision * m).sum(1) / m.sum(1).clamp_min(1))
 
 
 def kept_count(n: int, ratio: float) -> int:

@@ -97,6 +97,7 @@ class PPORecipe:
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / len(batches)
         self.maker.finish_round(exps)
+        stats.update(self.maker.mismatch_stats(exps))
         step = self.position.step
         stats.update(self.updater.train_on(exps, step, critic_only=step < cfg.critic_go_first_steps))
         stats.update({f"count/{k}": v for k, v in self.maker.counters.items()})

@@ -16,96 +16,21 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList
 
-from training.step3_rlhf.esrl import (CapabilityEstimator, allocate, eliminate, kept_count, prompt_stats,
-                                     sampling_need, second_pass_size, sequence_confidence, skipped, temperatures)
+from training.step3_rlhf.esrl import (CapabilityEstimator, allocate, answer_confidence, eliminate, kept_count,
+                                     prompt_stats, sampling_need, second_pass_size, skipped, temperatures)
+from training.step3_rlhf.experience import Experience, Samples, take
 from utils import distributed as dist
 from utils.data import IGNORE_INDEX, Example
 from utils.data.rlhf import PromptExample
-from utils.generation import generation_model, left_pad
+from utils.generation import SamplingSpec, generation_model, ignored_generation_settings, sample
 from utils.losses import (adaptive_kl_coef, gae, group_baseline, grpo_advantages, kl_penalized_rewards,
                           masked_moments, reward_to_go, standardize, token_logprobs, uniform_groups, whiten)
-from utils.models import lm_logits, token_values
+from utils.models import lm_logits, stop_ids, token_values
 from utils.rewards import RewardInputs, combine
-
-
-def take(v, idx: list[int]):
-    """Rows `idx` of a tensor (first dimension), a list, or each tensor of a dict."""
-    if isinstance(v, dict):
-        return {k: take(x, idx) for k, x in v.items()}
-    return [v[i] for i in idx] if isinstance(v, list) else v[idx]
-
-
-@dataclass
-class Experience:
-    """One generation batch. S = prompt length (left-padded) + answer length (right-padded);
-    position t of the [B, S-1] tensors is the prediction of token t+1."""
-    sequences: torch.Tensor       # [B, S] long
-    attention_mask: torch.Tensor  # [B, S] long
-    action_mask: torch.Tensor     # [B, S-1] float, 1 where token t+1 is an answer token (EOS included)
-    loss_mask: torch.Tensor       # [B, S-1] float, action_mask less the rows left out of the update
-                                  #   (--drop_uniform_groups, ESRL's skipped prompts)
-    logprobs: torch.Tensor        # [B, S-1] actor log-probs when sampled ("old")
-    ref_logprobs: torch.Tensor    # [B, S-1] reference log-probs
-    values: torch.Tensor          # [B, S-1] critic values when sampled (zeros without a critic)
-    rewards: torch.Tensor         # [B, S-1] KL-penalised per-token rewards
-    advantages: torch.Tensor      # [B, S-1]
-    returns: torch.Tensor         # [B, S-1]
-    end_rewards: torch.Tensor     # [B] combined sequence reward, before clipping
-    prompt_index: list[int]       # which PromptExample each row came from
-    sft_examples: list            # [B] the --add_sft_loss target of each row (Example or None)
-
-    def rows(self, idx: list[int]) -> "Experience":
-        return Experience(**{f.name: take(getattr(self, f.name), idx) for f in fields(self)})
-
-
-@dataclass
-class Samples:
-    """Sampled and scored rows of one generation batch, laid out as in `Experience` (prompts
-    left-padded to width P, answers right-padded)."""
-    prompts: list[PromptExample]
-    prompt_index: list[int]       # which PromptExample each row came from
-    rows: list[int]               # each row's prompt position in the generation batch
-    answers: list[list[int]]      # answer ids (EOS kept when generated)
-    sequences: torch.Tensor       # [B, S] long
-    attention_mask: torch.Tensor  # [B, S] long
-    action_mask: torch.Tensor     # [B, S-1] float
-    logprobs: torch.Tensor        # [B, S-1] the actor's, when sampled
-    scores: dict                  # reward source name -> [B] scores
-    raws: dict                    # name -> [B] unnormalised scores of the sources that normalise
-    base: torch.Tensor            # [B] combined reward + --reward_bias (no EOS penalty yet)
-    prompt_len: int               # P
-
-    def take(self, idx: list[int]) -> "Samples":
-        return Samples(**{f.name: take(getattr(self, f.name), idx) for f in fields(self) if f.name != "prompt_len"},
-                       prompt_len=self.prompt_len)
-
-    def widened(self, prompt_len: int, width: int, pad_id: int) -> "Samples":
-        """The same rows with prompts left-padded to `prompt_len` and sequences right-padded to `width`
-        (the [B, S-1] tensors shift with them, so each value stays with its token)."""
-        left = prompt_len - self.prompt_len
-        pad = (left, width - left - self.sequences.shape[1])
-        return Samples(self.prompts, self.prompt_index, self.rows, self.answers,
-                       F.pad(self.sequences, pad, value=pad_id), F.pad(self.attention_mask, pad),
-                       F.pad(self.action_mask, pad), F.pad(self.logprobs, pad), self.scores, self.raws, self.base,
-                       prompt_len)
-
-    @staticmethod
-    def cat(a: "Samples", b: "Samples", pad_id: int) -> "Samples":
-        """a's rows, then b's, in one layout."""
-        P = max(a.prompt_len, b.prompt_len)
-        width = P + max(x.sequences.shape[1] - x.prompt_len for x in (a, b))
-        a, b = a.widened(P, width, pad_id), b.widened(P, width, pad_id)
-        return Samples(a.prompts + b.prompts, a.prompt_index + b.prompt_index, a.rows + b.rows, a.answers + b.answers,
-                       *(torch.cat([getattr(a, k), getattr(b, k)]) for k in
-                         ("sequences", "attention_mask", "action_mask", "logprobs")),
-                       {k: torch.cat([a.scores[k], b.scores[k]]) for k in a.scores},
-                       {k: torch.cat([a.raws[k], b.raws[k]]) for k in a.raws}, torch.cat([a.base, b.base]), P)
 
 
 class AdaptiveKLController:
@@ -153,22 +78,17 @@ class RewardNormalizer:
         self.queue.extend(s["queue"])
 
 
-def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced pass over [B, S] sequences: (logits [B, S-start, V] of positions start.., the
-    log-prob of each next token [B, S-1], 0 before `start`). Only the answer's predictions are
-    used (start = P-1 for P prompt positions), so the LM head runs from there on."""
+def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 0,
+                     temperatures: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced pass over [B, S] sequences: (logits [B, S-start, V] of positions start.., divided
+    by each row's temperature [B] when given, and the log-prob of each next token under them
+    [B, S-1], 0 before `start`). Scoring at the temperature that sampled keeps old log-probs, the
+    ratio and the KL about the policy that drew the tokens. Only the answer's predictions are used
+    (start = P-1 for P prompt positions), so the LM head runs from there on."""
     logits = lm_logits(model, seq, attn, keep=seq.shape[1] - start)
+    if temperatures is not None:
+        logits = logits / temperatures.to(logits.device, logits.dtype)[:, None, None]
     return logits, F.pad(token_logprobs(logits, seq[:, start:]), (start, 0))
-
-
-class RowTemperature(LogitsProcessor):
-    """Divide each row's next-token logits by its own temperature (ESRL's per-prompt temperature)."""
-
-    def __init__(self, temps: torch.Tensor):
-        self.temps = temps
-
-    def __call__(self, input_ids, scores):
-        return scores / self.temps.to(scores.device, scores.dtype)[:, None]
 
 
 class ExperienceMaker:
@@ -188,6 +108,15 @@ class ExperienceMaker:
         self.counters = {"sampled_sequences": 0, "sampled_tokens": 0, "scored_sequences": 0}
         self.t_gen = 0.0   # seconds of generation in the batch in progress
         self.last_sample: tuple[str, str] | None = None   # (prompt, answer) of the latest round, for printing
+        actor = getattr(engine.actor, "module", engine.actor)
+        self.stops = stop_ids(actor, tokenizer)
+        self.spec = SamplingSpec(cfg.max_answer_seq_len, self.stops, tokenizer.pad_token_id, cfg.temperature,
+                                 cfg.top_k, cfg.top_p)
+        ignored = ignored_generation_settings(getattr(actor, "generation_config", None))
+        if ignored:
+            dist.print_rank0("[sampling] the actor's generation_config sets " +
+                             ", ".join(f"{k}={v}" for k, v in ignored.items()) + ": ignored; step 3 samples "
+                             "from --temperature, --top_p and --top_k alone, the distribution its log-probs score")
 
     def state_dict(self) -> dict:
         """The reward shaping's running state (equal on every rank) and this rank's counters."""
@@ -206,61 +135,54 @@ class ExperienceMaker:
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[PromptExample], temps: torch.Tensor | None = None, greedy: bool = False):
-        """Sample one answer per row (stage 1 of two-stage sampling: KV cache, no autograd graph).
-        temps: [B] per-row temperatures (default: --temperature for all); greedy: argmax decoding.
-        Returns (sequences [B,S], attention_mask [B,S], answer ids per row (EOS kept when
-        generated), prompt length P)."""
-        cfg, tok = self.cfg, self.tok
-        ids, mask = left_pad([p.prompt_ids for p in prompts], tok.pad_token_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        """Draw one answer per row with the sampling specification (stage 1 of two-stage sampling:
+        KV cache, no autograd graph). temps: [B] per-row temperatures (default: --temperature);
+        greedy: argmax decoding. Returns `utils.generation.Drawn`."""
+        cfg = self.cfg
+        spec = SamplingSpec(**{**self.spec.__dict__, "greedy": greedy})
         self.rlhf.actor.eval()
-        per_row = LogitsProcessorList([RowTemperature(temps)]) if temps is not None else None
-        sampling = {} if greedy else {"temperature": 1.0 if per_row else cfg.temperature, "top_p": cfg.top_p,
-                                      "top_k": cfg.top_k or None, "logits_processor": per_row}
-        if cfg.cache_implementation and not self.rlhf.hybrid:
-            sampling["cache_implementation"] = cfg.cache_implementation
         with generation_model(self.rlhf.actor, gather=cfg.ds3_gather_for_generation,
                               world_size=dist.world_size()) as (model, synced):
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_answer_seq_len,
-                                 do_sample=not greedy, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id, synced_gpus=synced, use_cache=True, **sampling)
+            drawn = sample(model, [p.prompt_ids for p in prompts], spec, temps, device=self.device,
+                           synced_gpus=synced,
+                           cache_implementation=None if self.rlhf.hybrid else cfg.cache_implementation)
         self.rlhf.actor.train()
-        P = ids.shape[1]
-        answers = []
-        for row in out[:, P:].tolist():
-            cut = row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
-            answers.append(cut)
-        N = max(1, max(len(a) for a in answers))
-        ans = torch.full((len(prompts), N), tok.pad_token_id, dtype=torch.long)
-        amask = torch.zeros((len(prompts), N), dtype=torch.long)
-        for i, a in enumerate(answers):
-            ans[i, :len(a)] = torch.tensor(a, dtype=torch.long)
-            amask[i, :len(a)] = 1
-        seq = torch.cat([ids.cpu(), ans], 1)
-        attn = torch.cat([mask.cpu(), amask], 1)
-        return seq.to(self.device), attn.to(self.device), answers, P
+        return drawn
 
     # -- experience ----------------------------------------------------------------------------
     def sample(self, prompts: list[PromptExample], prompt_index: list[int], rows: list[int],
                temps: torch.Tensor | None = None) -> Samples:
         """One pass of two-stage sampling over `rows` (positions in `prompts`, one per sample): generate
         with no graph (stage 1), one teacher-forced actor pass for the log-probs of every sampled token
-        (stage 2), then the reward sources. temps: [len(rows)] per-row temperatures, or None."""
+        at its row's temperature (stage 2), then the reward sources. temps: [len(rows)] per-row
+        temperatures, or None (--temperature)."""
         t = time.perf_counter()
         chosen = [prompts[r] for r in rows]
-        seq, attn, answers, P = self.generate(chosen, temps)
+        if temps is None:
+            temps = torch.full((len(rows),), float(self.cfg.temperature))
+        temps = temps.float()
+        d = self.generate(chosen, temps)
         self.t_gen += time.perf_counter() - t
+        seq, attn, P = d.sequences, d.attention_mask, d.prompt_len
         action_mask = attn[:, 1:].clone().float()
         action_mask[:, : P - 1] = 0
+        rollout_logprobs = F.pad(d.logprobs, (P - 1, 0))
         self.rlhf.eval()
-        _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1)
+        logits, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1, temps.to(self.device))
+        confidence = None
+        if self.esrl is not None:
+            # at temperature 1: ESRL's own temperature choice must not make a prompt look surer
+            confidence = answer_confidence(logits[:, :-1] * temps.to(logits.device, logits.dtype)[:, None, None],
+                                           action_mask[:, P - 1:]).cpu()
+        del logits
         self.counters["sampled_sequences"] += len(rows)
         self.counters["sampled_tokens"] += int(action_mask.sum())
-        inputs = self.reward_inputs(chosen, answers)
+        inputs = self.reward_inputs(chosen, d.answers)
         scores = {name: src(inputs) for name, src in self.sources.items()}
         raws = {name: src.raw for name, src in self.sources.items() if src.raw is not None}
-        return Samples(chosen, [prompt_index[r] for r in rows], list(rows), answers, seq, attn, action_mask, logprobs,
-                       scores, raws, combine(scores, self.weights) + self.cfg.reward_bias, P)
+        return Samples(chosen, [prompt_index[r] for r in rows], list(rows), d.answers, seq, attn, action_mask,
+                       temps.to(self.device), rollout_logprobs, logprobs, confidence, scores, raws,
+                       combine(scores, self.weights) + self.cfg.reward_bias, P)
 
     def sample_esrl(self, prompts: list[PromptExample], prompt_index: list[int]) -> tuple[Samples, torch.Tensor, dict]:
         """ESRL's two passes (esrl.py): --esrl_min_samples of every prompt, then the rest of the budget to
@@ -272,7 +194,7 @@ class ExperienceMaker:
         rows = [i for i in range(n) for _ in range(m)]
         s = self.sample(prompts, prompt_index, rows, temps[rows])
         mean, spread, agree = prompt_stats(self.with_eos_penalty(s.base, s.answers), rows, n)
-        conf = prompt_stats(sequence_confidence(s.logprobs, s.action_mask), rows, n)[0]
+        conf = prompt_stats(s.confidence, rows, n)[0]
         est.update(self._gather(dict(zip(prompt_index, conf.tolist()))),
                    self._gather(dict(zip(prompt_index, mean.tolist()))))
         capability = est.capability(prompt_index)
@@ -306,16 +228,18 @@ class ExperienceMaker:
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.counters["scored_sequences"])
             end = end[torch.randperm(len(end), generator=g)]
         end = self.with_eos_penalty(end, s.answers)
+        # the reward is clipped, never a shaped value: a group estimator's advantages keep summing to 0
+        clipped = end.clamp(-cfg.clip_reward_value, cfg.clip_reward_value)
         inputs = self.reward_inputs(s.prompts, s.answers)
         sft_examples = self.sft_targets(s.prompts, s.answers, inputs) if cfg.add_sft_loss else [None] * len(end)
         self.last_sample = (inputs.prompts[0], inputs.answers[0])
         # rewards, baselines and left-out groups over every sample; the passes below over the kept ones
-        shaped = self.shape_rewards(self.normalizer(end), s.prompt_index)
-        enter = self.loss_rows(end, s.prompt_index, skip, stats)
+        shaped = self.shape_rewards(self.normalizer(clipped), s.prompt_index)
+        enter = self.loss_rows(clipped, s.prompt_index, skip, stats)
         stats.update(self.reward_stats(s, end))
         keep = list(range(len(s.rows)))
         if self.esrl is not None:
-            conf = sequence_confidence(s.logprobs, s.action_mask).cpu()
+            conf = s.confidence
             keep = eliminate(conf, cfg.esrl_eliminate_ratio, ~enter).tolist()
             stats.update({"esrl/confidence": float(conf.mean()), "esrl/kept": len(keep) / len(s.rows)})
         exp, kl = self.experience(s.take(keep), end[keep], shaped[keep], enter[keep], take(sft_examples, keep))
@@ -334,7 +258,7 @@ class ExperienceMaker:
         cfg, P = self.cfg, s.prompt_len
         seq, attn, action_mask, logprobs = s.sequences, s.attention_mask, s.action_mask, s.logprobs
         if self.rlhf.ref is not None:
-            _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn, P - 1)
+            _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn, P - 1, s.temperatures)
         else:  # --remove_kl_penalty: no reference, so the KL term is exactly 0
             ref_logprobs = logprobs
         if self.rlhf.critic is not None:
@@ -344,16 +268,18 @@ class ExperienceMaker:
         self.rlhf.train()
         kl_ctl = self.kl.value if cfg.use_kl_in_reward else 0.0
         rewards, kl = kl_penalized_rewards(logprobs, ref_logprobs, action_mask, shaped.to(self.device), kl_ctl,
-                                           cfg.clip_reward_value, cfg.kl_estimator if cfg.use_kl_in_reward else "k1")
+                                           cfg.kl_estimator if cfg.use_kl_in_reward else "k1")
         if cfg.advantage_estimator == "gae":
             advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
         else:
             advantages = returns = reward_to_go(rewards, action_mask, cfg.gamma)
-        if cfg.whiten_advantages and cfg.advantage_estimator in ("gae", "rloo"):
-            advantages = whiten(advantages, action_mask)
         loss_mask = action_mask * enter.to(self.device, action_mask.dtype)[:, None]
-        return Experience(seq, attn, action_mask, loss_mask, logprobs, ref_logprobs, values, rewards, advantages,
-                          returns, end, list(s.prompt_index), sft_examples), kl
+        if cfg.whiten_advantages and cfg.advantage_estimator in ("gae", "rloo"):
+            # over the rows that train: rows left out must not move the mean and std of the others
+            advantages = whiten(advantages, loss_mask)
+        return Experience(seq, attn, action_mask, loss_mask, s.temperatures, s.rollout_logprobs, logprobs,
+                          ref_logprobs, values, rewards, advantages, returns, end, list(s.prompt_index),
+                          sft_examples), kl
 
     def loss_rows(self, end: torch.Tensor, prompt_index: list[int], skip: torch.Tensor, stats: dict) -> torch.Tensor:
         """[N] bool, the rows that enter the loss: all but the uniform groups (every sample one reward)
@@ -377,9 +303,25 @@ class ExperienceMaker:
                       "eos_rate": float(self.has_eos(s.answers).float().mean())})
         return stats
 
+    @staticmethod
+    def mismatch_stats(exps: list[Experience]) -> dict:
+        """How far the recomputed old log-probs are from those recorded while sampling, over the
+        answer tokens that train in the round, every rank's: rollout/logprob_diff_max and _mean of
+        |recorded - recomputed|. ~0 when sampling and scoring see one distribution (fp32: ~1e-6); with
+        --top_p / --top_k the recorded log-prob is of the truncated, renormalised distribution, so the
+        difference is log(1 / kept mass) where a step truncated."""
+        peak, total, count = 0.0, 0.0, 0.0
+        for e in exps:
+            d = (e.rollout_logprobs - e.logprobs).abs() * e.loss_mask
+            peak = max(peak, float(d.max()) if d.numel() else 0.0)
+            total, count = total + float(d.sum()), count + float(e.loss_mask.sum())
+        count = dist.all_reduce_sum(count)
+        return {"rollout/logprob_diff_max": dist.all_reduce_max(peak),
+                "rollout/logprob_diff_mean": dist.all_reduce_sum(total) / max(count, 1.0)}
+
     def has_eos(self, answers: list[list[int]]) -> torch.Tensor:
-        """[B] bool: the answer ended with EOS (within --max_answer_seq_len)."""
-        return torch.tensor([bool(a) and a[-1] == self.tok.eos_token_id for a in answers])
+        """[B] bool: the answer ended with a stop id (within --max_answer_seq_len)."""
+        return torch.tensor([bool(a) and a[-1] in self.stops for a in answers])
 
     def with_eos_penalty(self, end: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
         """Sequence rewards [B] plus --missing_eos_penalty on the answers that end without EOS."""
@@ -405,10 +347,10 @@ class ExperienceMaker:
         cfg = self.cfg
         if cfg.advantage_estimator != "reinforce_pp" or not cfg.whiten_advantages:
             return
-        moments = sum(masked_moments(e.advantages, e.action_mask) for e in exps)
+        moments = sum(masked_moments(e.advantages, e.loss_mask) for e in exps)
         moments = torch.tensor([dist.all_reduce_sum(v) for v in moments.tolist()], dtype=torch.float64)
         for e in exps:
-            e.advantages = whiten(e.advantages, e.action_mask, moments=moments)
+            e.advantages = whiten(e.advantages, e.loss_mask, moments=moments)
             e.returns = e.advantages
 
     def moving_baseline(self, end: torch.Tensor) -> float:
@@ -440,7 +382,7 @@ class ExperienceMaker:
 
     def reward_inputs(self, prompts: list[PromptExample], answers: list[list[int]]) -> RewardInputs:
         tok = self.tok
-        texts = [tok.decode([t for t in a if t != tok.eos_token_id], skip_special_tokens=True) for a in answers]
+        texts = [tok.decode([t for t in a if t not in self.stops], skip_special_tokens=True) for a in answers]
         return RewardInputs(prompts=[p.prompt for p in prompts], answers=texts,
                             references=[p.reference for p in prompts], sources=[p.source for p in prompts],
                             prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers,
@@ -469,7 +411,7 @@ class ExperienceMaker:
         for start in range(0, per_rank, bs):
             batch = [prompts[i] for i in mine[start:start + bs]]
             real = max(0, min(n_real - start, len(batch)))
-            _, _, answers, _ = self.generate(batch, greedy=True)
+            answers = self.generate(batch, greedy=True).answers
             inputs = self.reward_inputs(batch, answers)
             scores = {name: src.raw_scores(inputs).float().cpu() for name, src in self.sources.items()}
             scores["total"] = combine(scores, self.weights)
