@@ -40,7 +40,7 @@ def synthetic_round(cfg, tok, rlhf, n: int):
     1 and some clip), random advantages, values and returns; rows OUT_OF_LOSS out of the loss, every
     other row with an SFT target."""
     from training.step3_rlhf.experience import Experience
-    from training.step3_rlhf.rollout import forward_logprobs
+    from training.step3_rlhf.sampler import forward_logprobs
     from utils import distributed as dist
     from utils.data import IGNORE_INDEX, Example
 

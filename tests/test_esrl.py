@@ -178,7 +178,7 @@ def esrl_args(sft_dir, prompts, out, *extra):
 
 def one_round(argv):
     """Build the engine and trainer, run one round of experience; count what each pass saw."""
-    from training.step3_rlhf import rollout
+    from training.step3_rlhf import sampler as sampler_module
     from training.step3_rlhf.build import build_sources
     from training.step3_rlhf.rollout import ExperienceMaker
     from training.step3_rlhf.update import PPOUpdater
@@ -207,7 +207,8 @@ def one_round(argv):
     sources["reward"].fn = lambda **kw: (seen["reward"].append(len(kw["answers"])), rule(**kw))[1]
     trainer = ExperienceMaker(cfg, rlhf, tok, sources, weights)
     updater = PPOUpdater(cfg, rlhf, tok)
-    generate = trainer.generate
+    sampler = trainer.sampler
+    generate = sampler.generate
 
     def spy(*a, **kw):
         h = rlhf.actor.module.register_forward_hook(lambda *x: seen["grad_in_generate"].append(torch.is_grad_enabled()))
@@ -215,12 +216,12 @@ def one_round(argv):
             return generate(*a, **kw)
         finally:
             h.remove()
-    trainer.generate = spy
+    sampler.generate = spy
     # each pass's samples as sampled, and the rows elimination keeps
-    sample, samples, kept = trainer.sample, [], []
-    trainer.sample = lambda *a, **kw: (lambda s: (samples.append(s), s)[1])(sample(*a, **kw))
-    eliminate = rollout.eliminate
-    rollout.eliminate = lambda *a: (lambda k: (kept.append(k.tolist()), k)[1])(eliminate(*a))
+    draw, samples, kept = sampler.draw, [], []
+    sampler.draw = lambda *a, **kw: (lambda s: (samples.append(s), s)[1])(draw(*a, **kw))
+    eliminate = sampler_module.eliminate
+    sampler_module.eliminate = lambda *a: (lambda k: (kept.append(k.tolist()), k)[1])(eliminate(*a))
     exp, stats = trainer.make_experience(data[:8], list(range(8)))
     # a separate forward per row, without padding, must give the same log-probs
     diffs = []

@@ -259,6 +259,7 @@ def first_answer_succeeds(answers):
 def shaping_rounds(argv):
     """Three generation batches of two prompts x 64 samples, all scored by `first_answer_succeeds`
     (prompt 0's first sample succeeds, prompt 1's group is uniform), shaped three ways."""
+    from training.step3_rlhf.advantages import make_estimator
     from training.step3_rlhf.build import build
     from training.step3_rlhf.recipe import PPORecipe
     from utils.config import RLHFConfig, parse_config
@@ -274,6 +275,7 @@ def shaping_rounds(argv):
                                   "drop_uniform_groups": True})):
         for k, v in flags.items():
             setattr(cfg, k, v)
+        maker.estimator = make_estimator(cfg)
         exp, _ = maker.make_experience(parts.prompts[:2], [0, 1])
         out[name] = {k: getattr(exp, k).tolist() for k in ("advantages", "action_mask", "loss_mask", "end_rewards")}
     return out
@@ -363,3 +365,56 @@ def test_two_ranks_accumulate_exactly(sft_dir, prompts, one_rank, tmp_path):
         # two ranks of 8 rows step as one rank with all 16
         assert_same_update(r["one"], one_rank[mode]["all"], mode)
         assert r["two_stats"]["pg_loss"] == pytest.approx(r["one_stats"]["pg_loss"], abs=1e-6)
+
+
+def odd_prompts_vary(prompts, answers):
+    """A rule reward: 0 for every answer to a prompt of even length (its group is uniform), else the
+    answer's parity of position in the scoring call (groups of 2 get 0 and 1)."""
+    return [float(i % 2) if len(p) % 2 else 0.0 for i, p in enumerate(prompts)]
+
+
+def refill_round(argv):
+    from training.step3_rlhf.build import build
+    from training.step3_rlhf.recipe import PPORecipe
+    from utils.config import RLHFConfig, parse_config
+    from utils.run import start
+
+    cfg = parse_config(RLHFConfig, argv)
+    start(cfg)
+    parts = build(cfg)
+    maker = PPORecipe(cfg, parts).maker
+    batch = list(range(8))
+    exp, stats = maker.make_experience([parts.prompts[i] for i in batch], batch)
+    return {"prompt_index": exp.prompt_index, "end": exp.end_rewards.tolist(), "stats": stats,
+            "loss_rows": exp.loss_mask.sum(1).gt(0).tolist(), "sampled": maker.counters["sampled_sequences"],
+            "even": [len(parts.prompts[i].prompt) % 2 == 0 for i in range(len(parts.prompts))]}
+
+
+@pytest.mark.parametrize("passes", [3, 1])
+def test_refill_replaces_uniform_groups_with_new_prompts(sft_dir, prompts, tmp_path, passes):
+    """DAPO's dynamic sampling: the batch's uniform groups are replaced by groups of prompts not in it
+    until 8 groups teach (3 more passes allowed), or what is still short after one more pass stays,
+    uniform and out of the loss."""
+    r = in_fresh_process(refill_round, step3_args(
+        sft_dir, sft_dir, prompts, tmp_path / "o", "--use_reward_model", "false", "--reward_functions",
+        "tests.test_estimators:odd_prompts_vary", "--advantage_estimator", "grpo", "--num_samples_per_prompt", 2,
+        "--refill_uniform_groups", passes, seed=4))
+    groups = r["prompt_index"][::2]
+    assert len(groups) == 8 and r["prompt_index"] == [g for g in groups for _ in range(2)]
+    odd = [i for i in range(8) if not r["even"][i]]
+    assert 0 < len(odd) < 8
+    # the batch's own groups first, in order (its teaching ones all kept), then new prompts: never one
+    # already in the batch (it would join that group)
+    assert [g for g in groups if g < 8 and not r["even"][g]] == odd and groups == sorted(groups, key=lambda g: g >= 8)
+    new = [g for g in groups if g >= 8]
+    assert new
+    end = r["end"]
+    for j, g in enumerate(groups):                     # a group teaches iff its rewards differ, and only it trains
+        teaches = not r["even"][g]
+        assert (end[2 * j] != end[2 * j + 1]) == teaches and r["loss_rows"][2 * j] == r["loss_rows"][2 * j + 1] == teaches
+    teaching = sum(not r["even"][g] for g in groups)
+    if passes == 3:   # enough new prompts of odd length are drawn: every group teaches
+        assert teaching == 8 and r["stats"]["refill/short"] == 0 and r["stats"]["refill/passes"] >= 2
+    else:             # one more pass: the groups still short are uniform ones, out of the loss
+        assert r["stats"]["refill/passes"] == 2 and 0 < r["stats"]["refill/short"] == (8 - teaching) / 8
+    assert r["sampled"] > 16

@@ -70,8 +70,9 @@ def test_rlhf_kill_resume_is_bit_exact(sft_dir, leaky_sft_dir, rm_dir, prompts, 
     if esrl:   # ESRL's two passes on GRPO's budget of 3 per prompt; up to 5 for one prompt (D'Hondt's shares)
         extra += ["--dynamic_sampling", "--advantage_estimator", "grpo", "--num_samples_per_prompt", 3,
                   "--esrl_max_samples", 5]
-    if mode == "grpo":   # critic-free, groups of 2 (the moving baseline's state too), uniform groups dropped
-        extra += ["--advantage_estimator", "grpo", "--num_samples_per_prompt", 2, "--drop_uniform_groups",
+    if mode == "grpo":   # critic-free, groups of 2 (the moving baseline's state too), uniform groups replaced by
+        # new prompts' (DAPO's refill draws from the sample count, which must resume too)
+        extra += ["--advantage_estimator", "grpo", "--num_samples_per_prompt", 2, "--refill_uniform_groups", 2,
                   "--rollout_is_cap", 2]
     # PPO at two processes is preempted instead: SIGTERM to every rank of a run without periodic
     # checkpoints, so the actor's and the critic's preemption checkpoints alone carry it (saving does not

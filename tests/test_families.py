@@ -123,7 +123,7 @@ def test_logits_only_where_labelled(family, family_dirs):
                                    rtol=1e-6)
         assert torch.equal(lm_logits(model, ids, mask), full)
         # step 3: left-padded prompts, answers from position P = T - 6
-        from training.step3_rlhf.rollout import forward_logprobs
+        from training.step3_rlhf.sampler import forward_logprobs
         from utils.losses import token_logprobs
 
         _, lp = forward_logprobs(model, ids, mask, T - 7)

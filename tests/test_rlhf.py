@@ -38,8 +38,16 @@ def test_short_run_trains_actor_and_critic_only(sft_dir, rm_dir, prompts, tmp_pa
     first = rows[0]
     assert first["ratio"] == pytest.approx(1.0, abs=1e-6) and first["approx_kl"] == pytest.approx(0.0, abs=1e-6)
     for key in ("reward/reward_model", "reward/reward", "reward/total", "kl", "pg_loss", "vf_loss", "clipfrac",
-                "entropy", "response_length", "time/generation", "time/training"):
+                "entropy", "response_length", "phase/generation_s", "phase/actor_logprobs_s", "phase/scoring_s",
+                "phase/reference_critic_s", "phase/update_s", "rollout/logprob_diff_max"):
         assert key in first, key
+    # per round: every phase took time, and the generated tokens per second are this round's answer tokens
+    # over its generation seconds
+    tokens = [r["count/sampled_tokens"] for r in rows]
+    for r, new in zip(rows, [tokens[0]] + [b - a for a, b in zip(tokens, tokens[1:])]):
+        assert all(r[k] > 0 for k in r if k.startswith("phase/"))
+        assert r["phase/generated_tokens_per_s"] == pytest.approx(new / r["phase/generation_s"], rel=1e-6)
+        assert r["rollout/logprob_diff_max"] < 1e-4
     assert first["reward/total"] == pytest.approx(first["reward/reward_model"] + first["reward/reward"], abs=1e-5)
     lrs = [r["actor/lr"] for r in rows]
     assert 1e-3 > lrs[0] > lrs[1] > lrs[2] >= 0 and rows[0]["critic/lr"] == lrs[0]  # cosine from 1e-3, both
@@ -133,12 +141,12 @@ def test_reward_model_reads_conversational_prompts_as_step2_chat_pairs(tokenizer
     # the experience maker hands each prompt's turns on with its decoded answer
     import types
 
-    from training.step3_rlhf.rollout import ExperienceMaker
+    from training.step3_rlhf.sampler import Sampler
     from utils.data.rlhf import prompt_examples
 
     (chat,), _ = prompt_examples([Record("f", ":1", {"prompt": head})], tokenizer, 64, 96, False)
     answer = tokenizer("fox red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    inputs = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), [chat], [answer])
+    inputs = Sampler.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), [chat], [answer])
     assert inputs.messages == [head] and inputs.answers == ["fox red"]
     assert reward_inputs_ids(tokenizer, inputs) == [trained.chosen_ids]
 
@@ -160,7 +168,7 @@ def needs_trainer_state(completions, trainer_state):
 def test_rule_rewards_get_the_arguments_they_name_and_the_rows_columns(tokenizer):
     import types
 
-    from training.step3_rlhf.rollout import ExperienceMaker
+    from training.step3_rlhf.sampler import Sampler
     from utils.data.readers import Record
     from utils.data.rlhf import prompt_examples
     from utils.rewards import RuleSource, rule_arguments
@@ -171,7 +179,7 @@ def test_rule_rewards_get_the_arguments_they_name_and_the_rows_columns(tokenizer
     chats, _ = prompt_examples(rows, tokenizer, 64, 96, False)
     assert [p.columns for p in chats] == [{"solution": "fox", "level": 1}, {"solution": "owl"}]
     answers = [tokenizer("fox", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]] * 2
-    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), chats, answers)
+    batch = Sampler.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), chats, answers)
     values = rule_arguments(batch)
     assert values["completions"] == [[{"role": "assistant", "content": "fox"}]] * 2
     assert values["solution"] == ["fox", "owl"] and values["level"] == [1, None]
@@ -181,7 +189,7 @@ def test_rule_rewards_get_the_arguments_they_name_and_the_rows_columns(tokenizer
     assert trl(batch).tolist() == [1.0, 0.0]
     assert RuleSource("tests.test_rlhf:our_reward")(batch).tolist() == [3.0, 3.0]   # no **kwargs: only its names
     text = [Record("g", ":1", {"prompt": "Say fox: ", "solution": "fox"})]
-    batch = ExperienceMaker.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), prompt_examples(
+    batch = Sampler.reward_inputs(types.SimpleNamespace(tok=tokenizer, stops=(tokenizer.eos_token_id,)), prompt_examples(
         text, tokenizer, 64, 96, False)[0], answers[:1])
     assert rule_arguments(batch)["completions"] == ["fox"] and trl(batch).tolist() == [1.0]
     with pytest.raises(ValueError, match=r"^--reward_functions tests.test_rlhf:needs_trainer_state: "

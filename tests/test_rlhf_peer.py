@@ -69,7 +69,7 @@ class _Rule:
 def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
     from types import SimpleNamespace
 
-    from training.step3_rlhf.rollout import ExperienceMaker
+    from training.step3_rlhf.rollout import sft_targets
     from utils.data.rlhf import PromptExample
     from utils.data.sft import IGNORE_INDEX, Example
     from utils.rewards import RewardInputs
@@ -83,10 +83,9 @@ def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
     inputs = RewardInputs(prompts=[p.prompt for p in prompts], answers=["a longer sample", "x"],
                           references=[p.reference for p in prompts], sources=[p.source for p in prompts],
                           prompt_ids=[p.prompt_ids for p in prompts], answer_ids=answers)
-    trainer = ExperienceMaker.__new__(ExperienceMaker)
-    trainer.cfg = SimpleNamespace(update_reference_with_sampling=True)
-    trainer.sources, trainer.weights = {"len": _Rule()}, {"len": 1.0}
-    targets = trainer.sft_targets(prompts, answers, inputs)
+    maker = SimpleNamespace(cfg=SimpleNamespace(update_reference_with_sampling=True), sources={"len": _Rule()},
+                            weights={"len": 1.0})
+    targets = sft_targets(maker, prompts, answers, inputs)
     # row 0: the sample (15 chars) beats "short" (5); row 1: "x" loses to the reference
     assert targets[0] == Example(prompts[0].prompt_ids + [5, 6, 7], [IGNORE_INDEX] * len(prompts[0].prompt_ids)
                                  + [5, 6, 7])
@@ -114,7 +113,7 @@ def test_minibatch_order_changes_from_round_to_round():
     from dataclasses import fields
     from types import SimpleNamespace
 
-    from training.step3_rlhf.rollout import Experience
+    from training.step3_rlhf.experience import Experience
     from training.step3_rlhf.update import PPOUpdater
 
     n = 8

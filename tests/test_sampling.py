@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import types
 
-import pytest
 import torch
 
 from utils.generation import SamplingSpec, SampledLogprobs, ignored_generation_settings, sample
@@ -83,7 +82,7 @@ def test_top_p_records_the_truncated_distribution(tokenizer):
 
 
 def test_every_declared_stop_id_ends_an_answer(tokenizer, tmp_path):
-    from training.step3_rlhf.rollout import ExperienceMaker
+    from training.step3_rlhf.sampler import Sampler
     from utils.losses import kl_penalized_rewards
     from utils.models import load_causal_lm, stop_ids
 
@@ -106,7 +105,7 @@ def test_every_declared_stop_id_ends_an_answer(tokenizer, tmp_path):
         cut = next((i + 1 for i, t in enumerate(f) if t in (eos, second)), len(f))
         assert a == f[:cut]
     maker = types.SimpleNamespace(stops=(eos, second), tok=tokenizer, cfg=types.SimpleNamespace(missing_eos_penalty=-1))
-    assert ExperienceMaker.has_eos(maker, [drawn.answers[0]]).tolist() == [True]
+    assert Sampler.has_eos(maker, [drawn.answers[0]]).tolist() == [True]
     # the reward sits on the token it stopped on
     P = drawn.prompt_len
     action = drawn.attention_mask[:, 1:].float()

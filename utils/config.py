@@ -798,6 +798,11 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     drop_uniform_groups: bool = _f(False, "Leave out of the update the samples of prompts whose samples all got the "
                                           "same reward (DAPO's filter; needs --num_samples_per_prompt > 1 or "
                                           "--dynamic_sampling).")
+    refill_uniform_groups: int = _f(0, "DAPO's dynamic sampling: replace the groups whose samples all got the same "
+                                       "reward with new prompts' groups, at most this many more generation passes "
+                                       "per batch (0: off; needs --num_samples_per_prompt > 1, not "
+                                       "--dynamic_sampling). Groups still uniform after them are left out of the "
+                                       "loss.")
     cliprange_value: float = _f(0.2, "Value clip epsilon.")
     reward_type: str = _f("lex", "lex: token-level credit, the critic's values and GAE (PPO); seq: every answer "
                                  "token is credited with the discounted sequence reward and no critic is "
@@ -977,6 +982,11 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if self.drop_uniform_groups and self.num_samples_per_prompt < 2 and not self.dynamic_sampling:
             raise ConfigError("--drop_uniform_groups needs groups: --num_samples_per_prompt > 1 or "
                               "--dynamic_sampling")
+        if self.refill_uniform_groups < 0:
+            raise ConfigError("--refill_uniform_groups must be >= 0")
+        if self.refill_uniform_groups and (self.num_samples_per_prompt < 2 or self.dynamic_sampling):
+            raise ConfigError("--refill_uniform_groups needs groups of one sampler: --num_samples_per_prompt > 1, "
+                              "without --dynamic_sampling")
         if self.use_kl_in_reward is None:
             self.use_kl_in_reward = not self.use_kl_loss
         if self.use_kl_loss and self.remove_kl_penalty:

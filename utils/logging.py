@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .distributed import is_main
@@ -95,3 +96,29 @@ def quiet_library_bars() -> None:
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()
+
+
+class PhaseClock:
+    """Seconds spent per named phase, and counts of what they made, summed until `pop`:
+    `with clock("generation"): ...`, `clock.count("generated_tokens", n)`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def count(self, name: str, n: float) -> None:
+        self.counts[name] = self.counts.get(name, 0.0) + n
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def pop(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(seconds, counts) since the last pop."""
+        out = (self.seconds, self.counts)
+        self.seconds, self.counts = {}, {}
+        return out

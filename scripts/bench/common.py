@@ -98,3 +98,11 @@ def matmul_peak(n: int, dtype=None, device: str = "cpu", reps: int = 10) -> floa
         sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+
+EXPERIENCE_PHASES = ("phase/actor_logprobs_s", "phase/scoring_s", "phase/reference_critic_s")
+
+
+def round_phases(row: dict) -> tuple[float, float, float]:
+    """A step-3 metrics row's (generation, experience forwards, update) seconds: its phase/* keys."""
+    return (row["phase/generation_s"], sum(row.get(k, 0.0) for k in EXPERIENCE_PHASES), row["phase/update_s"])

@@ -38,6 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scripts.bench.common import round_phases
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -86,7 +88,7 @@ def progress(rows: list[dict], target: float) -> dict | None:
     """Cumulative cost at the first evaluation reaching `target` (None if never)."""
     elapsed = 0.0
     for r in rows:
-        elapsed += r["time/generation"] + r["time/experience"] + r["time/training"]
+        elapsed += sum(round_phases(r))
         acc = r.get("eval/reward/reward")
         if acc is not None and acc >= target - 1e-9:
             return {"step": r["step"], "time": elapsed, "accuracy": acc, "tokens": r["count/sampled_tokens"],
@@ -107,7 +109,7 @@ def curve(rows: list[dict]) -> list[tuple[int, float, float]]:
     """(round, held-out accuracy, cumulative training seconds) at every evaluation."""
     out, elapsed = [], 0.0
     for r in rows:
-        elapsed += r["time/generation"] + r["time/experience"] + r["time/training"]
+        elapsed += sum(round_phases(r))
         if "eval/reward/reward" in r:
             out.append((r["step"], r["eval/reward/reward"], elapsed))
     return out

@@ -20,6 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from scripts.bench.common import round_phases
 from scripts.bench.esrl import ROOT, progress, run, warm_up
 
 METHODS = {
@@ -75,7 +76,7 @@ def main() -> None:
         for m, rows in runs.items():
             prompts = a.group_prompts if m in GROUPED else a.group_prompts * a.samples
             curve = [(r["step"] * prompts, r["eval/reward/reward"]) for r in rows if "eval/reward/reward" in r]
-            train = sum(r["time/generation"] + r["time/experience"] + r["time/training"] for r in rows)
+            train = sum(sum(round_phases(r)) for r in rows)
             finals[m].append(curve[-1][1])
             line = " ".join(f"{n}:{acc:.2f}" for n, acc in curve)
             reach = ""

@@ -22,7 +22,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from scripts.bench.common import CallWindow, matmul_peak
+from scripts.bench.common import CallWindow, matmul_peak, round_phases
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo" / "data"
@@ -267,9 +267,7 @@ def section_ppo(a) -> None:
     mem = peak_memory_gib()
     hist = out["history"]
     timed = hist[a.warmup:]
-    gen = statistics.median(h["time/generation"] for h in timed)
-    exp = statistics.median(h["time/experience"] for h in timed)
-    train = statistics.median(h["time/training"] for h in timed)
+    gen, exp, train = (statistics.median(phases) for phases in zip(*(round_phases(h) for h in timed)))
     total = gen + exp + train
     samples = statistics.median(h["count/sampled_sequences"] - p["count/sampled_sequences"]
                                 for p, h in zip(hist[a.warmup - 1:], timed))

@@ -23,7 +23,7 @@ def main() -> None:
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from training.step3_rlhf.rollout import forward_logprobs
+    from training.step3_rlhf.sampler import forward_logprobs
     from utils.losses import causal_lm_loss, ppo_policy_loss
     from utils.models import labelled_logits
 

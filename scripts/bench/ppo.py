@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.bench.common import CallWindow, matmul_peak, parser, setup_tiny
+from scripts.bench.common import CallWindow, matmul_peak, parser, round_phases, setup_tiny
 
 
 def main() -> None:
@@ -58,9 +58,7 @@ def main() -> None:
         "--max_prompt_seq_len", "64", "--max_answer_seq_len", str(a.answer_len), "--max_steps", str(a.rounds),
         "--disable_tqdm", "--actor_learning_rate", "1e-5", "--critic_learning_rate", "1e-5", *extra])
     hist = result["history"][2:]  # the first rounds warm up
-    gen = statistics.median(h["time/generation"] for h in hist)
-    exp = statistics.median(h["time/experience"] for h in hist)
-    train = statistics.median(h["time/training"] for h in hist)
+    gen, exp, train = (statistics.median(phases) for phases in zip(*(round_phases(h) for h in hist)))
     total = gen + exp + train
     tokens = statistics.median(h["response_length"] for h in hist)
     print(f"tiny Llama ({a.hidden} hidden, {a.layers} layers), {a.batch} prompts/round, "
@@ -70,7 +68,7 @@ def main() -> None:
     print(f"PPO updates           {train * 1e3:8.1f} ms  {train / total:6.1%}")
     print(f"whole step            {total * 1e3:8.1f} ms  -> {a.batch / total:.1f} samples/s")
     rows = [json.loads(x) for x in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
-    stamps = [r["time"] for r in rows if "time/generation" in r][2:]
+    stamps = [r["time"] for r in rows if "phase/generation_s" in r][2:]
     ours = statistics.median(b - a_ for a_, b in zip(stamps, stamps[1:]))
     print(f"ours, round to round  {ours * 1e3:8.1f} ms  -> {a.batch / ours:.1f} samples/s")
     if not a.bare:
@@ -116,7 +114,7 @@ def bare_round_time(actor_dir, rm_dir, prompts_file, a) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from training.step3_rlhf.rollout import forward_logprobs
+    from training.step3_rlhf.sampler import forward_logprobs
     from utils.generation import left_pad
     from utils.losses import gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
     from utils.models import end_scores, token_values

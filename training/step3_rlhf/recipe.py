@@ -36,7 +36,7 @@ class Position:
 class PPORecipe:
     def __init__(self, cfg, parts: Parts):
         self.cfg, self.parts, self.rlhf = cfg, parts, parts.rlhf
-        self.maker = ExperienceMaker(cfg, parts.rlhf, parts.tokenizer, parts.sources, parts.weights)
+        self.maker = ExperienceMaker(cfg, parts.rlhf, parts.tokenizer, parts.sources, parts.weights, parts.prompts)
         self.updater = PPOUpdater(cfg, parts.rlhf, parts.tokenizer, parts.ptx)
         self.position = Position()
         self.total_rounds = parts.rounds_per_epoch * cfg.num_train_epochs
@@ -96,8 +96,7 @@ class PPORecipe:
             exps.append(exp)
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / len(batches)
-        self.maker.finish_round(exps)
-        stats.update(self.maker.mismatch_stats(exps))
+        stats.update(self.maker.finish_round(exps))
         step = self.position.step
         stats.update(self.updater.train_on(exps, step, critic_only=step < cfg.critic_go_first_steps))
         stats.update({f"count/{k}": v for k, v in self.maker.counters.items()})

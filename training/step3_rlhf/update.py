@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from training.step3_rlhf.esrl import kept_count
 from training.step3_rlhf.experience import Experience
-from training.step3_rlhf.rollout import forward_logprobs
+from training.step3_rlhf.sampler import forward_logprobs
 from utils import distributed as dist
 from utils.data import IGNORE_INDEX, collate_lm
 from utils.losses import (aggregate_loss_sum, aggregation_count, causal_lm_loss, entropy_from_logits, kl_estimate,
@@ -118,7 +118,7 @@ class PPOUpdater:
         local = torch.stack([sums[k] for k in names]).tolist() if names else []
         stats = {k: dist.all_reduce_sum(v) / max(tokens if k in TOKEN_MEANS else steps, 1)
                  for k, v in zip(names, local)}
-        stats["time/training"] = time.perf_counter() - t0
+        stats["phase/update_s"] = time.perf_counter() - t0
         return stats
 
     def train_window(self, window: list[Experience], critic_only: bool = False) -> tuple[float, dict]:
