@@ -9,7 +9,9 @@ the keys the file holds, so a new metric gets a panel without a change here: `tr
 curves. `loss` comes first, then learning rates, then the rest in the order the file names them.
 Bookkeeping is left out, since it says how fast the machine ran, not what the model learned:
 wall-clock stamps and timings (`time`, `time/*`), cumulative counters (`count/*`), device memory
-(`memory/*`), throughput (`tokens_per_s`) and the epoch index.
+(`memory/*`), throughput (`tokens_per_s`) and the epoch index. Step 3's `phase/*` (seconds of
+each part of a round, generated tokens per second) are drawn: where a round's time goes is what a
+user tunes.
 """
 from __future__ import annotations
 
