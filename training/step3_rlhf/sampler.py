@@ -168,11 +168,11 @@ class Sampler:
 class RefillSampler(Sampler):
     """DAPO's dynamic sampling (Yu et al. 2025): a group whose samples all get one reward has zero
     advantage under a group baseline and teaches nothing, so it is replaced. After the batch's own
-    groups, each further pass samples as many new prompts (drawn at random from the training prompts not
-    in the batch, seeded by --seed and this process's sample count, so a resumed run draws the same) as groups are
-    missing, at most --refill_uniform_groups more passes. Every rank makes as many passes as the rank
-    that needs most (generation stays in lockstep). A batch still short after the last pass is filled
-    with uniform groups, which then enter no loss and no statistic (as --drop_uniform_groups)."""
+    groups, each further pass samples new prompts (drawn at random from the training prompts not in the
+    batch, seeded by --seed and this process's sample count, so a resumed run draws the same), as many
+    as the rank that misses most misses groups, at most --refill_uniform_groups more passes; every rank
+    makes the same passes of the same size. A batch still short after the last pass is filled with
+    uniform groups, which then enter no loss and no statistic (as --drop_uniform_groups)."""
 
     def __init__(self, cfg, engine, tokenizer, sources, weights, counters, clock, pool: list[PromptExample]):
         super().__init__(cfg, engine, tokenizer, sources, weights, counters, clock)
@@ -183,12 +183,14 @@ class RefillSampler(Sampler):
         s = self.draw(prompts, prompt_index, grouped(wanted, k))
         passes = 1
         while passes <= self.cfg.refill_uniform_groups:
-            missing = wanted - self.teaching_groups(s)
-            if not dist.all_reduce_max(float(max(missing, 0))):
+            # as many new prompts on every rank (the most any rank misses), so every forward of the
+            # pass, ZeRO-3's collective ones included, runs as often on each
+            missing = int(dist.all_reduce_max(float(max(wanted - self.teaching_groups(s), 0))))
+            if not missing:
                 break
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.counters["sampled_sequences"])
             taken = set(s.prompt_index)   # a prompt already in the batch would join its group
-            new = [i for i in torch.randperm(len(self.pool), generator=g).tolist() if i not in taken][:max(missing, 1)]
+            new = [i for i in torch.randperm(len(self.pool), generator=g).tolist() if i not in taken][:missing]
             extra = self.draw([self.pool[i] for i in new], new, grouped(len(new), k))
             s = Samples.cat(s, extra, self.tok.pad_token_id)
             passes += 1
