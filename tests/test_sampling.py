@@ -97,6 +97,9 @@ def test_every_declared_stop_id_ends_an_answer(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "m")
     loaded = load_causal_lm(str(tmp_path / "m"), tokenizer)
     assert stop_ids(loaded, tokenizer) == (eos, second)
+    # a single EOS other than the tokenizer's is the one the tokenizer replaced (--add_eot_token): not a stop
+    stale = types.SimpleNamespace(config=types.SimpleNamespace(eos_token_id=second), generation_config=None)
+    assert stop_ids(stale, tokenizer) == (eos,)
     assert loaded.generation_config.eos_token_id == [eos, second]    # loading keeps both
     drawn = sample(loaded.eval(), ids, SamplingSpec(8, (eos, second), tokenizer.pad_token_id, greedy=True),
                    device="cpu")

@@ -160,13 +160,15 @@ def _prepare(model: nn.Module, tokenizer, disable_dropout_: bool, gradient_check
 
 
 def stop_ids(model, tokenizer) -> tuple[int, ...]:
-    """Every id that ends an answer: the tokenizer's EOS first, then each EOS the model's
-    generation config or config declares (Llama-3.1: 128001, 128008, 128009; Qwen2.5-Instruct:
-    151645, 151643)."""
+    """Every id that ends an answer: the tokenizer's EOS first, then each of the list of EOS ids the
+    model's generation config or config declares (Llama-3.1: 128001, 128008, 128009;
+    Qwen2.5-Instruct: 151645, 151643). A single declared EOS that is not the tokenizer's is the one
+    the tokenizer replaced (--add_eot_token), so it no longer ends answers."""
     ids = [tokenizer.eos_token_id]
     for holder in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         declared = getattr(holder, "eos_token_id", None)
-        ids += declared if isinstance(declared, (list, tuple)) else [declared]
+        if isinstance(declared, (list, tuple)):
+            ids += declared
     return tuple(dict.fromkeys(i for i in ids if i is not None))
 
 
