@@ -177,6 +177,7 @@ def test_estimator_flags_resolve():
     assert cfg.loss_agg_mode == "token-mean" and cfg.whiten_advantages is False    # grpo normalises per group
     cfg = parse_config(RLHFConfig, BASE + ["--advantage_estimator", "dr_grpo", "--num_generations", "2"])
     assert cfg.advantage_estimator == "grpo" and not cfg.norm_adv_by_std_in_grpo
+    assert parse_config(RLHFConfig, BASE + ["--advantage_estimator", "grpo"]).norm_adv_by_std_in_grpo
     assert cfg.loss_agg_mode == "seq-mean-token-sum-norm"                            # Dr. GRPO's aggregation
     cfg = parse_config(RLHFConfig, BASE + ["--remove_critic_model"])
     assert cfg.advantage_estimator == "rloo" and cfg.whiten_advantages is False     # as TRL's and verl's RLOO
@@ -202,6 +203,12 @@ def test_dr_grpo_with_another_aggregation_is_refused_in_one_line(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert err.startswith("error: --advantage_estimator dr_grpo aggregates with seq-mean-token-sum-norm")
+    # nor does it rewrite an explicit --norm_adv_by_std_in_grpo true: it refuses
+    with pytest.raises(SystemExit) as e:
+        parse_config(RLHFConfig, BASE + ["--advantage_estimator", "dr_grpo", "--norm_adv_by_std_in_grpo", "true"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == ("error: --advantage_estimator dr_grpo does not divide by the group's std; "
+                                         "drop --norm_adv_by_std_in_grpo, or use grpo\n")
 
 
 # -- end to end -----------------------------------------------------------------------------------

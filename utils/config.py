@@ -778,7 +778,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                         "sample at most this many per prompt on average (there 1 means "
                                         "--esrl_max_samples when given, else 4).",
                                      aliases=("n_samples_per_prompt", "num_generations"))
-    norm_adv_by_std_in_grpo: bool = _f(True, "grpo: divide by the group's reward std (false: Dr. GRPO).")
+    norm_adv_by_std_in_grpo: Optional[bool] = _opt_bool("grpo: divide by the group's reward std (default true; "
+                                                        "false: Dr. GRPO's advantage, which dr_grpo implies).")
     use_kl_loss: bool = _f(False, "KL to the reference as a loss term (--kl_loss_coef x --kl_estimator), as GRPO; "
                                   "the reward then carries no KL unless --use_kl_in_reward.")
     kl_loss_coef: float = _f(0.001, "Weight of the KL loss term (--use_kl_loss).")
@@ -956,12 +957,17 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                    "reinforce": "reinforce_pp"}
         est = self.advantage_estimator
         if est == "dr_grpo":
+            if self.norm_adv_by_std_in_grpo:
+                raise ConfigError("--advantage_estimator dr_grpo does not divide by the group's std; drop "
+                                  "--norm_adv_by_std_in_grpo, or use grpo")
             self.norm_adv_by_std_in_grpo = False
             if self.loss_agg_mode not in (None, "seq-mean-token-sum-norm"):
                 raise ConfigError(f"--advantage_estimator dr_grpo aggregates with seq-mean-token-sum-norm (Dr. "
                                   f"GRPO), not --loss_agg_mode {self.loss_agg_mode}; use grpo with "
                                   f"--norm_adv_by_std_in_grpo false for that")
             self.loss_agg_mode = "seq-mean-token-sum-norm"
+        if self.norm_adv_by_std_in_grpo is None:
+            self.norm_adv_by_std_in_grpo = True
         if self.loss_agg_mode is None:
             self.loss_agg_mode = "token-mean"
         est = aliases.get(est, est) or ("rloo" if self.remove_critic_model else "gae")
