@@ -11,7 +11,7 @@ weights.
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 
@@ -127,6 +127,13 @@ def layouts(argv) -> dict:
                                 per_device_training_batch_size=4, ppo_mini_epochs=mini)
         steps[mini] = (taken, optimizer_steps_per_round(cfg))
     out["steps"] = steps
+    # the same rows sampled at temperature 0.5: the policy is scored tempered (entropy changes), the
+    # dataset-free pretraining loss on the prompts stays the model's own, at temperature 1
+    cold = replace(mine, temperatures=mine.temperatures * 0.5)
+    _, warm_stats, _ = run.round([mine], loss_agg_mode="token-mean", per_device_generation_batch_size=ROWS,
+                                 per_device_training_batch_size=ROWS, ppo_mini_epochs=1)   # one step: its losses
+    _, cold_stats, _ = run.round([cold])
+    out["tempered"] = {k: (warm_stats[k], cold_stats[k]) for k in ("ptx_loss", "entropy")}
     return out
 
 

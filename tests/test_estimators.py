@@ -361,6 +361,12 @@ def test_mini_epochs_are_separate_optimizer_steps(one_rank):
     assert one_rank["steps"][2] == ([4, 4], 4)     # actor and critic steps, and optimizer_steps_per_round
 
 
+def test_update_scores_at_the_rows_temperature_but_prompts_at_one(one_rank):
+    (ptx_warm, ptx_cold), (ent_warm, ent_cold) = one_rank["tempered"]["ptx_loss"], one_rank["tempered"]["entropy"]
+    assert ptx_cold == pytest.approx(ptx_warm, abs=1e-6) and ptx_warm > 0
+    assert ent_cold < ent_warm - 1e-3          # logits / 0.5: a sharper distribution
+
+
 def test_two_ranks_accumulate_exactly(sft_dir, prompts, one_rank, tmp_path):
     from tests.conftest import run_module
 
