@@ -59,11 +59,14 @@ def generation_model(engine, *, gather: bool = True, world_size: int = 1):
         yield module, False
 
 
-def cut_at_eos(tokens: torch.Tensor, eos_id: int) -> list[list[int]]:
-    """[B, N] generated ids -> per row the ids before the first EOS (EOS excluded)."""
+def cut_at_eos(tokens: torch.Tensor, eos_ids: int | tuple[int, ...], keep: bool = False) -> list[list[int]]:
+    """[B, N] generated ids -> per row the ids before the first EOS (any of `eos_ids`), the EOS itself
+    included when `keep`."""
+    stops = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids)
     out = []
     for row in tokens.tolist():
-        out.append(row[: row.index(eos_id)] if eos_id in row else row)
+        end = next((i for i, t in enumerate(row) if t in stops), None)
+        out.append(row if end is None else row[:end + keep])
     return out
 
 
@@ -160,10 +163,8 @@ class SampledLogprobs(LogitsProcessor):
     def result(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """[B, N] log-probs of the N generated tokens `new_tokens` [B, N]."""
         steps = list(self.drawn)
-        if self.pending is not None and len(steps) < new_tokens.shape[1]:
+        if len(steps) < new_tokens.shape[1]:
             steps.append(self.pending.gather(1, new_tokens[:, len(steps):len(steps) + 1]).squeeze(1))
-        if not steps:
-            return torch.zeros(new_tokens.shape, dtype=torch.float32, device=new_tokens.device)
         return torch.stack(steps, 1)
 
 
@@ -200,20 +201,8 @@ def sample(model, prompt_ids: list[list[int]], spec: SamplingSpec, temps: torch.
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=spec.generation_config(
         cache_implementation), use_model_defaults=False, logits_processor=processors, synced_gpus=synced_gpus)
     new = out[:, P:]
-    drawn = recorder.result(new)
-    stops = set(spec.stop_ids)
-    answers = []
-    for row in new.tolist():
-        end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        answers.append(row[:end])
-    N = max(1, max(len(a) for a in answers))
-    ans = torch.full((B, N), spec.pad_id, dtype=torch.long)
-    amask = torch.zeros((B, N), dtype=torch.long)
-    lp = torch.zeros((B, N), dtype=torch.float32)
-    for i, a in enumerate(answers):
-        ans[i, :len(a)] = torch.tensor(a, dtype=torch.long)
-        amask[i, :len(a)] = 1
-        lp[i, :len(a)] = drawn[i, :len(a)].cpu()
-    seq = torch.cat([ids.cpu(), ans], 1).to(device)
-    attn = torch.cat([mask.cpu(), amask], 1).to(device)
-    return Drawn(seq, attn, answers, lp.to(device), P)
+    answers = cut_at_eos(new, spec.stop_ids, keep=True)
+    N = max(1, max(len(a) for a in answers))   # generate makes >= 1 token, so N columns of new exist
+    amask = pad_right([[1] * len(a) for a in answers], 0, N).to(device)
+    seq = torch.cat([ids, pad_right(answers, spec.pad_id, N).to(device)], 1)
+    return Drawn(seq, torch.cat([mask, amask], 1), answers, recorder.result(new)[:, :N] * amask, P)

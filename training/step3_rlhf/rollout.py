@@ -158,11 +158,10 @@ class ExperienceMaker:
 
     def loss_rows(self, end: torch.Tensor, prompt_index: list[int], skip: torch.Tensor, stats: dict) -> torch.Tensor:
         """[N] bool, the rows that enter the loss: all but the uniform groups (every sample one reward)
-        under --drop_uniform_groups or DAPO's refill, else all but the uniform groups of prompts ESRL
-        skipped (`skip` [N])."""
+        under --drop_uniform_groups, else all but the uniform groups of prompts the sampler gave up on
+        (`skip` [N]: ESRL's skipped prompts, a short refill's uniform fill)."""
         uniform = uniform_groups(end, prompt_index)
-        drop = self.cfg.drop_uniform_groups or bool(self.cfg.refill_uniform_groups)
-        left_out = uniform if drop else uniform & skip
+        left_out = uniform if self.cfg.drop_uniform_groups else uniform & skip
         if self.cfg.drop_uniform_groups:
             stats["dropped_uniform"] = float(uniform.float().mean())
         if self.cfg.dynamic_sampling:

@@ -33,15 +33,14 @@ from utils.rewards import RewardInputs, combine
 
 def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 0,
                      temperatures: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced pass over [B, S] sequences: (logits [B, S-start, V] of positions start.., divided
-    by each row's temperature [B] when given, and the log-prob of each next token under them
-    [B, S-1], 0 before `start`). Scoring at the temperature that sampled keeps old log-probs, the
-    ratio and the KL about the policy that drew the tokens. Only the answer's predictions are used
-    (start = P-1 for P prompt positions), so the LM head runs from there on."""
+    """Teacher-forced pass over [B, S] sequences: (the model's logits [B, S-start, V] of positions
+    start.., and the log-prob of each next token [B, S-1], 0 before `start`, under the logits divided
+    by each row's temperature [B] when given). Scoring at the temperature that sampled keeps old
+    log-probs, the ratio and the KL about the policy that drew the tokens. Only the answer's
+    predictions are used (start = P-1 for P prompt positions), so the LM head runs from there on."""
     logits = lm_logits(model, seq, attn, keep=seq.shape[1] - start)
-    if temperatures is not None:
-        logits = logits / temperatures.to(logits.device, logits.dtype)[:, None, None]
-    return logits, F.pad(token_logprobs(logits, seq[:, start:]), (start, 0))
+    tempered = logits if temperatures is None else logits / temperatures.to(logits.device, logits.dtype)[:, None, None]
+    return logits, F.pad(token_logprobs(tempered, seq[:, start:]), (start, 0))
 
 
 def grouped(n: int, k: int) -> list[int]:
@@ -53,7 +52,8 @@ def grouped(n: int, k: int) -> list[int]:
 class Draw:
     """What a sampler returns for one generation batch."""
     samples: Samples
-    skip: torch.Tensor   # [N] bool: the row's prompt was answered alike and well (ESRL's skipped prompts)
+    skip: torch.Tensor   # [N] bool: the sampler gave up on the row's prompt (ESRL's skipped prompts, the
+                         #   uniform groups a short refill keeps): its group leaves the loss if uniform
     stats: dict
 
 
@@ -108,8 +108,7 @@ class Sampler:
             logits, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1, temps.to(self.device))
             conf = None
             if confidence:   # at temperature 1: ESRL's own temperature choice must not make a prompt look surer
-                conf = answer_confidence(logits[:, :-1] * temps.to(logits.device, logits.dtype)[:, None, None],
-                                         action_mask[:, P - 1:]).cpu()
+                conf = answer_confidence(logits[:, :-1], action_mask[:, P - 1:]).cpu()
             del logits
         self.counters["sampled_sequences"] += len(rows)
         self.counters["sampled_tokens"] += int(action_mask.sum())
@@ -195,21 +194,20 @@ class RefillSampler(Sampler):
             s = Samples.cat(s, extra, self.tok.pad_token_id)
             passes += 1
         # the wanted number of groups: those that teach first, in the order drawn, then uniform ones
-        uniform = uniform_groups(self.clipped(self.end_rewards(s)), self.group_ids(s))
+        uniform = self.uniform(s)
         teach = [g for g in range(len(s.rows) // k) if not bool(uniform[g * k])]
         fill = [g for g in range(len(s.rows) // k) if bool(uniform[g * k])]
         chosen = sorted((teach + fill)[:wanted])
+        rows = [g * k + j for g in chosen for j in range(k)]
         short = max(0, wanted - len(teach))
-        return Draw(s.take([g * k + j for g in chosen for j in range(k)]), torch.zeros(wanted * k, dtype=torch.bool),
-                    {"refill/passes": float(passes), "refill/short": short / wanted})
+        return Draw(s.take(rows), uniform[rows], {"refill/passes": float(passes), "refill/short": short / wanted})
 
     def teaching_groups(self, s: Samples) -> int:
-        k = self.cfg.num_samples_per_prompt
-        return (len(s.rows) - int(uniform_groups(self.clipped(self.end_rewards(s)), self.group_ids(s)).sum())) // k
+        return (len(s.rows) - int(self.uniform(s).sum())) // self.cfg.num_samples_per_prompt
 
-    def group_ids(self, s: Samples) -> list[int]:
-        """One id per group of k consecutive rows (a prompt drawn twice makes two groups)."""
-        return [i // self.cfg.num_samples_per_prompt for i in range(len(s.rows))]
+    def uniform(self, s: Samples) -> torch.Tensor:
+        """[N] bool: the row's group (its prompt's samples; no prompt is drawn twice) got one reward."""
+        return uniform_groups(self.clipped(self.end_rewards(s)), s.prompt_index)
 
 
 class ESRLSampler(Sampler):

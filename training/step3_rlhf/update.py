@@ -174,15 +174,16 @@ class PPOUpdater:
             lm_logprobs = logprobs
             if "ptx" in extra and isinstance(extra["ptx"][0], torch.Tensor) and bool((mb.temperatures != 1).any()):
                 # the LM loss on the prompts is the model's own, at temperature 1, not the sampler's
-                lm_logprobs = F.pad(token_logprobs(logits * mb.temperatures.to(logits)[:, None, None],
-                                                   mb.sequences[:, start:]), (start, 0))
+                lm_logprobs = F.pad(token_logprobs(logits, mb.sequences[:, start:]), (start, 0))
             for name, factor in (("sft", cfg.factor_sft_loss), ("ptx", cfg.factor_pretrained_loss)):
                 if name in extra:
                     out[f"{name}_loss"] = self.lm_loss_sum(extra[name][0], lm_logprobs) / max(counts[name], 1.0)
                     loss = loss + factor * out[f"{name}_loss"]
             actor.backward(loss * scale)
             with torch.no_grad():
-                entropy = (entropy_from_logits(logits[:, :-1]) * mask[:, start:]).sum()
+                # of the distribution that sampled
+                entropy = (entropy_from_logits(logits[:, :-1] / mb.temperatures.to(logits)[:, None, None])
+                           * mask[:, start:]).sum()
             out.update({"loss": loss, "entropy": entropy, **st})
         if critic is not None:
             critic.set_gradient_accumulation_boundary(boundary)
