@@ -19,6 +19,7 @@ MODULE = "training.step3_rlhf.main"
 
 def test_temperatures_confidence_and_elimination_by_hand():
     from training.step3_rlhf.esrl import answer_confidence, eliminate, temperatures
+    from utils.losses import log_collision
 
     c = torch.tensor([0.0, 0.25, 0.5, 1.0])
     assert temperatures(c, 0.5, 1.5).tolist() == pytest.approx([0.5, 0.75, 1.0, 1.5])
@@ -33,7 +34,7 @@ def test_temperatures_confidence_and_elimination_by_hand():
     logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [0.9, 0.05, 0.05]]]).clamp_min(1e-30))
     mask = torch.tensor([[0, 1, 1]])
     expected = ((0.0625 + 0.0625 + 0.25) * (0.81 + 0.0025 + 0.0025)) ** 0.5
-    assert answer_confidence(logits, mask).tolist() == pytest.approx([expected], rel=1e-5)
+    assert answer_confidence(log_collision(logits), mask).tolist() == pytest.approx([expected], rel=1e-5)
 
 
 def test_a_prompt_sampled_cooler_does_not_look_surer():
@@ -43,6 +44,7 @@ def test_a_prompt_sampled_cooler_does_not_look_surer():
     (cold draws keep to its modes), so they would be eliminated first; `answer_confidence` ranks them
     as the model is, and elimination drops the easy prompt's samples."""
     from training.step3_rlhf.esrl import answer_confidence, eliminate
+    from utils.losses import log_collision
 
     k, T = 4, 32
     hard, easy = torch.tensor([1.5, 1.2, 0, 0, 0, 0]), torch.tensor([2.0, 1.0, 0, 0, 0, 0])
@@ -55,7 +57,7 @@ def test_a_prompt_sampled_cooler_does_not_look_surer():
         drawn = torch.log_softmax(scored, -1).gather(-1, tokens[..., None]).squeeze(-1).mean(1).exp()
         assert drawn[:k].mean() > drawn[k:].mean()
         assert eliminate(drawn, 0.5).tolist() != list(range(k))       # some hard samples go first
-    conf = answer_confidence(logits, mask)
+    conf = answer_confidence(log_collision(logits), mask)
     p_hard, p_easy = torch.softmax(hard, -1), torch.softmax(easy, -1)
     assert conf.tolist() == pytest.approx([float(p_hard @ p_hard)] * k + [float(p_easy @ p_easy)] * k, rel=1e-5)
     assert eliminate(conf, 0.5).tolist() == list(range(k))            # the easy prompt's samples go first
@@ -176,8 +178,9 @@ def esrl_args(sft_dir, prompts, out, *extra):
                       "examples.rlhf_with_comet_reward.chrf:reward", *extra, seed=4)
 
 
-def one_round(argv):
-    """Build the engine and trainer, run one round of experience; count what each pass saw."""
+def one_round(argv, rounds: int = 1):
+    """Build the engine and trainer, run `rounds` rounds of experience on the same 8 prompts; count
+    what each pass of the last one saw (and hand back ESRL's estimates from before it)."""
     from training.step3_rlhf import sampler as sampler_module
     from training.step3_rlhf.build import build_sources
     from training.step3_rlhf.rollout import ExperienceMaker
@@ -222,6 +225,11 @@ def one_round(argv):
     sampler.draw = lambda *a, **kw: (lambda s: (samples.append(s), s)[1])(draw(*a, **kw))
     eliminate = sampler_module.eliminate
     sampler_module.eliminate = lambda *a: (lambda k: (kept.append(k.tolist()), k)[1])(eliminate(*a))
+    for _ in range(rounds - 1):
+        trainer.make_experience(data[:8], list(range(8)))
+    before = sampler.state_dict()
+    for v in (*seen.values(), samples, kept):
+        v.clear()
     exp, stats = trainer.make_experience(data[:8], list(range(8)))
     # a separate forward per row, without padding, must give the same log-probs
     diffs = []
@@ -243,7 +251,7 @@ def one_round(argv):
     return {"seen": passes, "stats": stats, "rows": exp.sequences.shape[0], "diff": max(diffs),
             "counters": dict(trainer.counters), "minibatches": minibatches, "passes": sampled, "kept": kept,
             "prompt_index": exp.prompt_index, "advantages": exp.advantages.tolist(),
-            "action_mask": exp.action_mask.tolist(), "loss_mask": exp.loss_mask.tolist()}
+            "action_mask": exp.action_mask.tolist(), "loss_mask": exp.loss_mask.tolist(), "estimates": before}
 
 
 def test_second_pass_goes_where_the_first_says_and_joins_the_groups(sft_dir, prompts, tmp_path):
@@ -298,9 +306,32 @@ def test_second_pass_goes_where_the_first_says_and_joins_the_groups(sft_dir, pro
         assert adv[i][m].tolist() == pytest.approx([float(want[i])] * int(m.sum()), abs=1e-5)
     assert enter.any() and not enter.all() and loss_mask.sum(1).tolist() == (mask.sum(1) * enter).tolist()
     assert r["seen"]["grad_in_generate"] and not any(r["seen"]["grad_in_generate"])
-    assert r["diff"] < 1e-5       # the first pass's log-probs survive joining the second's layout
+    assert r["diff"] < 1e-5       # the recorded log-probs survive joining the second pass's layout
     # a fixed ceil(kept_count(8 x 4) / 4) = 6 minibatches of at most --per_device_training_batch_size (4)
     assert len(r["minibatches"]) == 6 and max(r["minibatches"]) <= 4 and sum(r["minibatches"]) == len(keep)
+
+
+def test_a_revisited_prompt_is_planned_in_one_pass(sft_dir, prompts, tmp_path):
+    """The second visit of a batch's prompts: each prompt's samples planned from its estimates (the
+    previous visit's spread and skip, capability as now), all drawn in one pass, no second pass."""
+    from training.step3_rlhf.esrl import CapabilityEstimator, allocate, sampling_need, second_pass_size
+
+    argv = esrl_args(sft_dir, prompts, tmp_path / "o", "--dynamic_sampling", "--advantage_estimator", "grpo",
+                     "--num_samples_per_prompt", 4, "--esrl_max_samples", 6, "--esrl_skip_capability", 0,
+                     "--esrl_temperature_min", 0.05, "--esrl_temperature_max", 0.1)
+    r = in_fresh_process(one_round, argv, 2)
+    assert len(r["passes"]) == 1 and r["stats"]["esrl/planned"] == 1.0 and r["stats"]["esrl/second_pass"] == 0
+    est = CapabilityEstimator(0.5, 0.5)
+    est.load_state_dict(r["estimates"])
+    ids = list(range(8))
+    spread = torch.tensor([est.spread[i] for i in ids], dtype=torch.float64)
+    skip = torch.tensor([est.skip[i] for i in ids])
+    need = sampling_need(est.capability(ids), spread, math.sqrt(est.reward_var), skip)
+    assert est.planned_need(ids).tolist() == need.tolist()
+    assert skip.any() and not skip.all()        # both kinds of prompt: alike and well answered, and not
+    ahead = allocate(need, 4, second_pass_size(need, 4, 8 * (4 - 2)))
+    assert r["passes"][0]["prompt_index"] == [i for i in ids for _ in range(2 + ahead[i])]
+    assert all(ahead[i] == 0 for i in ids if skip[i]) and len(r["passes"][0]["prompt_index"]) <= 8 * 4
 
 
 def test_plain_ppo_scores_every_sample(sft_dir, prompts, tmp_path):

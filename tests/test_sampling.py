@@ -68,6 +68,26 @@ def test_recorded_logprobs_are_the_teacher_forced_ones_whatever_the_generation_c
     assert float((warped - teacher_forced(model, stock, torch.ones(4))).abs().max()) > 1e-2
 
 
+def test_recorded_collision_is_the_teacher_forced_one_at_temperature_1(tokenizer):
+    """ESRL's confidence comes from what sampling saw: log sum_v p(v)^2 of the model's own next-token
+    distribution at each answer token, before the row's temperature and top-k/top-p, equal to the
+    teacher-forced pass at temperature 1 (also on rows drawn at 0.5 and 1.3)."""
+    from utils.losses import log_collision
+
+    model = tiny_llama(tokenizer, seed=2)
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    spec = SamplingSpec(12, (tokenizer.eos_token_id,), tokenizer.pad_token_id, top_k=20, top_p=0.9)
+    torch.manual_seed(4)
+    drawn = sample(model, ids, spec, torch.tensor([0.5, 1.0, 1.3, 0.8]), device=torch.device("cpu"), collision=True)
+    with torch.no_grad():
+        logits = model(input_ids=drawn.sequences, attention_mask=drawn.attention_mask).logits
+    want = log_collision(logits[:, drawn.prompt_len - 1:-1])
+    m = answer_mask(drawn)
+    assert m.sum() > 20 and float((drawn.log_collision - want).abs()[m].max()) < 1e-5
+    assert torch.equal(drawn.log_collision[~m], torch.zeros(int((~m).sum())))
+    assert sample(model, ids, spec, device=torch.device("cpu")).log_collision is None
+
+
 def test_top_p_records_the_truncated_distribution(tokenizer):
     """With --top_p the drawn token's recorded log-prob is of the renormalised nucleus: never below
     the full distribution's, above it where the step truncated (what rollout/logprob_diff then shows)."""

@@ -5,7 +5,8 @@ Step 3 samples through `sample`, from one `SamplingSpec` built from its flags an
 ships repetition_penalty 1.05; others set no_repeat_ngram_size, min_new_tokens, suppress_tokens)
 and sample from a distribution the teacher-forced log-probs never see. Per-row temperature,
 top-k and top-p run as our own logits processors, the last of which records each sampled token's
-log-prob under the distribution it was drawn from.
+log-prob under the distribution it was drawn from (and, asked, a first one what ESRL's confidence
+needs of the model's own distribution at each step).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from .data.collate import pad_right
 from .data.sft import encode_prompts
+from .losses import log_collision
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +170,18 @@ class SampledLogprobs(LogitsProcessor):
         return torch.stack(steps, 1)
 
 
+class StepCollision(LogitsProcessor):
+    """Records `log_collision` of each step's scores as they come from the model (temperature 1,
+    before any other processor): [B] per generated token, no [B, V] kept."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(log_collision(scores))
+        return scores
+
+
 @dataclass
 class Drawn:
     """What `sample` returns: prompts left-padded to width P, answers right-padded, each cut after
@@ -177,18 +191,22 @@ class Drawn:
     answers: list[list[int]]      # answer ids per row, the stop id kept when generated
     logprobs: torch.Tensor        # [B, N] each answer token's log-prob as drawn (0 past the answer)
     prompt_len: int               # P
+    log_collision: torch.Tensor | None = None   # [B, N] log sum_v p(v)^2 of the model's own next-token
+                                                #   distribution at each answer token (0 past it), if asked
 
 
 @torch.no_grad()
 def sample(model, prompt_ids: list[list[int]], spec: SamplingSpec, temps: torch.Tensor | None = None, *,
-           device, synced_gpus: bool = False, cache_implementation: str | None = None) -> Drawn:
+           device, synced_gpus: bool = False, cache_implementation: str | None = None,
+           collision: bool = False) -> Drawn:
     """Draw one answer per prompt with `spec` (temps: [B] per-row temperatures; default
-    spec.temperature): KV cache, no autograd graph, nothing from the model's generation_config."""
+    spec.temperature): KV cache, no autograd graph, nothing from the model's generation_config.
+    collision: also record `log_collision` of the model's distribution at each answer token."""
     ids, mask = left_pad(prompt_ids, spec.pad_id)
     ids, mask = ids.to(device), mask.to(device)
     B, P = ids.shape
-    recorder = SampledLogprobs()
-    processors = LogitsProcessorList()
+    recorder, collisions = SampledLogprobs(), StepCollision()
+    processors = LogitsProcessorList([collisions] if collision else [])
     if not spec.greedy:
         if temps is None:
             temps = torch.full((B,), float(spec.temperature))
@@ -205,4 +223,5 @@ def sample(model, prompt_ids: list[list[int]], spec: SamplingSpec, temps: torch.
     N = max(1, max(len(a) for a in answers))   # generate makes >= 1 token, so N columns of new exist
     amask = pad_right([[1] * len(a) for a in answers], 0, N).to(device)
     seq = torch.cat([ids, pad_right(answers, spec.pad_id, N).to(device)], 1)
-    return Drawn(seq, torch.cat([mask, amask], 1), answers, recorder.result(new)[:, :N] * amask, P)
+    lc = torch.stack(collisions.steps, 1)[:, :N] * amask if collision else None
+    return Drawn(seq, torch.cat([mask, amask], 1), answers, recorder.result(new)[:, :N] * amask, P, lc)

@@ -463,6 +463,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def log_collision(logits: torch.Tensor) -> torch.Tensor:
+    """log sum_v p(v)^2 of each next-token distribution p = softmax(logits): the log of the
+    probability the distribution gives its own draw, E_{v~p}[p(v)]. [..., V] -> [...]."""
+    return torch.logsumexp(2 * torch.log_softmax(logits.float(), dim=-1), dim=-1)
+
+
 def adaptive_kl_coef(kl_ctl: float, kl: float, target: float, n: int, horizon: int) -> float:
     """Ziegler et al. 2019's proportional controller of the KL coefficient.
 

@@ -4,8 +4,9 @@ spending a group budget (GRPO's --num_samples_per_prompt) where the samples teac
 
 Capability of prompt x, in [0, 1] (README "ESRL" has the same formulas):
     conf(x)  = exp(mean_t log sum_v pi(v | x, y_<t)^2) over the answer positions of its first-pass
-               samples, pi at temperature 1 (`answer_confidence`: the expected probability of the
-               model's own next token, which the sampling temperature does not move)
+               samples, pi at temperature 1 as recorded while sampling (`answer_confidence`: the
+               expected probability of the model's own next token, which the sampling
+               temperature does not move)
     score(x) = sigmoid((R(x) - mu_R) / (sigma_R + 1e-8)), R(x) its mean first-pass reward and mu_R,
                sigma^2_R moving averages of each batch's mean and variance of prompt rewards
     c(x)     = w * conf(x) + (1 - w) * score(x),   w = --esrl_confidence_weight
@@ -15,28 +16,31 @@ prompts. r_best / r_worst are the highest / lowest prompt reward R seen so far.
 
 One generation batch of n prompts, K = --num_samples_per_prompt (the budget: K samples per prompt
 on average, as plain GRPO), m = --esrl_min_samples (2), k_max = --esrl_max_samples (2K, so what
-skipped prompts save may go to the hardest):
+skipped prompts save may go to the hardest). Temperatures t_min + c(x) * (t_max - t_min), c from
+before the batch (hotter when capable, so the samples still differ), for every sample of x.
 
-1. First pass: m samples of every prompt at temperature t_min + c(x) * (t_max - t_min) (c from
-   before the batch: hotter when capable, so the samples still differ). Their rewards and
-   confidences update the estimates (gathered over ranks, so every rank holds the same).
-2. Allocation, from the first pass's mean reward R_i, spread s_i (population std) and agree_i (all
+1. First pass: m samples of every prompt, and for a prompt visited before the extra samples planned
+   from its estimates (below), all in one generation call. Their rewards and confidences update the
+   estimates (gathered over ranks, so every rank holds the same).
+2. From a prompt's samples: its mean reward R_i, spread s_i (population std) and agree_i (all
    rewards equal), and c_i, sigma_R, r_best, r_worst after the update:
        skip_i = agree_i and (c_i > c_skip  or  R_i >= r_best > r_worst),   c_skip = --esrl_skip_capability
        w_i    = 0 if skip_i else (1 - c_i) + s_i / (sigma_R + 1e-8)
    A prompt whose samples disagree always teaches, so it is never skipped; one the model answers
-   alike and well (the best reward seen, or capability above c_skip) gets no more samples.
-   The second pass gives prompt i one more sample for each of its quotients w_i / j,
-   j = 1 .. k_max - m, among the T largest of the batch (D'Hondt; ties to the smaller j, then the
-   earlier prompt), with
-       T = max over ranks of min(n * (K - m), (k_max - m) * #{i: w_i > 0}),
-   so every rank samples as many (a rank wanting fewer gives the rest to zero-weight prompts in
-   turn) and no round samples more than n * K.
-3. The second pass's samples join their prompt's group (group baselines use all of them). A
-   skipped prompt whose whole group got one reward is left out of the loss (`loss_mask`). The
-   fraction --esrl_eliminate_ratio of the batch skips the reference and critic passes and the
-   update: first the rows out of the loss, then the rest, each most confident first (their
-   rewards still count in the baselines).
+   alike and well (the best reward seen, or capability above c_skip) gets no more samples. Extra
+   samples: prompt i gets one for each of its quotients w_i / j, j = 1 .. k_max - m, among the T
+   largest of its prompts (D'Hondt; ties to the smaller j, then the earlier prompt), with
+       T = min(n' * (K - m), (k_max - m) * #{i: w_i > 0})      over n' prompts.
+   A prompt visited before is planned with the w_i of its last visit's spread (a moving average) and
+   skip decision and its capability now, among the batch's visited prompts, before sampling. The
+   others get a second pass from their first m samples, T the largest any rank wants (a rank
+   wanting fewer gives the rest to zero-weight prompts in turn, so every rank samples as many). No
+   round samples more than n * K, but where ranks' batches hold different numbers of new prompts.
+3. All of a prompt's samples form its group (group baselines use all of them). A skipped prompt
+   whose whole group got one reward is left out of the loss (`loss_mask`). The fraction
+   --esrl_eliminate_ratio of the batch skips the actor, reference and critic passes and the update:
+   first the rows out of the loss, then the rest, each most confident first (their rewards still
+   count in the baselines).
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ def temperatures(capability: torch.Tensor, t_min: float, t_max: float) -> torch.
     return t_min + capability.clamp(0, 1) * (t_max - t_min)
 
 
-def answer_confidence(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def answer_confidence(log_collision: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """exp(mean_t log sum_v pi(v | x, y_<t)^2) over the answer positions: the geometric mean of the
     probability the model (at temperature 1) expects its own next token to have, E_{v~pi}[pi(v)],
     along each sample's prefixes. ESRL's confidence is the sample's generation probability; that of
@@ -58,12 +62,11 @@ def answer_confidence(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     so a hard prompt drawn cold would look sure and be eliminated first. The expectation does not
     depend on the temperature that drew the token.
 
-    logits: [B, T, V] next-token logits at temperature 1; mask: [B, T] 1 on answer positions.
-    Returns [B].
+    log_collision: [B, T] `utils.losses.log_collision` of the next-token logits at temperature 1
+    (recorded while sampling); mask: [B, T] 1 on answer positions. Returns [B].
     """
     m = mask.to(torch.float32)
-    log_collision = torch.logsumexp(2 * torch.log_softmax(logits.float(), dim=-1), dim=-1)   # log sum p^2
-    return torch.exp((log_collision * m).sum(1) / m.sum(1).clamp_min(1))
+    return torch.exp((log_collision.float() * m).sum(1) / m.sum(1).clamp_min(1))
 
 
 def kept_count(n: int, ratio: float) -> int:
@@ -155,6 +158,8 @@ class CapabilityEstimator:
         self.reward_var: float = 0.0
         self.reward_best: float = -math.inf    # highest / lowest prompt reward seen
         self.reward_worst: float = math.inf
+        self.spread: dict[int, float] = {}     # per prompt: moving average of its rewards' spread
+        self.skip: dict[int, bool] = {}        # per prompt: whether its latest visit was skipped
 
     def _ema(self, old, new):
         return new if old is None else self.decay * old + (1 - self.decay) * new
@@ -195,13 +200,36 @@ class CapabilityEstimator:
                 self.reward_var = self._ema(self.reward_var, v)
             self.reward_best, self.reward_worst = max(self.reward_best, *vals), min(self.reward_worst, *vals)
 
+    def record(self, spread: dict[int, float], skip: dict[int, bool]) -> None:
+        """Fold in one batch's (gathered) per-prompt reward spread and skip decision: what the next
+        visit of the prompt plans its samples from."""
+        for i, v in spread.items():
+            self.spread[i] = self._ema(self.spread.get(i), v)
+        self.skip.update(skip)
+
+    def known(self, prompts: list[int]) -> torch.Tensor:
+        """[B] bool: the prompt was visited before, so its samples can be planned before sampling."""
+        return torch.tensor([i in self.spread for i in prompts], dtype=torch.bool)
+
+    def planned_need(self, prompts: list[int]) -> torch.Tensor:
+        """`sampling_need` of each prompt from its previous visits alone (spread and skip as then,
+        capability as now); 0 for prompts not visited yet. Returns [B] float64."""
+        known = self.known(prompts)
+        spread = torch.tensor([self.spread.get(i, 0.0) for i in prompts], dtype=torch.float64)
+        skip = torch.tensor([self.skip.get(i, True) for i in prompts], dtype=torch.bool)
+        need = sampling_need(self.capability(prompts), spread, math.sqrt(self.reward_var), skip)
+        return torch.where(known, need, torch.zeros_like(need))
+
     def state_dict(self) -> dict:
         return {"conf": dict(self.conf), "reward": dict(self.reward), "conf_mean": self.conf_mean,
                 "reward_mean": self.reward_mean, "reward_var": self.reward_var, "reward_best": self.reward_best,
-                "reward_worst": self.reward_worst}
+                "reward_worst": self.reward_worst, "spread": dict(self.spread), "skip": dict(self.skip)}
 
     def load_state_dict(self, s: dict) -> None:
         self.conf, self.reward = {int(k): v for k, v in s["conf"].items()}, {int(k): v for k, v in s["reward"].items()}
         self.conf_mean, self.reward_mean, self.reward_var = s["conf_mean"], s["reward_mean"], s["reward_var"]
         # checkpoints of the one-pass ESRL hold no extremes: they start again from the next round
         self.reward_best, self.reward_worst = s.get("reward_best", -math.inf), s.get("reward_worst", math.inf)
+        # and checkpoints from before planning none: every prompt is sampled in two passes until revisited
+        self.spread = {int(k): v for k, v in s.get("spread", {}).items()}
+        self.skip = {int(k): bool(v) for k, v in s.get("skip", {}).items()}

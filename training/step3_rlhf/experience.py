@@ -45,7 +45,7 @@ class Experience:
 
 
 # the [B, S-1] tensors of `Samples`, which move with the tokens when the layout widens
-_TOKEN_FIELDS = ("action_mask", "rollout_logprobs", "logprobs")
+_TOKEN_FIELDS = ("action_mask", "rollout_logprobs")
 
 
 @dataclass
@@ -60,7 +60,6 @@ class Samples:
     action_mask: torch.Tensor          # [B, S-1] float
     temperatures: torch.Tensor         # [B]
     rollout_logprobs: torch.Tensor     # [B, S-1] as recorded while sampling
-    logprobs: torch.Tensor             # [B, S-1] the actor's, recomputed at the row's temperature
     confidence: torch.Tensor | None    # [B] ESRL's confidence of each sample (None without ESRL)
     scores: dict                       # reward source name -> [B] scores
     raws: dict                         # name -> [B] unnormalised scores of the sources that normalise

@@ -1,10 +1,11 @@
 """PPO's rollout, one generation batch as a straight pipeline:
 
     sample -> score   a sampler (`sampler.py`: plain, DAPO's refill, or ESRL) draws answers with no
-                      autograd graph, scores every sampled token at its row's temperature with one
-                      teacher-forced actor pass, and calls the reward sources
+                      autograd graph and calls the reward sources; it says which rows go on
     shape             sequence rewards clipped, normalised, credited by the estimator (`advantages.py`)
-    reference/critic  one teacher-forced forward each over the rows that go on
+    actor/reference/critic
+                      one teacher-forced forward each over the rows that go on: the actor's and the
+                      reference's log-probs at each row's temperature, the critic's values
     Experience        per-token KL penalty, advantages and returns (`experience.py`)
 
 What steers the shaping (the KL coefficient, the reward normaliser, ESRL's estimates, the baseline) is
@@ -134,11 +135,14 @@ class ExperienceMaker:
 
     def experience(self, s: Samples, end: torch.Tensor, shaped: torch.Tensor, trains: torch.Tensor,
                    sft_examples: list) -> tuple[Experience, torch.Tensor]:
-        """The reference and critic passes over the rows `s`, KL-penalised token rewards from their
-        shaped sequence rewards [B], advantages; `trains` [B] bool: the rows in the loss. Returns the
-        experience and the per-token KL [B, S-1]."""
+        """The actor, reference and critic passes over the rows `s`, KL-penalised token rewards from
+        their shaped sequence rewards [B], advantages; `trains` [B] bool: the rows in the loss. Returns
+        the experience and the per-token KL [B, S-1]."""
         cfg, P = self.cfg, s.prompt_len
-        seq, attn, action_mask, logprobs = s.sequences, s.attention_mask, s.action_mask, s.logprobs
+        seq, attn, action_mask = s.sequences, s.attention_mask, s.action_mask
+        self.rlhf.eval()
+        with self.clock("actor_logprobs"):   # "old" log-probs, once, over the rows that train
+            _, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1, s.temperatures)
         with self.clock("reference_critic"):
             if self.rlhf.ref is not None:
                 _, ref_logprobs = forward_logprobs(self.rlhf.ref, seq, attn, P - 1, s.temperatures)

@@ -1,16 +1,17 @@
 """Step 3's samplers: a generation batch of prompts -> scored `Samples`, which prompts ESRL skipped,
 and which rows go on to the reference, critic and update.
 
-`Sampler.draw` is one pass of two-stage sampling: generate with no autograd graph under the one
-sampling specification built from the flags (stage 1, `utils.generation.sample`, which records each
-drawn token's log-prob), then one teacher-forced forward of the actor over every sample at its row's
-temperature (stage 2: the old log-probs the policy loss shares), then every reward source. A sampler
-is called once per generation batch:
+`Sampler.draw` is one generation pass: `utils.generation.sample` with no autograd graph under the one
+sampling specification built from the flags (it records each drawn token's log-prob), then every
+reward source. The teacher-forced pass of two-stage sampling (the old log-probs the policy loss
+shares) runs later, in the rollout, over the rows the sampler keeps. A sampler is called once per
+generation batch:
 
     Sampler         --num_samples_per_prompt answers of every prompt, in one pass
     RefillSampler   the same, and uniform groups (every sample one reward) replaced by new prompts'
                     groups until the batch holds as many groups that teach (DAPO's dynamic sampling)
-    ESRLSampler     ESRL's two passes on a group budget, and its elimination of confident samples
+    ESRLSampler     ESRL's planned or two-pass sampling on a group budget, and its elimination of
+                    confident samples
 """
 from __future__ import annotations
 
@@ -77,15 +78,17 @@ class Sampler:
 
     # -- one pass ------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[PromptExample], temps: torch.Tensor | None = None, greedy: bool = False):
-        """Stage 1: one answer per prompt (KV cache, no autograd graph). temps: [B] per-row temperatures
-        (default --temperature); greedy: argmax decoding. Returns `utils.generation.Drawn`."""
+    def generate(self, prompts: list[PromptExample], temps: torch.Tensor | None = None, greedy: bool = False,
+                 collision: bool = False):
+        """One answer per prompt (KV cache, no autograd graph). temps: [B] per-row temperatures (default
+        --temperature); greedy: argmax decoding; collision: record `log_collision` at each answer token.
+        Returns `utils.generation.Drawn`."""
         spec = SamplingSpec(**{**self.spec.__dict__, "greedy": greedy})
         self.rlhf.actor.eval()
         with generation_model(self.rlhf.actor, gather=self.cfg.ds3_gather_for_generation,
                               world_size=dist.world_size()) as (model, synced):
             drawn = sample(model, [p.prompt_ids for p in prompts], spec, temps, device=self.device,
-                           synced_gpus=synced,
+                           synced_gpus=synced, collision=collision,
                            cache_implementation=None if self.rlhf.hybrid else self.cfg.cache_implementation)
         self.rlhf.actor.train()
         return drawn
@@ -93,23 +96,18 @@ class Sampler:
     @torch.no_grad()
     def draw(self, prompts: list[PromptExample], prompt_index: list[int], rows: list[int],
              temps: torch.Tensor | None = None, confidence: bool = False) -> Samples:
-        """One pass of two-stage sampling over `rows` (positions in `prompts`, one per sample), scored by
-        every reward source. temps: [len(rows)] per-row temperatures, or None (--temperature);
-        confidence: also ESRL's `answer_confidence` of each sample."""
+        """One pass over `rows` (positions in `prompts`, one per sample): sampled, then scored by every
+        reward source. temps: [len(rows)] per-row temperatures, or None (--temperature); confidence:
+        also ESRL's `answer_confidence` of each sample, from the model's own distribution as recorded
+        while sampling."""
         chosen = [prompts[r] for r in rows]
         temps = (torch.full((len(rows),), float(self.cfg.temperature)) if temps is None else temps).float()
         with self.clock("generation"):
-            d = self.generate(chosen, temps)
+            d = self.generate(chosen, temps, collision=confidence)
         seq, attn, P = d.sequences, d.attention_mask, d.prompt_len
         action_mask = attn[:, 1:].clone().float()
         action_mask[:, : P - 1] = 0
-        self.rlhf.eval()
-        with self.clock("actor_logprobs"):
-            logits, logprobs = forward_logprobs(self.rlhf.actor, seq, attn, P - 1, temps.to(self.device))
-            conf = None
-            if confidence:   # at temperature 1: ESRL's own temperature choice must not make a prompt look surer
-                conf = answer_confidence(logits[:, :-1], action_mask[:, P - 1:]).cpu()
-            del logits
+        conf = answer_confidence(d.log_collision, attn[:, P:]).cpu() if confidence else None
         self.counters["sampled_sequences"] += len(rows)
         self.counters["sampled_tokens"] += int(action_mask.sum())
         self.clock.count("generated_tokens", float(action_mask.sum()))
@@ -118,7 +116,7 @@ class Sampler:
             scores = {name: src(inputs) for name, src in self.sources.items()}
         raws = {name: src.raw for name, src in self.sources.items() if src.raw is not None}
         return Samples(chosen, [prompt_index[r] for r in rows], list(rows), d.answers, seq, attn, action_mask,
-                       temps.to(self.device), F.pad(d.logprobs, (P - 1, 0)), logprobs, conf, scores, raws,
+                       temps.to(self.device), F.pad(d.logprobs, (P - 1, 0)), conf, scores, raws,
                        combine(scores, self.weights) + self.cfg.reward_bias, P)
 
     def reward_inputs(self, prompts: list[PromptExample], answers: list[list[int]]) -> RewardInputs:
@@ -211,10 +209,12 @@ class RefillSampler(Sampler):
 
 
 class ESRLSampler(Sampler):
-    """ESRL's two passes (`esrl.py`): --esrl_min_samples of every prompt, then the rest of the group
-    budget to the prompts whose first pass says more samples teach; the second pass's samples join their
-    prompts' groups. Then `keep` drops --esrl_eliminate_ratio of the batch before the reference,
-    critic and update: the rows out of the loss first, then the most confident."""
+    """ESRL's sampling on a group budget (`esrl.py`): a prompt visited before gets its samples planned
+    from its estimates and drawn in one pass with the first pass of the others; those take
+    --esrl_min_samples, then the rest of their budget goes to the ones whose first samples say more
+    teach. Every prompt's samples form its group. Then `keep` drops --esrl_eliminate_ratio of the batch
+    before the actor, reference and critic passes and the update: the rows out of the loss first, then
+    the most confident."""
 
     def __init__(self, cfg, engine, tokenizer, sources, weights, counters, clock):
         super().__init__(cfg, engine, tokenizer, sources, weights, counters, clock)
@@ -222,25 +222,32 @@ class ESRLSampler(Sampler):
 
     def __call__(self, prompts: list[PromptExample], prompt_index: list[int]) -> Draw:
         cfg, est, n = self.cfg, self.esrl, len(prompts)
-        m, cap = cfg.esrl_min_samples, cfg.esrl_max_samples - cfg.esrl_min_samples
+        m, cap, extra_each = (cfg.esrl_min_samples, cfg.esrl_max_samples - cfg.esrl_min_samples,
+                              cfg.num_samples_per_prompt - cfg.esrl_min_samples)
         temps = temperatures(est.capability(prompt_index), cfg.esrl_temperature_min, cfg.esrl_temperature_max)
-        rows = grouped(n, m)
+        known = est.known(prompt_index)
+        planned = est.planned_need(prompt_index)
+        ahead = allocate(planned, cap, second_pass_size(planned, cap, int(known.sum()) * extra_each))
+        rows = [i for i in range(n) for _ in range(m + ahead[i])]
         s = self.draw(prompts, prompt_index, rows, temps[rows], confidence=True)
         mean, spread, agree = prompt_stats(self.end_rewards(s), rows, n)
         conf = prompt_stats(s.confidence, rows, n)[0]
         est.update(gather(dict(zip(prompt_index, conf.tolist()))), gather(dict(zip(prompt_index, mean.tolist()))))
         capability = est.capability(prompt_index)
         skip = skipped(mean, agree, capability, est.reward_best, est.reward_worst, cfg.esrl_skip_capability)
-        need = sampling_need(capability, spread, math.sqrt(est.reward_var), skip)
-        # every rank samples the most any rank wants, so generation and scoring stay in lockstep
-        total = int(dist.all_reduce_max(second_pass_size(need, cap, n * (cfg.num_samples_per_prompt - m))))
+        est.record(gather(dict(zip(prompt_index, spread.tolist()))), gather(dict(zip(prompt_index, skip.tolist()))))
+        # the second pass is for the prompts seen for the first time; every rank samples the most any
+        # rank wants, so generation and scoring stay in lockstep
+        need = torch.where(known, torch.zeros_like(spread), sampling_need(capability, spread,
+                                                                          math.sqrt(est.reward_var), skip))
+        total = int(dist.all_reduce_max(second_pass_size(need, cap, int((~known).sum()) * extra_each)))
         if total:
             extra = [i for i, e in enumerate(allocate(need, cap, total)) for _ in range(e)]
             s = Samples.cat(s, self.draw(prompts, prompt_index, extra, temps[extra], confidence=True),
                             self.tok.pad_token_id)
         stats = {"esrl/capability": float(capability.mean()), "esrl/temperature": float(temps.mean()),
                  "esrl/samples_per_prompt": len(s.rows) / n, "esrl/skipped": float(skip.float().mean()),
-                 "esrl/second_pass": total / n}
+                 "esrl/planned": float(known.float().mean()), "esrl/second_pass": total / n}
         return Draw(s, skip[s.rows], stats)
 
     def keep(self, s: Samples, trains: torch.Tensor, stats: dict) -> list[int]:
