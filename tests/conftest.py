@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama and its sentencepiece tokenizer, trained on the demo SFT text."""
     from examples.demo.build_model import corpus
-    from utils.tiny import build_tiny
+    from devtools.tiny import build_tiny
 
     out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     extra = ["The quick brown fox jumps over the lazy dog.", "System: be brief\nUser: hi\nAssistant: hello"]
@@ -36,9 +36,9 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def family_dirs(tmp_path_factory) -> dict:
-    """A tiny model of each of twelve families with its tokenizer's habits (utils/tiny_families.py)."""
+    """A tiny model of each of twelve families with its tokenizer's habits (devtools/tiny_families.py)."""
     from examples.demo.build_model import corpus
-    from utils.tiny_families import FAMILIES, build_family
+    from devtools.tiny_families import FAMILIES, build_family
 
     root = tmp_path_factory.mktemp("families")
     texts = corpus()[:1500]

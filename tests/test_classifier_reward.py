@@ -17,7 +17,7 @@ from utils.rewards.classifier import build_classifier_sources, label_scores, res
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
     from examples.demo.build_model import corpus
-    from utils.tiny_classifier import build_tiny_classifier
+    from devtools.tiny_classifier import build_tiny_classifier
 
     return build_tiny_classifier(corpus()[:300], tmp_path_factory.mktemp("cls") / "tiny-sentiment")
 

@@ -21,7 +21,7 @@ def _texts():
 @pytest.fixture(scope="module")
 def comet_dirs(tmp_path_factory):
     """Untrained tiny COMET models, built in one place and then moved (they must be self-contained)."""
-    from utils.tiny_comet import build_tiny_comet
+    from devtools.tiny_comet import build_tiny_comet
 
     built, moved = tmp_path_factory.mktemp("comet_built"), tmp_path_factory.mktemp("comet")
     out = {}
@@ -118,7 +118,7 @@ def test_built_model_moves_loads_and_matches_comet_predict(comet_dirs):
 
 
 def test_builder_training_lowers_comet_loss(tmp_path):
-    from utils.tiny_comet import build_encoder, new_metric, read_scores_csv, train_metric
+    from devtools.tiny_comet import build_encoder, new_metric, read_scores_csv, train_metric
 
     rows = read_scores_csv(EXAMPLE / "comet_train.csv", need_ref=True)[:64]
     enc = build_encoder(_texts(), tmp_path / "encoder", vocab_size=120, hidden_size=32, layers=1)

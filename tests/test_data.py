@@ -9,7 +9,9 @@ from tests.conftest import write_jsonl
 from utils.data import (IGNORE_INDEX, DataError, Example, LengthStats, collate_lm, epoch_batches,
                         load_step_records, read_dataset, tokenize_records)
 from utils.data.readers import Record
-from utils.data.sft import chat_segments, encode_prompts, sft_prompt
+from utils.data.chat import chat_segments
+from utils.data.encoding import encode_prompts
+from utils.data.sft import sft_prompt
 from utils.data.split import parse_split, split_indices
 
 SFT = {"instruction": "User: Repeat after me: fox red owl\nAssistant: ", "input": "", "output": "fox red owl"}

@@ -122,7 +122,7 @@ def test_fork_rlhf_script(sft_dir, rm_dir, prompt_folder, tmp_path, extra):
 
 
 def test_fork_rlhf_script_with_comet(sft_dir, rm_dir, prompt_folder, tmp_path):
-    from utils.tiny_comet import build_tiny_comet
+    from devtools.tiny_comet import build_tiny_comet
 
     texts = (DEMO_DATA / "rlhf" / "train.txt").read_text().splitlines()[:200]
     comet = build_tiny_comet(tmp_path / "comet", texts, vocab_size=120, hidden_size=32, layers=1, seed=3)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.tiny_families import FAMILIES
+from devtools.tiny_families import FAMILIES
 
 PROMPT = "User: Repeat after me: fox red owl\nAssistant: "
 

@@ -1,5 +1,5 @@
 """SFT -> reward model -> DPO -> PPO on a tiny model of each of twelve families (their tokenizers'
-special-token habits and default dropout, utils/tiny_families.py), on ZeRO 0 and 3 in turn, and
+special-token habits and default dropout, devtools/tiny_families.py), on ZeRO 0 and 3 in turn, and
 one family through the launcher at two processes. Every saved model reloads in stock
 transformers; the reward model scores there exactly as ours does; DPO starts with policy ==
 reference and PPO's first minibatch with ratio 1 and approx_kl 0.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import DEMO_DATA, in_fresh_process, load_weights, read_metrics, run_module, write_jsonl
-from utils.tiny_families import FAMILIES
+from devtools.tiny_families import FAMILIES
 
 STEPS = ("training.step1_sft.main", "training.step2_reward.main", "training.step2_dpo.main",
          "training.step3_rlhf.main")

@@ -16,7 +16,7 @@ from tests.conftest import DEMO_DATA, load_weights, read_metrics, run_module, wr
 from utils.data import DataError, read_dataset
 from utils.data.feedback import (KTOExample, RankedExample, collate_kto, collate_ranked, pair_for_kl, tokenize_kto,
                                  tokenize_ranked)
-from utils.data.sft import encode_prompts, encode_responses
+from utils.data.encoding import encode_prompts, encode_responses
 from utils.losses import IGNORE_INDEX as X
 from utils.losses import kto_loss, kto_reference_point, rrhf_loss
 

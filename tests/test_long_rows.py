@@ -1,5 +1,5 @@
 """Long rows never stop a run: prompts are cut from the left (BOS kept), answers at the right,
-rows that cannot fit are dropped and counted per file (rule in utils/data/sft.py)."""
+rows that cannot fit are dropped and counted per file (rule in utils/data/encoding.py)."""
 from __future__ import annotations
 
 from functools import partial
@@ -14,7 +14,8 @@ from utils.data import IGNORE_INDEX, DataError, LengthStats, read_dataset, step_
 from utils.data.preference import tokenize_preferences
 from utils.data.readers import Record
 from utils.data.rlhf import prompt_examples, tokenize_prompts
-from utils.data.sft import detect_format, fit_prompt, fit_row
+from utils.data.encoding import fit_prompt, fit_row
+from utils.data.sft import detect_format
 
 PROMPT = "User: Repeat after me: fox red owl\nAssistant: "  # 16 ids with BOS
 SHORT = "User: hi\nAssistant: "                          # 9 ids with BOS

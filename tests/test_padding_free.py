@@ -42,7 +42,7 @@ def test_packed_loss_equals_padded_loss(tiny_dir, tokenizer):
 
 def test_padding_free_refuses_a_model_that_attends_across_examples(sft_data, tmp_path):
     from examples.demo.build_model import corpus
-    from utils.tiny_families import build_family
+    from devtools.tiny_families import build_family
 
     opt = build_family("opt", corpus()[:300], tmp_path / "opt", hidden_size=32, layers=2, heads=4)
     out = tmp_path / "never"

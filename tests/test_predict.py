@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import write_jsonl
 from utils.config import ConfigError
-from utils.data.sft import encode_prompts
+from utils.data.encoding import encode_prompts
 from utils.generation import cut_at_eos
 from utils.predict import (PredictArgs, load_predict_prompts, make_predict_hook, predict_path,
                            write_predictions)

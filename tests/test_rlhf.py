@@ -103,7 +103,7 @@ def test_adaptive_kl_and_reward_normalizer_by_hand():
 def test_reward_model_source_scores_as_stock_transformers(rm_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    from utils.data.sft import encode_prompts, encode_responses
+    from utils.data.encoding import encode_prompts, encode_responses
     from utils.models import reward_tokenizer_for_export
     from utils.rewards import RewardInputs, RewardModelSource
 

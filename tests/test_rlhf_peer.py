@@ -71,7 +71,7 @@ def test_update_reference_with_sampling_keeps_the_better_target(tokenizer):
 
     from training.step3_rlhf.rollout import sft_targets
     from utils.data.rlhf import PromptExample
-    from utils.data.sft import IGNORE_INDEX, Example
+    from utils.data.encoding import IGNORE_INDEX, Example
     from utils.rewards import RewardInputs
 
     def prompt(text, ref):

@@ -6,11 +6,9 @@ complete, so a crash never leaves a half-written model or a `latest` pointing at
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -100,21 +98,6 @@ def _export(sd: dict, module: nn.Module, tokenizer, out: Path, model_cls) -> Non
     tokenizer.save_pretrained(tmp)
     _move_into(tmp, out)
     print_rank0(f"[save] model and tokenizer written to {out}")
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(engines: dict, ckpt_dir: str | Path, tag: str, client_state: dict, keep: int) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Optional
 
+from . import handbook
+from .errors import ConfigError
 from .predict import PredictArgs
 
 
@@ -30,10 +32,6 @@ def _f(default, help: str, *, aliases: tuple[str, ...] = (), **kw):
 def _opt_bool(help: str, *, aliases: tuple[str, ...] = ()):
     """A bool flag whose absence means "not given" (None): `--flag` alone is true, like store_true."""
     return _f(None, help, aliases=aliases, nargs="?", const=True)
-
-
-class ConfigError(ValueError):
-    """A bad flag value; printed as one line by the entry point."""
 
 
 # The fork's hybrid alignment training (iterative SFT/RLHF with EWC): refused by name, never ignored.
@@ -453,8 +451,6 @@ def parse_config(cls, argv: list[str] | None = None):
     A user mistake (unknown or misspelt flag, bad value, refused feature) prints one line and
     exits with code 2, before anything is written.
     """
-    from . import handbook
-
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe_notes: list[tuple[str, str]] = []  # keys of an alignment-handbook recipe that do nothing here
     parser = make_parser(cls)

@@ -17,7 +17,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
 from .data.collate import pad_right
-from .data.sft import encode_prompts
+from .data.encoding import encode_prompts
 from .losses import log_collision
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from . import masks
 from .distributed import print_rank0
+from .errors import ConfigError
 
 masks.install()  # every forward of an sdpa model with padding builds its mask directly (utils/masks.py)
 
@@ -291,8 +292,6 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
     """The trained model of a step (a causal LM, or with `reward` a scalar-head model):
     ZeRO-3 aware load in the training dtype (DeepSpeed keeps its own fp32 master weights for
     bf16/fp16), dropout, gradient checkpointing, LoRA."""
-    from .config import ConfigError
-
     path = path or cfg.model_name_or_path
     zero3_init_context(ds_config)
     extra = {"head_dropout": getattr(cfg, "head_dropout", 0.0)} if reward else {}
@@ -321,8 +320,6 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
 def load_tokenizer_for(cfg, path: str | None = None, padding_side: str = "right") -> object:
     """The step's tokenizer (--tokenizer_name_or_path, else `path`, else the model's) with
     --chat_template when given; a missing or broken one is a one-line ConfigError."""
-    from .config import ConfigError
-
     path = getattr(cfg, "tokenizer_name_or_path", None) or path or cfg.model_name_or_path
     try:
         tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side,

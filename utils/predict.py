@@ -44,16 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from . import distributed as dist
+from .data.readers import read_dataset, require_str
+from .data.encoding import encode_prompts, fit_prompt, special_prefix
+from .data.sft import sft_prompt
+from .errors import ConfigError, DataError
+from .generation import cut_at_eos, generation_model, left_pad
+
 FLAG = "--predict_file"
 SEPARATOR = " ||| "  # the fork's "prompt ||| reference" lines
 # The fork's sampling settings (top-k: transformers' default, which the fork left in place).
 TEMPERATURE, TOP_P, TOP_K = 0.75, 0.95, 50
-
-
-def _config_error(msg: str) -> Exception:
-    from .config import ConfigError  # lazy: utils.config may import this module
-
-    return ConfigError(msg)
 
 
 # -- flags -------------------------------------------------------------------------------------
@@ -74,12 +75,12 @@ class PredictArgs:
 
     def check_predict(self) -> None:
         if self.predict_steps < -1:
-            raise _config_error(f"--predict_steps must be >= 0 (or -1: off), got {self.predict_steps}")
+            raise ConfigError(f"--predict_steps must be >= 0 (or -1: off), got {self.predict_steps}")
         if self.predict_steps > 0 and not self.predict_file:
-            raise _config_error("--predict_steps needs --predict_file")
+            raise ConfigError("--predict_steps needs --predict_file")
         for name in ("predict_batch_size", "predict_max_new_tokens"):
             if getattr(self, name) < 1:
-                raise _config_error(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
 def predict_enabled(cfg) -> bool:
@@ -101,9 +102,6 @@ class PredictPrompt:
 
 
 def _prompt_and_reference(rec) -> tuple[str, Optional[str]]:
-    from .data.errors import DataError
-    from .data.readers import require_str
-    from .data.sft import sft_prompt
 
     d = rec.data
     if rec.plain_line:  # the fork's "prompt ||| reference" line (stripped, as the fork does)
@@ -135,13 +133,9 @@ def load_predict_prompts(path: str, tokenizer, max_prompt_len: Optional[int] = N
                          flag: str = FLAG) -> list[PredictPrompt]:
     """Read and tokenize the prompt file; any problem is one-line ConfigError naming `flag` and
     the file. Call it before training starts (every rank may call it)."""
-    from . import distributed as dist
-    from .data.errors import DataError
-    from .data.readers import read_dataset
-    from .data.sft import encode_prompts, fit_prompt, special_prefix
 
     if not path:
-        raise _config_error(f"{flag}: no file given")
+        raise ConfigError(f"{flag}: no file given")
     try:
         raw = read_dataset(str(path))
         records = raw.test or raw.train
@@ -150,18 +144,18 @@ def load_predict_prompts(path: str, tokenizer, max_prompt_len: Optional[int] = N
         texts, refs = zip(*(_prompt_and_reference(r) for r in records))
     except DataError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise _config_error(f"{flag} {msg}" if msg.startswith(str(path)) else f"{flag} {path}: {msg}") from None
+        raise ConfigError(f"{flag} {msg}" if msg.startswith(str(path)) else f"{flag} {path}: {msg}") from None
     ids = encode_prompts(tokenizer, list(texts))
     prefix = special_prefix(tokenizer)
     out, truncated = [], 0
     for rec, text, ref, p in zip(records, texts, refs, ids):
         if not p:
-            raise _config_error(f"{flag} {rec.where}: prompt has no tokens")
+            raise ConfigError(f"{flag} {rec.where}: prompt has no tokens")
         if max_prompt_len and len(p) > max_prompt_len:
             # step 3's rule: cut from the left, keeping the special prefix (BOS) in front
             cut = fit_prompt(p, max_prompt_len, prefix)
             if cut is None:
-                raise _config_error(f"{flag} {rec.where}: a prompt limit of {max_prompt_len} tokens leaves "
+                raise ConfigError(f"{flag} {rec.where}: a prompt limit of {max_prompt_len} tokens leaves "
                                     f"nothing but the tokenizer's special prefix")
             p, truncated = cut, truncated + 1
         out.append(PredictPrompt(text, p, ref, rec.where))
@@ -223,8 +217,6 @@ def _generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int,
               device) -> list[str]:
     import torch
 
-    from . import distributed as dist
-    from .generation import cut_at_eos, generation_model, left_pad
 
     sampling = ({"temperature": None, "top_p": None, "top_k": None} if greedy else
                 {"temperature": temperature, "top_p": top_p, "top_k": top_k or None})
@@ -267,7 +259,6 @@ def write_predictions(model, tokenizer, prompts: list[PredictPrompt], out_path: 
     (folder created there, temp file + os.replace). Returns the written rows on every rank.
     Training state is left as found: train/eval flags, RNG states, no gradients.
     """
-    from . import distributed as dist
 
     t0 = time.perf_counter()
     rank, world = dist.rank(), dist.world_size()

@@ -7,7 +7,9 @@ from contextlib import contextmanager
 from typing import Callable
 
 from . import distributed as dist
+from .errors import ConfigError, DataError
 from .logging import quiet_library_bars
+from .seeding import seed_everything
 
 
 def start(cfg) -> None:
@@ -18,8 +20,6 @@ def start(cfg) -> None:
     dist.init_distributed()
     for note in getattr(cfg, "notes", []):
         dist.print_rank0(f"[flags] {note}")
-    from .trainer import seed_everything
-
     seed_everything(cfg.seed)
 
 
@@ -31,9 +31,6 @@ def user_errors():
     Used around config checks, data loading and model loading, which all run before the
     output folder is created, so a bad input leaves nothing behind.
     """
-    from .config import ConfigError
-    from .data.errors import DataError
-
     try:
         yield
     except (DataError, ConfigError) as e:

@@ -12,20 +12,23 @@ when micro-batches hold different numbers of tokens.
 """
 from __future__ import annotations
 
+import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from . import distributed as dist
-from .checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import read_deepspeed_config
+from .errors import ConfigError
+from .checkpoint import latest_tag, load_checkpoint, save_checkpoint
 from .ds_config import merge_user_config, train_ds_config
 from .logging import MetricsLogger, progress
+from .run import Preemption
+from .seeding import rng_state, set_rng_state
 
 
 @dataclass
@@ -34,12 +37,6 @@ class LossOutput:
     count: float                           # number of counted items (tokens, pairs) in loss_sum
     # name -> (sum, number of items it sums over); reported as sum / number over all ranks
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float, lora_lr: float | None = None) -> list[dict]:
@@ -84,9 +81,6 @@ def ds_config_for(cfg, *, micro_batch_size: int | None = None, zero_stage: int |
     )
     if not cfg.deepspeed_config:
         return ours
-    import json
-
-    from .config import ConfigError, read_deepspeed_config
 
     user = read_deepspeed_config(cfg.deepspeed_config)
     merged = merge_user_config(ours, user)
@@ -171,7 +165,6 @@ class Trainer:
                                     tensorboard_path=cfg.tensorboard_path, name=name, append=cfg.resume)
         self.device = dist.device()
         self.history: list[dict] = []
-        from .run import Preemption
 
         self.preemption = Preemption()
 

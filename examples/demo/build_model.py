@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from utils.tiny import build_tiny
+from devtools.tiny import build_tiny
 
 DATA = Path(__file__).parent / "data"
 

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from utils.tiny import build_tiny
-from utils.tiny_comet import build_tiny_comet, read_scores_csv
+from devtools.tiny import build_tiny
+from devtools.tiny_comet import build_tiny_comet, read_scores_csv
 
 DATA = Path(__file__).parent / "data"
 

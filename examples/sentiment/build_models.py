@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from utils.tiny import build_tiny
-from utils.tiny_classifier import build_tiny_classifier
+from devtools.tiny import build_tiny
+from devtools.tiny_classifier import build_tiny_classifier
 
 DATA = Path(__file__).parent / "data" / "imdb"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from utils.tiny import build_tiny
+from devtools.tiny import build_tiny
 
 DATA = Path(__file__).parent / "data" / "CarperAI"
 

@@ -21,7 +21,7 @@ def parser(doc: str, *, steps: int, rounds: int) -> argparse.ArgumentParser:
 def setup_tiny(hidden: int, layers: int, max_position: int) -> str:
     """Start a one-process group and build a tiny Llama offline; returns its folder."""
     from utils import distributed as dist
-    from utils.tiny import build_tiny
+    from devtools.tiny import build_tiny
 
     dist.set_env_defaults()
     dist.init_distributed()

@@ -139,7 +139,7 @@ def memory_phase(a, shared: list[str], tmp: Path) -> dict[str, tuple[float, floa
     per --memory_dtypes entry."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from utils.tiny import build_model
+    from devtools.tiny import build_model
 
     tok = AutoTokenizer.from_pretrained(ROOT / a.demo_dir / "sft")
     big = tmp / "big"

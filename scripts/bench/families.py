@@ -1,5 +1,5 @@
 """Every stage on every model family: SFT -> reward model -> DPO -> PPO on tiny models of twelve
-families (utils/tiny_families.py), and the reward model's held-out accuracy as our training logged
+families (devtools/tiny_families.py), and the reward model's held-out accuracy as our training logged
 it and as stock transformers scores the saved folder (`AutoTokenizer(rm)(prompt + answer)`).
 
     .venv/bin/python -m scripts.bench.families [--families gpt2 opt ...] [--out output/families]
@@ -56,7 +56,7 @@ def stock_accuracy(rm_dir: Path, pairs: list[dict]) -> float:
 
 def family_row(family: str, a, out: Path, zero: int) -> dict:
     from examples.demo.build_model import corpus
-    from utils.tiny_families import build_family
+    from devtools.tiny_families import build_family
 
     base = build_family(family, corpus()[:1500], out / "base", hidden_size=a.hidden_size, layers=a.layers)
     common = ["--zero_stage", zero, "--seed", 1]
@@ -101,7 +101,7 @@ def family_row(family: str, a, out: Path, zero: int) -> dict:
 
 
 def main() -> None:
-    from utils.tiny_families import FAMILIES
+    from devtools.tiny_families import FAMILIES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)

@@ -91,7 +91,7 @@ def build_llama(folder: Path, spec: dict, max_position: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from utils.tiny import build_tokenizer
+    from devtools.tiny import build_tokenizer
 
     tok = build_tokenizer(demo_texts(), folder, vocab_size=512)
     config = LlamaConfig(

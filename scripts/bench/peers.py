@@ -108,7 +108,7 @@ def write_inputs(tmp: Path, n: int, hidden: int, layers: int) -> dict[str, Path]
     """The tiny model and the three data sets in our formats (the TRL child reads the same files)."""
     import pandas as pd
 
-    from utils.tiny import build_tiny
+    from devtools.tiny import build_tiny
 
     data = rows(n, SEED)
     model = build_tiny([r["prompt"] + r["answer"] for r in data], tmp / "model", vocab_size=400,

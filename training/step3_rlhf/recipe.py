@@ -18,11 +18,12 @@ from training.step3_rlhf.build import Parts
 from training.step3_rlhf.rollout import ExperienceMaker
 from training.step3_rlhf.update import PPOUpdater
 from utils import distributed as dist
-from utils.checkpoint import latest_tag, load_checkpoint, rng_state, save_checkpoint, save_hf_model, set_rng_state
+from utils.checkpoint import latest_tag, load_checkpoint, save_checkpoint, save_hf_model
 from utils.config import ConfigError
 from utils.data import epoch_batches
 from utils.logging import MetricsLogger, progress
 from utils.run import Preemption, user_errors
+from utils.seeding import rng_state, set_rng_state
 from utils.trainer import engine_stats
 
 

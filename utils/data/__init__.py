@@ -4,10 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..distributed import print_rank0
+from ..errors import DataError
+from .cache import tokenize_cached
 from .collate import LMBatch, collate_lm, collate_packed, epoch_batches, pad_right
-from .errors import DataError
+from .encoding import IGNORE_INDEX, Example, LengthStats, by_source, encode_prompts
 from .readers import RawDataset, Record, SplitNames, read_dataset
-from .sft import IGNORE_INDEX, Example, LengthStats, by_source, encode_prompts, sft_prompt, tokenize_records
+from .sft import sft_prompt, tokenize_records
 from .split import take_fraction, take_step_share
 
 
@@ -45,9 +48,6 @@ def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple
     """Apply `tokenize` (one file's records -> (examples, LengthStats)) to each source file
     separately, since a file holds one format, through the --data_output_path cache when given;
     returns (train, test, source -> stats)."""
-    from ..distributed import print_rank0
-    from .cache import tokenize_cached
-
     stats: dict[str, LengthStats] = {}
     out = []
     for records in (data.train, data.test):
@@ -69,8 +69,6 @@ def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list,
 
     The totals line comes first, then one line per file with what the length rule did.
     """
-    from ..distributed import print_rank0
-
     splits = split_names(cfg)
     data = load_step_records(cfg.data_path, cfg.data_split, step=step, seed=cfg.data_seed,
                              fractions=getattr(cfg, "data_fractions", None), splits=splits)

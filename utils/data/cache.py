@@ -17,6 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from ..distributed import rank
+
 CACHE_VERSION = 2   # 2: chat pairs with a list prompt (TRL explicit-prompt form) read the prompt turns
 
 
@@ -67,17 +69,26 @@ def _decode(obj, types: dict[str, type]):
     return obj
 
 
-def cached(cache_dir: str | None, key: str, build: Callable[[], Any], types: list[type]) -> tuple[Any, bool]:
+# The example types an entry may hold, by class name (the name an entry stores): registered by
+# `cacheable` where each is defined, so this module needs none of the format modules.
+CACHEABLE: dict[str, type] = {}
+
+
+def cacheable(cls: type) -> type:
+    """Class decorator: a dataclass whose instances the cache may store and read back."""
+    CACHEABLE[cls.__name__] = cls
+    return cls
+
+
+def cached(cache_dir: str | None, key: str, build: Callable[[], Any], types: dict[str, type]) -> tuple[Any, bool]:
     """(value, was_cached): the entry `key` from `cache_dir`, else `build()`, written there."""
     if not cache_dir:
         return build(), False
     path = Path(cache_dir) / f"{key}.json"
     if path.is_file():
         with open(path, encoding="utf-8") as f:
-            return _decode(json.load(f), {t.__name__: t for t in types}), True
+            return _decode(json.load(f), types), True
     value = build()
-    from ..distributed import rank
-
     if rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -89,12 +100,6 @@ def cached(cache_dir: str | None, key: str, build: Callable[[], Any], types: lis
 
 def tokenize_cached(cache_dir: str | None, records: list, tokenize: Callable, what: Any = None):
     """`tokenize(records)` -> (examples, LengthStats), through the cache; (examples, stats, hit)."""
-    from .feedback import KTOExample, RankedExample
-    from .preference import PreferenceExample
-    from .rlhf import PromptExample
-    from .sft import Example, LengthStats
-
     key = entry_key(records, what if what is not None else describe_function(tokenize))
-    (examples, stats), hit = cached(cache_dir, key, lambda: tokenize(records),
-                                    [Example, LengthStats, PreferenceExample, PromptExample, KTOExample, RankedExample])
+    (examples, stats), hit = cached(cache_dir, key, lambda: tokenize(records), CACHEABLE)
     return examples, stats, hit

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .sft import IGNORE_INDEX, Example
+from .encoding import IGNORE_INDEX, Example
 
 
 @dataclass

@@ -10,7 +10,7 @@ Accepted rows (parquet columns or JSON keys):
   better); or preference pairs as two answers scored by their score columns when present, else
   chosen 1 and rejected 0.
 Prompt and answers are tokenized separately, as in SFT, and each answer ends with EOS. Long
-rows follow the length rule of sft.py, every answer of a row following one cut prompt.
+rows follow the length rule of encoding.py, every answer of a row following one cut prompt.
 """
 from __future__ import annotations
 
@@ -21,16 +21,18 @@ from dataclasses import dataclass, field
 import torch
 
 from .collate import batch_to, pad_right
-from .errors import DataError
+from ..errors import DataError
 from .preference import PreferenceExample, prompt_completion_turns, render_after, tokenize_preferences
 from .readers import Record, require_str
-from .sft import IGNORE_INDEX, LengthStats, encode_prompts, encode_responses, fit_row, require_usable, special_prefix
+from .cache import cacheable
+from .encoding import IGNORE_INDEX, LengthStats, encode_prompts, encode_responses, fit_row, require_usable, special_prefix
 
 NAN = float("nan")
 KTO_COLUMNS = ("prompt", "completion", "label")
 RANKED_COLUMNS = ("prompt", "responses", "scores")
 
 
+@cacheable
 @dataclass
 class KTOExample:
     prompt_ids: list[int]
@@ -44,6 +46,7 @@ class KTOExample:
         self.ref_logp, self.ref_kl_logp = logps
 
 
+@cacheable
 @dataclass
 class RankedExample:
     prompt_ids: list[int]

@@ -11,7 +11,7 @@ Accepted rows (parquet columns or JSON keys):
   as in UltraFeedback, and is not read); `margin` as above;
 - pointwise: `prompt, response, score`.
 For DPO (and step 1) prompt and answers are tokenized separately, as in SFT; a plain answer
-ends with EOS. Long rows follow the length rule of sft.py: both answers of a pair follow one
+ends with EOS. Long rows follow the length rule of encoding.py: both answers of a pair follow one
 prompt, cut to leave room for the longer answer; a pair whose answers differ but become
 identical once cut is dropped. Step 1 trains on these rows too (`tokenize_chosen`: prompt ->
 chosen).
@@ -28,10 +28,12 @@ from dataclasses import dataclass
 import torch
 
 from .collate import batch_to, pad_right
-from .errors import DataError
+from ..errors import DataError
 from .readers import Record, require_number, require_str
-from .sft import (IGNORE_INDEX, Example, LengthStats, _check_messages, encode_prompts, encode_responses, fit_prompt,
-                  fit_row, prompt_answer_examples, require_usable, special_prefix, tokenize_chat)
+from .cache import cacheable
+from .chat import check_messages, tokenize_chat
+from .encoding import (IGNORE_INDEX, Example, LengthStats, encode_prompts, encode_responses, fit_prompt, fit_row,
+                       prompt_answer_examples, require_usable, special_prefix)
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 SCORE_COLUMNS = (("chosen_score", "rejected_score"), ("chosen_gpt_score", "rejected_gpt_score"))
@@ -40,6 +42,7 @@ KNOWN_COLUMNS = {"prompt", "response", "chosen", "rejected", "score", "margin",
 NAN = float("nan")
 
 
+@cacheable
 @dataclass
 class PreferenceExample:
     """A pair (rejected_ids set) or a scored single response (rejected_ids None)."""
@@ -98,8 +101,8 @@ def _scores(rec: Record, required: bool) -> tuple[float, float]:
 def _conversations(rec: Record) -> tuple[list[dict], list[dict]]:
     """The whole chosen and rejected conversations of a chat pair (module docstring)."""
     prompt = rec.data.get("prompt")
-    head = _check_messages(rec, "prompt", need_answer=False) if isinstance(prompt, list) else []
-    return tuple(head + _check_messages(rec, col, need_answer=not head) for col in ("chosen", "rejected"))
+    head = check_messages(rec, "prompt", need_answer=False) if isinstance(prompt, list) else []
+    return tuple(head + check_messages(rec, col, need_answer=not head) for col in ("chosen", "rejected"))
 
 
 def _chat_texts(rec: Record, tokenizer) -> tuple[str, str, str]:
@@ -115,8 +118,8 @@ def _chat_texts(rec: Record, tokenizer) -> tuple[str, str, str]:
 def prompt_completion_turns(rec: Record) -> tuple[list[dict], list[dict] | None]:
     """TRL's conversational prompt-completion row: the prompt's turns and the completion's (None
     when the row has no completion)."""
-    head = _check_messages(rec, "prompt", need_answer=False)
-    return head, _check_messages(rec, "completion") if "completion" in rec.data else None
+    head = check_messages(rec, "prompt", need_answer=False)
+    return head, check_messages(rec, "completion") if "completion" in rec.data else None
 
 
 def render_after(rec: Record, tokenizer, head: list[dict], conversations: list[list[dict]]) -> tuple[str, list[str]]:

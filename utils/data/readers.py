@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..distributed import print_rank0
 from . import named
-from .errors import DataError
+from ..errors import DataError
 from .split import split_indices
 
 TEXT_EXTS = (".txt", ".jsonl", ".json", ".jsonl.gz", ".json.gz")

@@ -11,7 +11,7 @@ columns (a GRPO dataset's `solution`, say) travel too, for rule rewards that ask
 Lengths: a prompt longer than --max_prompt_seq_len is cut from the left to that many tokens,
 keeping its special prefix (BOS) at the front and its end next to where generation starts;
 a prompt that would keep nothing besides that prefix is dropped. The example for the extra
-SFT loss is the whole prompt + reference cut by the same rule as step 1 (sft.py) with
+SFT loss is the whole prompt + reference cut by the same rule as step 1 (encoding.py) with
 --max_seq_len, so it equals the example step 1 makes from the same row.
 """
 from __future__ import annotations
@@ -20,13 +20,17 @@ import json
 from dataclasses import dataclass
 from functools import partial
 
-from .errors import DataError
+from ..distributed import print_rank0
+from ..errors import DataError
+from .cache import cacheable, tokenize_cached
+from .encoding import (IGNORE_INDEX, Example, LengthStats, by_source, encode_prompts, encode_responses, fit_prompt,
+                       fit_row, require_usable, special_prefix)
 from .preference import KNOWN_COLUMNS, _conversations, _kind, prompt_completion_turns, render_after
 from .readers import Record, require_str
-from .sft import (IGNORE_INDEX, Example, LengthStats, by_source, detect_format, encode_prompts, encode_responses,
-                  fit_prompt, fit_row, require_usable, sft_prompt, special_prefix)
+from .sft import detect_format, sft_prompt
 
 
+@cacheable
 @dataclass
 class PromptExample:
     prompt_ids: list[int]     # tokenized exactly as in SFT (and as generation sees them), cut to the prompt limit
@@ -158,9 +162,6 @@ def tokenize_prompts(records: list[Record], tokenizer, max_prompt_len: int, max_
                      need_reference: bool, cache_dir: str | None = None, fmt: str = "auto") -> list[PromptExample]:
     """`prompt_examples` of every source file in `records` (through the --data_output_path cache
     when given), printing each file's counts on rank 0."""
-    from ..distributed import print_rank0
-    from .cache import tokenize_cached
-
     tokenize = partial(prompt_examples, tokenizer=tokenizer, max_prompt_len=max_prompt_len, max_len=max_len,
                        need_reference=need_reference, fmt=fmt)
     out = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 STEP_NAMES = ("step 1 (SFT)", "step 2 (reward/DPO)", "step 3 (RLHF)")
 

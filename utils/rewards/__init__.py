@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed as dist
 from ..data.collate import pad_right
+from ..errors import ConfigError
 from ..data.preference import reward_model_chat_ids, reward_model_ids
 from ..models import end_scores, token_values
 
@@ -154,9 +156,6 @@ def rule_arguments(batch: RewardInputs) -> dict[str, list]:
 def source_device(index: int | None, flag: str) -> torch.device:
     """The GPU `index` (default: this process's own GPU) when there is one, else the CPU: where a
     reward source named by `flag` runs."""
-    from .. import distributed as dist
-    from ..config import ConfigError
-
     if not torch.cuda.is_available():
         return torch.device("cpu")
     if index is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed as dist
-from ..config import ConfigError
+from ..errors import ConfigError
 from . import RewardSource, source_device
 
 
@@ -48,7 +48,7 @@ def load_comet(spec: str, device: torch.device | str = "cpu"):
 
     The class comes from the folder's hparams.yaml, as in `comet.load_from_checkpoint`; weights
     load with `weights_only=True`. A relative `pretrained_model` (as written by
-    `utils.tiny_comet`) is resolved against the model folder, so such folders can be moved.
+    `devtools.tiny_comet`) is resolved against the model folder, so such folders can be moved.
     """
     import yaml
     from comet.models import str2model

@@ -1,13 +1,13 @@
 """Build a tiny random causal LM of one of twelve model families, with its tokenizer, offline.
 
-`utils/tiny.py` builds one tiny Llama. Code that must work across model families (special-token
+`devtools/tiny.py` builds one tiny Llama. Code that must work across model families (special-token
 habits, padding, BOS handling, dropout defaults) needs the other families too, and the tests
 cannot download them. Each family here gets a model from its own transformers config class and
 a tokenizer trained on the given texts with that family's real special-token habits (which
 tokens exist, their ids, whether BOS is prepended, whether pad is EOS or absent). The result is
 an ordinary HF folder that stock `AutoModelForCausalLM` / `AutoTokenizer` load offline.
 
-    python -m utils.tiny --family gpt2 --text corpus.txt --output_dir build/tiny-gpt2
+    python -m devtools.tiny --family gpt2 --text corpus.txt --output_dir build/tiny-gpt2
 """
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from utils.tiny import CHAT_TEMPLATE
+# One chat template for the tiny tokenizer, matching the seed SFT prompt style
+# ("User: ...\nAssistant: "), so chat data and instruction data render alike.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token + '\n' }}"
+    "{% elif message['role'] == 'system' %}{{ 'System: ' + message['content'] + '\n' }}"
+    "{% else %}{{ 'User: ' + message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
 
 MAX_POSITIONS = 256
 # Both tokenizer kinds hold all 256 bytes (byte-level symbols or sentencepiece byte fallback)
@@ -150,7 +159,7 @@ def _byte_level_tokenizer(fam: Family, texts: list[str], vocab_size: int, output
 
 
 def _sentencepiece_tokenizer(fam: Family, texts: list[str], vocab_size: int, output_dir: Path):
-    """Sentencepiece BPE with byte fallback, as `utils/tiny.py` builds it, with the family's pieces.
+    """Sentencepiece BPE with byte fallback, as `devtools/tiny.py` builds it, with the family's pieces.
 
     Control pieces get the ids of their position in `fam.specials`; a family token that
     sentencepiece has no role for (Phi-3's <|endoftext|>) is added after training, at the end
@@ -177,7 +186,7 @@ def _sentencepiece_tokenizer(fam: Family, texts: list[str], vocab_size: int, out
     cls = getattr(transformers, fam.tokenizer_class)
     tok = cls(vocab_file=str(sp_path), from_slow=True, legacy=False, add_prefix_space=False,
               add_bos_token=fam.prepend_bos, add_eos_token=False, **in_model)
-    # add_prefix_space stays in the saved config, as in utils/tiny.py: it makes a load re-convert
+    # add_prefix_space stays in the saved config, as in devtools/tiny.py: it makes a load re-convert
     # from tokenizer.model exactly as here, and keeps the slow class from adding a leading space.
     tok.init_kwargs.pop("from_slow", None)
     added = {k: v for k, v in _special_kwargs(fam).items() if v is not None and v not in fam.specials}

@@ -3,8 +3,8 @@
 Used by the demo and the tests so nothing needs a hub download. The result is an ordinary
 HF folder: stock `AutoModelForCausalLM` / `AutoTokenizer` load it.
 
-    python -m utils.tiny --text corpus.txt --output_dir build/tiny-llama
-    python -m utils.tiny --family gpt2 --text corpus.txt --output_dir build/tiny-gpt2   # tiny_families.py
+    python -m devtools.tiny --text corpus.txt --output_dir build/tiny-llama
+    python -m devtools.tiny --family gpt2 --text corpus.txt --output_dir build/tiny-gpt2   # tiny_families.py
 """
 from __future__ import annotations
 
@@ -15,16 +15,7 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-# One chat template for the tiny tokenizer, matching the seed SFT prompt style
-# ("User: ...\nAssistant: "), so chat data and instruction data render alike.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token + '\n' }}"
-    "{% elif message['role'] == 'system' %}{{ 'System: ' + message['content'] + '\n' }}"
-    "{% else %}{{ 'User: ' + message['content'] + '\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
-)
+from devtools.tiny_families import CHAT_TEMPLATE, FAMILIES, build_family
 
 
 def build_tokenizer(texts: list[str], output_dir: str | Path, vocab_size: int = 512):
@@ -109,8 +100,6 @@ def build_tiny(texts: list[str], output_dir: str | Path, *, vocab_size: int = 51
 
 
 def main() -> None:
-    from .tiny_families import FAMILIES, build_family
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--text", required=True, help="UTF-8 text file; each line is a training sentence")
     p.add_argument("--output_dir", required=True)

@@ -1,10 +1,10 @@
 """Build a tiny sequence classifier offline (a reward source for tests and the sentiment example).
 
-Its tokenizer is trained on the given texts with a model family's habits (utils/tiny_families.py;
+Its tokenizer is trained on the given texts with a model family's habits (devtools/tiny_families.py;
 default gpt2: byte-level BPE, no pad token), so it differs from the actor's and step 3 must decode
 and re-encode. With labelled texts it is trained to tell them apart; without, its head is random.
 
-    python -m utils.tiny_classifier --texts reviews.jsonl --output_dir build/tiny-sentiment
+    python -m devtools.tiny_classifier --texts reviews.jsonl --output_dir build/tiny-sentiment
     (reviews.jsonl: one {"text": ..., "label": 0|1} per line)
 """
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from devtools.tiny_families import FAMILY_SPECS, build_family_tokenizer
 
 LABELS = ("NEGATIVE", "POSITIVE")
 
@@ -24,8 +26,6 @@ def build_tiny_classifier(texts: list[str], output_dir: str | Path, *, labels: l
     `labels` (label indices) when given. Returns the folder."""
     import torch
     import transformers
-
-    from utils.tiny_families import FAMILY_SPECS, build_family_tokenizer
 
     out = Path(output_dir)
     tok = build_family_tokenizer(family, texts, out)

@@ -2,8 +2,8 @@
 tokenizer under an unbabel-comet regression head, optionally trained on COMET's own
 training format (csv with columns src, mt, ref, score; no `ref` for --referenceless).
 
-    python -m utils.tiny_comet --output_dir build/comet --text corpus.txt
-    python -m utils.tiny_comet --output_dir build/comet --train_csv scores.csv --epochs 20
+    python -m devtools.tiny_comet --output_dir build/comet --text corpus.txt
+    python -m devtools.tiny_comet --output_dir build/comet --train_csv scores.csv --epochs 20
 
 The folder is laid out like a downloaded COMET model and is self-contained (it can be moved):
 

@@ -1,0 +1,10 @@
+"""The error types of user mistakes, at the bottom of the library: any layer raises them, and the
+entry points print each as one line (`utils.run.user_errors`)."""
+
+
+class ConfigError(ValueError):
+    """A bad flag value; printed as one line by the entry point."""
+
+
+class DataError(Exception):
+    """Bad user input: the message names the file, line/row and field, and what is wrong."""
