@@ -1,7 +1,7 @@
-"""Every command the README and the examples' READMEs show runs as written: each documented
-`python -m` / `deepspeed --module` entry point answers --help, each documented `python FILE.py`
-does too when typed from the repository root, each `bash` script exists and parses, and the
-Scripts table names commands, not bare files."""
+"""Every command the README, the docs/ pages and the examples' READMEs show runs as written: each
+documented `python -m` / `deepspeed --module` entry point answers --help, each documented
+`python FILE.py` does too when typed from the repository root, each `bash` script exists and
+parses, the scripts table names commands, not bare files, and every page the README links exists."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*/README.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*/README.md"))]
 COMMAND = re.compile(r"^(?:python|deepspeed|bash)\s")
 
 
@@ -92,7 +92,12 @@ def test_documented_files_run_as_typed_and_scripts_parse():
 def test_the_scripts_table_names_commands_not_bare_files():
     """A bare `path/to/file.py` in the first column reads as `python path/to/file.py`, which a module
     of this package cannot run (its imports need the repository on sys.path)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = text.split("## Scripts", 1)[1].split("\n## ", 1)[0]
+    table = (ROOT / "docs" / "scripts.md").read_text(encoding="utf-8")
     first = [row.split("|")[1].strip() for row in table.splitlines() if row.startswith("| `")]
-    assert first and not [c for c in first if re.fullmatch(r"`[\w/.-]+\.py`", c)]
+    assert len(first) > 10 and not [c for c in first if re.fullmatch(r"`[\w/.-]+\.py`", c)]
+
+
+def test_every_linked_page_exists():
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            assert (doc.parent / target).exists(), f"{doc.name} links {target}, which does not exist"

@@ -679,7 +679,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     enable_hybrid_engine: bool = _f(False, "Generate with DeepSpeed's hybrid engine (GPU only). Switched off with "
                                            "a note on CPU and for models whose decoder layers DeepSpeed's "
                                            "inference kernels do not match (with transformers 4.57, every family "
-                                           "they cover; see README 'GPU').")
+                                           "they cover; see docs/gpus.md).")
     inference_tp_size: int = _f(1, "Hybrid engine: tensor-parallel degree of generation.")
     tp_gather_partition_size: int = _f(8, "Hybrid engine: layers gathered at a time for tensor-parallel "
                                           "generation.")
@@ -765,7 +765,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                                   "of the prompt's other samples; reinforce_pp: REINFORCE++, "
                                                   "KL in the per-token reward, advantages whitened over the "
                                                   "round on all ranks. Critic-free estimators load no critic "
-                                                  "(default: gae, rloo with --remove_critic_model; README: "
+                                                  "(default: gae, rloo with --remove_critic_model; docs/step3.md: "
                                                   "'Advantage estimators').",
                                             choices=["gae", "grpo", "rloo", "reinforce_pp", "group_norm",
                                                      "dr_grpo", "reinforce_plus_plus", "reinforce"])
@@ -842,7 +842,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                        "then the rest of the --num_samples_per_prompt budget to the prompts whose "
                                        "samples disagree or score low, none to those answered alike and well; "
                                        "temperatures from the model's estimated capability, and the most "
-                                       "confident samples left out of the update (README: ESRL).")
+                                       "confident samples left out of the update (docs/step3.md: ESRL).")
     esrl_min_samples: Optional[int] = _f(None, "Samples of every prompt in ESRL's first pass, the fewest a prompt "
                                                "gets (default 2, the fewest that can disagree; 1 when "
                                                "--esrl_max_samples is 1).")

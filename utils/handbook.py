@@ -64,7 +64,7 @@ def ignored(why: str) -> Convert:
 
 
 def _described(target: str):
-    """Sets a converter's `target`: what its key becomes, in words (the README's key table)."""
+    """Sets a converter's `target`: what its key becomes, in words (the key table in docs/coming-from.md)."""
     def wrap(fn):
         fn.target = target
         return fn

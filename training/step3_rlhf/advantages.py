@@ -1,5 +1,5 @@
 """Step 3's advantage estimators, one per --advantage_estimator, each owning its baseline and its
-whitening (the formulas are pure functions in `utils/losses.py`; README "Advantage estimators"):
+whitening (the formulas are pure functions in `utils/losses.py`; docs/step3.md "Advantage estimators"):
 
     gae           GAE with the critic's values (under ESRL: rewards less the leave-one-out mean of the
                   prompt's other samples, which groups give for free); whitened per generation batch

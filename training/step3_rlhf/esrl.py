@@ -2,7 +2,7 @@
 Generation"): dynamic sampling driven by an estimate of the model's capability per prompt, here
 spending a group budget (GRPO's --num_samples_per_prompt) where the samples teach.
 
-Capability of prompt x, in [0, 1] (README "ESRL" has the same formulas):
+Capability of prompt x, in [0, 1] (docs/step3.md "ESRL" has the same formulas):
     conf(x)  = exp(mean_t log sum_v pi(v | x, y_<t)^2) over the answer positions of its first-pass
                samples, pi at temperature 1 as recorded while sampling (`answer_confidence`: the
                expected probability of the model's own next token, which the sampling
