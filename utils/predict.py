@@ -102,7 +102,6 @@ class PredictPrompt:
 
 
 def _prompt_and_reference(rec) -> tuple[str, Optional[str]]:
-
     d = rec.data
     if rec.plain_line:  # the fork's "prompt ||| reference" line (stripped, as the fork does)
         parts = d["text"].strip().split(SEPARATOR)
