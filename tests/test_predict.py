@@ -106,6 +106,22 @@ def test_preference_rows(tokenizer, tmp_path):
         [(" Human: hi Assistant:", " hello"), (" Human: bye Assistant:", None)]
 
 
+def test_conversational_rows_are_read_as_step_3_reads_them(tokenizer, tmp_path):
+    """Chat pairs and TRL's conversational prompt-completion rows: the prompt is the chat template's
+    rendering of the turns before the answer (with the generation prompt), its ids those of that
+    text, the reference the chosen / completion answer; a row without one has no reference."""
+    user = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    rows = [{"chosen": user + [{"role": "assistant", "content": "hello"}],
+             "rejected": user + [{"role": "assistant", "content": "no"}]},
+            {"prompt": user, "completion": [{"role": "assistant", "content": "hey"}]},
+            {"prompt": user}]
+    got = load_predict_prompts(str(write_jsonl(tmp_path / "chat.jsonl", rows)), tokenizer)
+    text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("User: hi\nAssistant: ")
+    assert [(p.prompt, p.reference) for p in got] == [(text, "hello"), (text, "hey"), (text, None)]
+    assert all(p.prompt_ids == tokenizer(text, add_special_tokens=False)["input_ids"] for p in got)
+
+
 def test_bad_files_are_one_line_config_errors(tokenizer, tmp_path):
     missing = tmp_path / "nope" / "missing.jsonl"
     with pytest.raises(ConfigError) as e:

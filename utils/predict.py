@@ -11,7 +11,10 @@ Input, one prompt per line of F:
   the prompt is `sft_prompt(record)` and the ids are `encode_prompts` of it, exactly as in
   training; `output`, when present, is written as the reference;
 - preference rows `{"prompt", "chosen", "rejected"}` (as step 3 reads them): `prompt` as
-  written, `chosen` as the reference;
+  written, `chosen` as the reference; TRL's `{"prompt", "completion"}` rows likewise;
+- conversational rows (chat pairs, TRL's conversational prompt-completion; as step 3 reads
+  them): the chat template's rendering of the turns before the answer, with the generation
+  prompt, and the ids of that text; the chosen / completion answer as the reference;
 - the fork's plain-text lines `prompt ||| reference` (the reference part is optional); the line
   is stripped and the text before " ||| " is the prompt as written: escapes such as a literal
   `\\n` are not expanded (the fork fed them to the model as they are).
@@ -29,9 +32,6 @@ so training with predictions is bit-identical to training without. Prompts are s
 ranks (the last rank's share padded with repeats that are not written), so every rank runs the
 same number of generate calls; under ZeRO-3 with several ranks `synced_gpus=True` keeps their
 collective forwards matched.
-
-This module imports only the standard library at import time (torch and the data code load
-inside the functions), so `utils.config` may import `PredictArgs` from here.
 """
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import distributed as dist
-from .data.readers import read_dataset, require_str
 from .data.encoding import encode_prompts, fit_prompt, special_prefix
+from .data.readers import read_dataset, require_str
+from .data.rlhf import conversation_texts, is_conversational
 from .data.sft import sft_prompt
 from .errors import ConfigError, DataError
 from .generation import cut_at_eos, generation_model, left_pad
@@ -109,9 +110,6 @@ def _prompt_and_reference(rec) -> tuple[str, Optional[str]]:
             raise DataError(f"{rec.where}: empty prompt")
         return parts[0], parts[1] if len(parts) > 1 else None
     if "chosen" in d or "rejected" in d:  # a preference pair: its prompt, `chosen` as the reference
-        if not isinstance(d.get("prompt"), str):
-            raise DataError(f'{rec.where}: predictions need a text prompt: a string "prompt" in preference '
-                            f'rows (chat pairs are not supported here)')
         chosen = d.get("chosen")
         return require_str(rec, "prompt"), chosen if isinstance(chosen, str) else None
     if "instruction" not in d and isinstance(d.get("prompt"), str):   # TRL's prompt(-completion) rows
@@ -120,12 +118,26 @@ def _prompt_and_reference(rec) -> tuple[str, Optional[str]]:
     if "instruction" not in d:
         found = ", ".join(sorted(d)) or "none"
         raise DataError(f'{rec.where}: predictions need the SFT format ("instruction", "input", "output"), '
-                        f'preference pairs ("prompt", "chosen", "rejected"), TRL\'s "prompt" (with "completion" '
-                        f'as the reference) as text, or "prompt ||| reference" text lines; found fields: {found}')
+                        f'preference pairs ("prompt", "chosen", "rejected"; text or chat turns), TRL\'s "prompt" '
+                        f'(with "completion" as the reference; text or chat turns), or "prompt ||| reference" text '
+                        f'lines; found fields: {found}')
     ref = d.get("output")
     if ref is not None and not isinstance(ref, str):
         raise DataError(f'{rec.where}: field "output" must be a string, got {type(ref).__name__}')
     return sft_prompt(rec), ref
+
+
+def _prompt(rec, tokenizer) -> tuple[str, Optional[str], list[int]]:
+    """(prompt text, reference or None, prompt ids) of one row, read as step 3 reads it: a
+    conversational row (chat pairs, TRL's conversational prompt-completion) rendered by the chat
+    template, its ids those of the rendered text; any other row tokenized as in training."""
+    if rec.plain_line or not is_conversational(rec):
+        text, ref = _prompt_and_reference(rec)
+        return text, ref, encode_prompts(tokenizer, [text])[0]
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{rec.where}: conversational prompts need a tokenizer with a chat template")
+    text, _, ref, _, _ = conversation_texts(rec, tokenizer, need_reference=False)
+    return text, ref or None, tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def load_predict_prompts(path: str, tokenizer, max_prompt_len: Optional[int] = None,
@@ -140,14 +152,13 @@ def load_predict_prompts(path: str, tokenizer, max_prompt_len: Optional[int] = N
         records = raw.test or raw.train
         if not records:
             raise DataError(f"{path}: no prompts")
-        texts, refs = zip(*(_prompt_and_reference(r) for r in records))
+        rows = [_prompt(r, tokenizer) for r in records]
     except DataError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{flag} {msg}" if msg.startswith(str(path)) else f"{flag} {path}: {msg}") from None
-    ids = encode_prompts(tokenizer, list(texts))
     prefix = special_prefix(tokenizer)
     out, truncated = [], 0
-    for rec, text, ref, p in zip(records, texts, refs, ids):
+    for rec, (text, ref, p) in zip(records, rows):
         if not p:
             raise ConfigError(f"{flag} {rec.where}: prompt has no tokens")
         if max_prompt_len and len(p) > max_prompt_len:

@@ -58,7 +58,8 @@ def _texts(rec: Record, kind: str, need_reference: bool) -> tuple[str, str, str 
     return sft_prompt(rec), reference, require_str(rec, "input", optional=True, allow_empty=True) or None
 
 
-def _conversational(rec: Record) -> bool:
+def is_conversational(rec: Record) -> bool:
+    """A row whose prompt (or chosen answer) is a list of chat turns."""
     return isinstance(rec.data.get("prompt"), list) or isinstance(rec.data.get("chosen"), list)
 
 
@@ -73,7 +74,7 @@ def _turns(rec: Record) -> tuple[list[dict], list[dict] | None]:
     return prompt_completion_turns(rec)
 
 
-def _chat_texts(rec: Record, tokenizer, need_reference: bool) -> tuple[str, str, str, str, list[dict]]:
+def conversation_texts(rec: Record, tokenizer, need_reference: bool) -> tuple[str, str, str, str, list[dict]]:
     """(rendered prompt, rendered reference answer or "", reference text, source, the prompt's turns)
     of a conversational row."""
     head, tail = _turns(rec)
@@ -123,10 +124,10 @@ def prompt_examples(records: list[Record], tokenizer, max_prompt_len: int, max_l
             raise DataError(f"{r.where}: record is {k} format but --data_format is sft")
         if k != kinds[0]:
             raise DataError(f"{r.where}: record is {k} format but earlier records are {kinds[0]}")
-    if _conversational(records[0]):
+    if is_conversational(records[0]):
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"{records[0].where}: conversational prompts need a tokenizer with a chat template")
-        chats = [_chat_texts(r, tokenizer, need_reference) for r in records]
+        chats = [conversation_texts(r, tokenizer, need_reference) for r in records]
         p_ids, r_ids = (tokenizer([c[i] for c in chats], add_special_tokens=False)["input_ids"] for i in (0, 1))
         texts = [(prompt, ref, source) for prompt, _, ref, source, _ in chats]
         turns = [c[4] for c in chats]
