@@ -30,6 +30,11 @@ def test_temperatures_confidence_and_elimination_by_hand():
     idle = torch.tensor([False, True, False, False, False, True, False])
     assert eliminate(conf, 0.3, idle).tolist() == [0, 2, 3, 4, 6]
     assert eliminate(conf, 0.5, idle).tolist() == [0, 3, 4, 6]
+    # more rows out of the loss than the ratio drops: all of them go, and none of the rest
+    idle = torch.tensor([True, True, False, True, False, True, False])
+    assert eliminate(conf, 0.3, idle).tolist() == [2, 4, 6]
+    # all out of the loss: the least confident one (5: 0.1) stays for the update
+    assert eliminate(conf, 0.0, torch.ones(7, dtype=torch.bool)).tolist() == [5]
     # answer_confidence: exp(mean over answer positions of log sum_v p^2), p = softmax(logits)
     logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [0.9, 0.05, 0.05]]]).clamp_min(1e-30))
     mask = torch.tensor([[0, 1, 1]])
@@ -288,15 +293,13 @@ def test_second_pass_goes_where_the_first_says_and_joins_the_groups(sft_dir, pro
     groups = first["prompt_index"] + second["prompt_index"]
     end = torch.tensor(first["reward"] + second["reward"])
     enter_all = ~(uniform_groups(end, groups) & skip[groups])
-    # elimination drops the rows out of the loss first, then the rest, the most confident first; only the
-    # kept rows reach the reference and the update
-    conf = torch.tensor(first["confidence"] + second["confidence"])
+    # elimination drops every row out of the loss (this batch: more than the ratio's floor(0.25 * n)), and no
+    # other; only the kept rows reach the reference and the update
     keep = r["kept"][0]
-    assert len(keep) == r["rows"] == kept_count(n, 0.25) == r["counters"]["scored_sequences"] == sum(r["seen"]["ref"])
-    dropped = sorted(set(range(n)) - set(keep))
     idle = [i for i in range(n) if not enter_all[i]]
-    assert len(idle) > len(dropped) and set(dropped) <= set(idle)     # this batch: more idle rows than dropped
-    assert min(conf[dropped].tolist()) >= max(conf[sorted(set(idle) - set(dropped))].tolist()) - 1e-6
+    assert len(idle) > n - kept_count(n, 0.25)
+    assert len(keep) == r["rows"] == n - len(idle) == r["counters"]["scored_sequences"] == sum(r["seen"]["ref"])
+    assert sorted(set(range(n)) - set(keep)) == idle
     assert r["prompt_index"] == [groups[i] for i in keep]
     want = grpo_advantages(end, groups)[keep]
     enter = enter_all[keep]
@@ -304,7 +307,7 @@ def test_second_pass_goes_where_the_first_says_and_joins_the_groups(sft_dir, pro
     for i in range(len(keep)):
         m = mask[i].bool()
         assert adv[i][m].tolist() == pytest.approx([float(want[i])] * int(m.sum()), abs=1e-5)
-    assert enter.any() and not enter.all() and loss_mask.sum(1).tolist() == (mask.sum(1) * enter).tolist()
+    assert enter.all() and loss_mask.sum(1).tolist() == mask.sum(1).tolist()
     assert r["seen"]["grad_in_generate"] and not any(r["seen"]["grad_in_generate"])
     assert r["diff"] < 1e-5       # the recorded log-probs survive joining the second pass's layout
     # a fixed ceil(kept_count(8 x 4) / 4) = 6 minibatches of at most --per_device_training_batch_size (4)

@@ -855,10 +855,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                            "(0.5) to a sure, top-scoring one (1); 1: only at the best reward.")
     esrl_temperature_min: float = _f(0.8, "Sampling temperature at capability 0.")
     esrl_temperature_max: float = _f(1.2, "Sampling temperature at capability 1.")
-    esrl_eliminate_ratio: float = _f(0.3, "Fraction of each generation batch's samples left out of the reference "
-                                          "and critic passes and the update: first those out of the loss, then "
-                                          "the most confident (their rewards still count in their prompt's "
-                                          "baseline).")
+    esrl_eliminate_ratio: float = _f(0.3, "Least fraction of each generation batch's samples left out of the "
+                                          "actor, reference and critic passes and the update: all those out of "
+                                          "the loss, then the most confident (their rewards still count in their "
+                                          "prompt's baseline).")
     esrl_confidence_weight: float = _f(0.5, "Weight w of token confidence (vs. recent reward) in the capability "
                                             "estimate.")
     esrl_capability_decay: float = _f(0.5, "Moving-average decay of the capability estimates across visits.")

@@ -37,10 +37,10 @@ before the batch (hotter when capable, so the samples still differ), for every s
    wanting fewer gives the rest to zero-weight prompts in turn, so every rank samples as many). No
    round samples more than n * K, but where ranks' batches hold different numbers of new prompts.
 3. All of a prompt's samples form its group (group baselines use all of them). A skipped prompt
-   whose whole group got one reward is left out of the loss (`loss_mask`). The fraction
-   --esrl_eliminate_ratio of the batch skips the actor, reference and critic passes and the update:
-   first the rows out of the loss, then the rest, each most confident first (their rewards still
-   count in the baselines).
+   whose whole group got one reward is left out of the loss (`loss_mask`). Those rows skip the
+   actor, reference and critic passes and the update, and so do the most confident of the rest
+   until at least the fraction --esrl_eliminate_ratio of the batch is eliminated (their rewards
+   still count in the baselines).
 """
 from __future__ import annotations
 
@@ -75,19 +75,21 @@ def kept_count(n: int, ratio: float) -> int:
 
 
 def eliminate(confidence: torch.Tensor, ratio: float, idle: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices kept after dropping floor(ratio * N) samples: those out of the loss first (`idle`,
-    which cost the update's passes and teach nothing), each kind most confident first (ties: lower
-    index kept).
+    """Indices kept after elimination: every sample out of the loss (`idle`: it would cost the actor,
+    reference and critic passes and the update and teach nothing) and, while fewer than
+    floor(ratio * N) are dropped, the most confident of the rest (ties: lower index kept). At least one
+    sample stays, the least confident idle one when all are idle, so the update's micro-batches have a
+    row to stand in.
 
-    confidence: [N]; idle: [N] bool or None. Returns sorted long indices [N - floor(ratio * N)].
+    confidence: [N]; idle: [N] bool or None. Returns sorted long indices.
     """
     n = confidence.numel()
-    drop = n - kept_count(n, ratio)
+    idle = torch.zeros(n, dtype=torch.bool) if idle is None else idle.cpu()
+    drop = min(max(n - kept_count(n, ratio), int(idle.sum())), n - 1)
     if drop == 0:
         return torch.arange(n)
     order = torch.argsort(-confidence, stable=True)
-    if idle is not None:
-        order = order[torch.argsort((~idle[order]).long(), stable=True)]
+    order = order[torch.argsort((~idle[order]).long(), stable=True)]
     return torch.sort(order[drop:]).values
 
 
