@@ -226,6 +226,19 @@ def in_fresh_process(fn, *args, timeout: int = 600):
     return value
 
 
+def recording(owner, name: str) -> list:
+    """Replace `owner.name` (a function or class that a main builds with) by a wrapper that keeps
+    each object it returns: how a test inside `in_fresh_process` reaches a model a run built (a
+    frozen reference), since mains return metrics only."""
+    made, real = [], getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+    setattr(owner, name, wrapper)
+    return made
+
+
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory) -> Path:
     """160 training and 32 held-out demo SFT rows (a folder with train.txt / test.txt)."""

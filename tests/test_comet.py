@@ -194,7 +194,7 @@ def test_two_process_grpo_run_with_two_normalised_comet_models(sft_dir, mt_promp
                nproc=2)
     rows = read_metrics(out)
     assert len(rows) == 2 and not (out / "critic").exists()
-    assert [r["count/scored_sequences"] for r in rows] == [8 * 2, 2 * 8 * 2]    # per rank, cumulative
+    assert [r["count/trained_sequences"] for r in rows] == [8 * 2, 2 * 8 * 2]    # per rank, cumulative
     assert all(r["sft_loss"] > 0 and "vf_loss" not in r for r in rows)
     for k in ("reward/comet0", "reward/comet1", "reward/comet0_raw", "reward/comet1_raw"):
         assert all(torch.isfinite(torch.tensor(r[k])) for r in rows)

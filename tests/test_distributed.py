@@ -58,3 +58,23 @@ def test_arch_list_is_rewritten_to_what_deepspeeds_op_builder_parses():
             os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
         else:
             os.environ["TORCH_CUDA_ARCH_LIST"] = old
+
+
+def test_shares_are_contiguous_equal_length_and_cover_every_item_once(monkeypatch):
+    from utils import distributed as dist
+
+    def shares(n, world, cap=None):
+        monkeypatch.setattr(dist, "world_size", lambda: world)
+        out = []
+        for r in range(world):
+            monkeypatch.setattr(dist, "rank", lambda: r)
+            out.append(dist.share(n, cap))
+        return out
+
+    # 10 items over 4 ranks: shares of ceil(10 / 4) = 3, the last rank holds 1 and works through 3
+    assert shares(10, 4) == [([0, 1, 2], 3), ([3, 4, 5], 3), ([6, 7, 8], 3), ([9], 3)]
+    # fewer items than ranks: the last ranks hold none and still make one forward
+    assert shares(2, 3) == [([0], 1), ([1], 1), ([], 1)]
+    # a cap (evaluation's --eval_iters x batch): the ranks share the first world x cap items
+    assert shares(10, 2, cap=2) == [([0, 1], 2), ([2, 3], 2)]
+    assert shares(0, 2) == [([], 0), ([], 0)]

@@ -298,7 +298,7 @@ def test_second_pass_goes_where_the_first_says_and_joins_the_groups(sft_dir, pro
     keep = r["kept"][0]
     idle = [i for i in range(n) if not enter_all[i]]
     assert len(idle) > n - kept_count(n, 0.25)
-    assert len(keep) == r["rows"] == n - len(idle) == r["counters"]["scored_sequences"] == sum(r["seen"]["ref"])
+    assert len(keep) == r["rows"] == n - len(idle) == r["counters"]["trained_sequences"] == sum(r["seen"]["ref"])
     assert sorted(set(range(n)) - set(keep)) == idle
     assert r["prompt_index"] == [groups[i] for i in keep]
     want = grpo_advantages(end, groups)[keep]
@@ -339,7 +339,7 @@ def test_a_revisited_prompt_is_planned_in_one_pass(sft_dir, prompts, tmp_path):
 
 def test_plain_ppo_scores_every_sample(sft_dir, prompts, tmp_path):
     r = in_fresh_process(one_round, esrl_args(sft_dir, prompts, tmp_path / "o"))
-    assert r["counters"]["sampled_sequences"] == r["counters"]["scored_sequences"] == 8
+    assert r["counters"]["sampled_sequences"] == r["counters"]["trained_sequences"] == 8
     assert r["minibatches"] == [4, 4]
     assert sum(r["seen"]["ref"]) == sum(r["seen"]["critic"]) == sum(r["seen"]["reward"]) == 8
     assert r["diff"] < 1e-5

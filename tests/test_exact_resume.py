@@ -110,8 +110,8 @@ def test_rlhf_kill_resume_is_bit_exact(sft_dir, leaky_sft_dir, rm_dir, prompts, 
         sft, actor = load_weights(sft_dir), load_weights(full / "actor")
         assert all(not torch.equal(sft[k], actor[k]) for k in sft)
     if mode == "grpo":   # 4 prompts x 2 samples per round on each rank
-        assert [r["count/scored_sequences"] for r in rows] == [8 * (t + 1) for t in range(len(rows))]
-    scored = [0] + [r["count/scored_sequences"] for r in rows]   # per rank, the same on every rank
+        assert [r["count/trained_sequences"] for r in rows] == [8 * (t + 1) for t in range(len(rows))]
+    scored = [0] + [r["count/trained_sequences"] for r in rows]   # per rank, the same on every rank
     for t, (before, after) in enumerate(zip(rows, rows[1:])):
         n = nproc * (scored[t + 1] - scored[t])
         assert after["kl_ctl"] == pytest.approx(adaptive_kl_coef(before["kl_ctl"], before["kl"], 0.01, n, 10000),

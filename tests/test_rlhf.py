@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import in_fresh_process, load_weights, read_metrics, run_module, step3_args
+from tests.conftest import in_fresh_process, load_weights, read_metrics, recording, run_module, step3_args
 
 MODULE = "training.step3_rlhf.main"
 
@@ -16,9 +16,12 @@ def rlhf_args(sft_dir, rm_dir, prompts, out, *extra):
 
 def changed_frozen_parameters(argv, sft_dir, rm_dir) -> list[str]:
     """Run PPO (in a fresh process); list reference / reward parameters that moved."""
+    import training.step3_rlhf.build as build
     from training.step3_rlhf.main import main
 
-    engine = main(argv)["engine"]
+    built = recording(build, "DeepSpeedRLHFEngine")
+    main(argv)
+    engine = built[0]
     sft, rm = load_weights(sft_dir), load_weights(rm_dir)
     return ([f"ref {n}" for n, p in engine.ref.module.named_parameters() if not torch.equal(p, sft[n])]
             + [f"reward {n}" for n, p in engine.reward.module.named_parameters() if not torch.equal(p, rm[n])])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import in_fresh_process, load_weights, read_metrics, run_module, step3_args
+from tests.conftest import in_fresh_process, load_weights, read_metrics, recording, run_module, step3_args
 
 MODULE = "training.step3_rlhf.main"
 
@@ -12,9 +12,12 @@ MODULE = "training.step3_rlhf.main"
 def step_counts(argv):
     """Run step 3 in this (fresh) process; the optimizer steps each engine took, and whether a
     reference model was built."""
+    import training.step3_rlhf.build as build
     from training.step3_rlhf.main import main
 
-    engine = main(argv)["engine"]
+    built = recording(build, "DeepSpeedRLHFEngine")
+    main(argv)
+    engine = built[0]
     return engine.actor.global_steps, engine.critic.global_steps, engine.ref is None
 
 

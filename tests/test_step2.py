@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import DEMO_DATA, FIXTURES, in_fresh_process, load_weights, read_metrics, run_module
+from tests.conftest import DEMO_DATA, FIXTURES, in_fresh_process, load_weights, read_metrics, recording, run_module
 from utils.data import DataError, read_dataset
 from utils.data.preference import collate_preferences, tokenize_preferences
 
@@ -256,11 +256,12 @@ def dpo_args(tiny_dir, data, out, *extra):
 
 def changed_reference_parameters(argv, initial_dir) -> list[str]:
     """Run DPO (in a fresh process) and list reference parameters that differ from the start."""
-    from training.step2_dpo.main import main
+    import training.step2_dpo.main as dpo
 
-    result = main(argv)
+    built = recording(dpo, "build_reference")
+    dpo.main(argv)
     initial = load_weights(initial_dir)
-    return [n for n, p in result["reference"].module.named_parameters() if not torch.equal(p, initial[n])]
+    return [n for n, p in built[0].module.named_parameters() if not torch.equal(p, initial[n])]
 
 
 def test_dpo_trains_policy_and_leaves_reference_unchanged(sft_dir, pref_data, tmp_path):

@@ -153,6 +153,17 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def share(n: int, cap: int | None = None) -> tuple[list[int], int]:
+    """This rank's contiguous share of n items, and the share's full length every rank works
+    through: ceil(n / world), at most `cap`. The last ranks' shares may hold fewer (or no) items;
+    they still make as many forwards (on a stand-in the caller picks, its result discarded),
+    since ZeRO-3's forwards are collective. Returns (indices, per-rank length)."""
+    per_rank = -(-n // world_size())
+    if cap is not None:
+        per_rank = min(per_rank, cap)
+    return list(range(rank() * per_rank, min(n, (rank() + 1) * per_rank))), per_rank
+
+
 def device():
     import torch
     from deepspeed.accelerator import get_accelerator

@@ -73,24 +73,33 @@ def cut_at_eos(tokens: torch.Tensor, eos_ids: int | tuple[int, ...], keep: bool 
 
 
 @torch.no_grad()
+def generate_texts(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, max_new_tokens: int, device,
+                   **generate_kwargs) -> list[str]:
+    """Decoded answers of `model` (a plain module) to token-id prompts, `batch_size` at a time: left-padded,
+    transformers' own `generate` (its sampling and the model's generation_config, with
+    `generate_kwargs` on top), each answer cut at the tokenizer's EOS. For evaluation and
+    predictions; step 3 draws with `sample`."""
+    answers: list[str] = []
+    for i in range(0, len(prompt_ids), batch_size):
+        ids, mask = left_pad(prompt_ids[i:i + batch_size], tokenizer.pad_token_id)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             **generate_kwargs)
+        for seq in cut_at_eos(out[:, ids.shape[1]:], tokenizer.eos_token_id):
+            answers.append(tokenizer.decode(seq, skip_special_tokens=True))
+    return answers
+
+
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 32,
                      do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                      device: torch.device | None = None) -> list[str]:
     """Decoded answers for `prompts` (tokenized exactly as in training)."""
-    device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    answers: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(encode_prompts(tokenizer, prompts[i:i + batch_size]), tokenizer.pad_token_id)
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=do_sample, temperature=temperature if do_sample else None,
-            top_p=top_p if do_sample else None, top_k=None,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        for seq in cut_at_eos(out[:, ids.shape[1]:], tokenizer.eos_token_id):
-            answers.append(tokenizer.decode(seq, skip_special_tokens=True))
+    answers = generate_texts(model, tokenizer, encode_prompts(tokenizer, prompts), batch_size=batch_size,
+                             max_new_tokens=max_new_tokens, device=device or next(model.parameters()).device,
+                             do_sample=do_sample, temperature=temperature if do_sample else None,
+                             top_p=top_p if do_sample else None, top_k=None)
     model.train(was_training)
     return answers
 

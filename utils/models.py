@@ -12,6 +12,7 @@ from torch import nn
 from . import masks
 from .distributed import print_rank0
 from .errors import ConfigError
+from .losses import IGNORE_INDEX
 
 masks.install()  # every forward of an sdpa model with padding builds its mask directly (utils/masks.py)
 
@@ -451,8 +452,6 @@ def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     """(logits [B, K, V], labels [B, K]): the last K positions, from the one before the batch's
     first labelled token (IGNORE_INDEX elsewhere) to the end. Any causal-LM loss over `labels`
     is the same on this pair as on the whole sequence: position t predicts label t + 1."""
-    from .data import IGNORE_INDEX
-
     labelled = (labels != IGNORE_INDEX).any(0)
     first = int(labelled.float().argmax()) if bool(labelled.any()) else 0
     keep = labels.shape[1] - max(first - 1, 0)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,7 +49,8 @@ from .data.readers import read_dataset, require_str
 from .data.rlhf import conversation_texts, is_conversational
 from .data.sft import sft_prompt
 from .errors import ConfigError, DataError
-from .generation import cut_at_eos, generation_model, left_pad
+from .generation import generate_texts, generation_model
+from .seeding import seeded
 
 FLAG = "--predict_file"
 SEPARATOR = " ||| "  # the fork's "prompt ||| reference" lines
@@ -176,28 +176,6 @@ def load_predict_prompts(path: str, tokenizer, max_prompt_len: Optional[int] = N
 
 # -- generating --------------------------------------------------------------------------------
 @contextmanager
-def _seeded(seed: int):
-    """Seed torch (CPU and initialised CUDA) for the block; restore every RNG state after."""
-    import numpy as np
-    import torch
-
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-             torch.cuda.get_rng_state_all() if cuda else None)
-    try:
-        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it would queue a lazy CUDA seed
-        if cuda:
-            torch.cuda.manual_seed_all(seed)
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
-        if saved[3] is not None:
-            torch.cuda.set_rng_state_all(saved[3])
-
-
-@contextmanager
 def _eval_mode(model):
     """Eval mode for the block; every submodule's train/eval flag is restored after."""
     flags = [(m, m.training) for m in model.modules()]
@@ -227,23 +205,14 @@ def _generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int,
               device) -> list[str]:
     import torch
 
-
     sampling = ({"temperature": None, "top_p": None, "top_k": None} if greedy else
                 {"temperature": temperature, "top_p": top_p, "top_k": top_k or None})
-    answers: list[str] = []
     # ZeRO-3 weights stay partitioned: steps 1-2 may use ZeRO-3 because the whole model does not fit
     with torch.no_grad(), generation_model(model, gather=False, world_size=dist.world_size()) as (gen, synced):
-        device = device or _device(model, gen)
-        for i in range(0, len(prompt_ids), batch_size):
-            ids, mask = left_pad(prompt_ids[i:i + batch_size], tokenizer.pad_token_id)
-            out = gen.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                               max_new_tokens=max_new_tokens, do_sample=not greedy,
-                               repetition_penalty=repetition_penalty, num_return_sequences=1,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                               synced_gpus=synced, use_cache=True, **sampling)
-            for seq in cut_at_eos(out[:, ids.shape[1]:].cpu(), tokenizer.eos_token_id):
-                answers.append(tokenizer.decode(seq, skip_special_tokens=True))
-    return answers
+        return generate_texts(gen, tokenizer, prompt_ids, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                              device=device or _device(model, gen), do_sample=not greedy,
+                              repetition_penalty=repetition_penalty, num_return_sequences=1, synced_gpus=synced,
+                              use_cache=True, **sampling)
 
 
 def _write_atomic(path: Path, rows: list[dict]) -> None:
@@ -271,18 +240,16 @@ def write_predictions(model, tokenizer, prompts: list[PredictPrompt], out_path: 
     """
 
     t0 = time.perf_counter()
-    rank, world = dist.rank(), dist.world_size()
-    n = len(prompts)
-    share = -(-n // world)
-    order = list(range(n)) + [i % max(n, 1) for i in range(share * world - n)]  # padded with repeats
-    mine = order[rank * share:(rank + 1) * share]
+    rank, n = dist.rank(), len(prompts)
+    mine, share = dist.share(n)
+    # a short share is padded with prompts from the start, generated (to keep ranks in step), not kept
+    mine += [pos % max(n, 1) for pos in range(max(n, rank * share) - n, (rank + 1) * share - n)]
     answers: list[str] = []
     if mine:
-        with _seeded(seed + rank), _eval_mode(model):
+        with seeded(seed + rank), _eval_mode(model):
             answers = _generate(model, tokenizer, [prompts[i].prompt_ids for i in mine], batch_size=batch_size,
                                 max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                                 top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, device=device)
-    # positions >= n in `order` are the padding repeats: generated (to keep ranks in step), not kept
     kept = [(i, a) for pos, (i, a) in enumerate(zip(mine, answers), start=rank * share) if pos < n]
     by_index = {i: a for part in dist.all_gather_object(kept) for i, a in part}
     rows = []

@@ -3,6 +3,7 @@ every CUDA device), at the bottom of the library."""
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,3 +28,25 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def seeded(seed: int):
+    """torch (CPU, and CUDA once initialised) seeded for the block, every RNG state restored after:
+    a side job (predictions during training) draws the same whenever it runs and leaves training's
+    draws as they were. CUDA is not touched before it is initialised (torch.manual_seed would
+    queue a lazy CUDA seed)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if cuda else None)
+    try:
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+        if saved[3] is not None:
+            torch.cuda.set_rng_state_all(saved[3])

@@ -25,8 +25,9 @@ from . import distributed as dist
 from .config import read_deepspeed_config
 from .errors import ConfigError
 from .checkpoint import latest_tag, load_checkpoint, save_checkpoint
-from .ds_config import merge_user_config, train_ds_config
+from .ds_config import eval_ds_config, merge_user_config, train_ds_config
 from .logging import MetricsLogger, progress
+from .models import count_parameters, zero3_init_context
 from .run import Preemption
 from .seeding import rng_state, set_rng_state
 
@@ -97,8 +98,6 @@ def ds_config_for(cfg, *, micro_batch_size: int | None = None, zero_stage: int |
 
 def start_engine(model, cfg, n_train: int, ds_config: dict, what: str = "model"):
     """Report the parameter counts and wrap `model` in a DeepSpeed engine for the whole run."""
-    from .models import count_parameters
-
     trainable, total = count_parameters(model)
     dist.print_rank0(f"[model] {what} from {cfg.model_name_or_path}: {total:,} parameters, {trainable:,} trained")
     engine = init_engine(model, cfg, total_steps(n_train, cfg, dist.world_size()), ds_config=ds_config)
@@ -132,6 +131,23 @@ def init_engine(model, cfg, total_steps: int, *, ds_config: dict, side=None):
         # one process: the allreduce is the identity, but ZeRO-0 first flattens every gradient into
         # a buffer (a transient copy of all gradients, the peak of each optimizer step)
         engine.enable_backward_allreduce = False
+    return engine
+
+
+def frozen_engine(load: Callable[[], torch.nn.Module], *, micro_batch_size: int, zero_stage: int, offload: bool,
+                  dtype: str):
+    """A model that never trains (a reference, a reward model) as a DeepSpeed engine without an
+    optimizer, in eval mode, under its own ZeRO stage: `load` runs after that stage's config is
+    announced to transformers, so at stage 3 the weights are partitioned as they load."""
+    import deepspeed
+
+    ds = eval_ds_config(micro_batch_size=micro_batch_size, world_size=dist.world_size(), zero_stage=zero_stage,
+                        offload=offload, dtype=dtype)
+    zero3_init_context(ds)
+    model = load()
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=ds)
+    engine.eval()
     return engine
 
 
@@ -228,11 +244,8 @@ class Trainer:
         if not self.test_data:
             return {}
         self.engine.eval()
-        n, bs = len(self.test_data), self.cfg.per_device_eval_batch_size
-        per_rank = -(-n // self.world)
-        if self.cfg.eval_iters:
-            per_rank = min(per_rank, self.cfg.eval_iters * bs)
-        mine = list(range(self.rank * per_rank, min(n, (self.rank + 1) * per_rank)))
+        bs = self.cfg.per_device_eval_batch_size
+        mine, per_rank = dist.share(len(self.test_data), self.cfg.eval_iters * bs if self.cfg.eval_iters else None)
         loss_sum, count, sums = 0.0, 0.0, {}
         for b in range(-(-per_rank // bs)):
             idx = mine[b * bs:(b + 1) * bs]

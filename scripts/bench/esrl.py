@@ -92,7 +92,7 @@ def progress(rows: list[dict], target: float) -> dict | None:
         acc = r.get("eval/reward/reward")
         if acc is not None and acc >= target - 1e-9:
             return {"step": r["step"], "time": elapsed, "accuracy": acc, "tokens": r["count/sampled_tokens"],
-                    "scored": r["count/scored_sequences"]}
+                    "scored": r["count/trained_sequences"]}
     return None
 
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     save_hf_model(engine.module, tokenizer, cfg.output_dir)
     finish(cfg.output_dir)
-    return {"eval": result, "history": trainer.history, "reference": reference}
+    return {"eval": result, "history": trainer.history}
 
 
 if __name__ == "__main__":

@@ -7,42 +7,34 @@ import torch
 
 from utils import distributed as dist
 from utils.config import DPOConfig
-from utils.ds_config import eval_ds_config
-from utils.models import TORCH_DTYPES, load_causal_lm, zero3_init_context
-from utils.trainer import total_steps
+from utils.models import TORCH_DTYPES, load_causal_lm
+from utils.trainer import frozen_engine, total_steps
 
 from .objectives import response_logps
 
 
 def build_reference(cfg: DPOConfig, tokenizer):
     """The frozen reference as a DeepSpeed engine without optimizer (own ZeRO stage)."""
-    import deepspeed
-
-    ds = eval_ds_config(micro_batch_size=cfg.per_device_train_batch_size, world_size=dist.world_size(),
-                        zero_stage=cfg.reference_zero_stage, offload=cfg.offload_reference_model, dtype=cfg.dtype)
-    zero3_init_context(ds)
-    ref = load_causal_lm(cfg.reference_model_name_or_path or cfg.model_name_or_path, tokenizer,
-                         trust_remote_code=cfg.trust_remote_code, disable_dropout_=True,
-                         resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype])
-    ref.requires_grad_(False)
-    engine, *_ = deepspeed.initialize(model=ref, config=ds)
-    engine.eval()
-    return engine
+    return frozen_engine(lambda: load_causal_lm(cfg.reference_model_name_or_path or cfg.model_name_or_path, tokenizer,
+                                                trust_remote_code=cfg.trust_remote_code, disable_dropout_=True,
+                                                resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype]),
+                         micro_batch_size=cfg.per_device_train_batch_size, zero_stage=cfg.reference_zero_stage,
+                         offload=cfg.offload_reference_model, dtype=cfg.dtype)
 
 
 @torch.no_grad()
 def precompute_reference(reference, examples: list, collate: Callable, batch_size: int) -> None:
     """Store the reference's answer log-probs on every example (`set_reference`). A batch holds two
     rows per example, the second half after the first (chosen / rejected, or completion / KL
-    completion). Each rank scores a contiguous share (a rank with fewer batches repeats a forward
-    and discards it, so ZeRO-3's collective forwards stay matched), then every rank receives all of
-    them. The shares and batches are Trainer.evaluate's, so on the test split the reference scores
-    each example in the batch the policy is evaluated in."""
+    completion). Each rank scores its `dist.share` (a rank with fewer batches repeats a forward and
+    discards it), then every rank receives all of them. The shares and batches are
+    Trainer.evaluate's, so on the test split the reference scores each example in the batch the
+    policy is evaluated in."""
     if not examples:
         return
     device = dist.device()
-    per_rank = -(-len(examples) // dist.world_size())
-    mine = examples[dist.rank() * per_rank:(dist.rank() + 1) * per_rank]
+    share, per_rank = dist.share(len(examples))
+    mine = [examples[i] for i in share]
     scores: list[tuple[float, float]] = []
     for b in range(-(-per_rank // batch_size)):
         chunk = mine[b * batch_size:(b + 1) * batch_size]

@@ -11,10 +11,8 @@ from utils.rewards import combine
 def held_out_rewards(sampler, prompts: list, batch_size: int) -> dict[str, float]:
     """Greedy answers of `sampler`'s actor to `prompts` (sharded over ranks), scored by every reward
     source without touching running statistics; returns eval/reward/<name> means over all prompts."""
-    rank, world = dist.rank(), dist.world_size()
-    per_rank = -(-len(prompts) // world)
-    mine = list(range(rank * per_rank, min((rank + 1) * per_rank, len(prompts))))
-    # equal work on every rank (ZeRO-3 forwards are collective): pad with a repeat, not counted
+    mine, per_rank = dist.share(len(prompts))
+    # equal work on every rank: pad with a repeat, not counted
     n_real = len(mine)
     mine += [mine[-1] if mine else 0] * (per_rank - n_real)
     sums: dict[str, float] = {}

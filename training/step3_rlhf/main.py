@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     recipe.save()
     finish(cfg.output_dir)
-    return {"history": history, "engine": parts.rlhf}
+    return {"history": history}
 
 
 if __name__ == "__main__":

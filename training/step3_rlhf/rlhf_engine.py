@@ -15,27 +15,15 @@ import copy
 import torch
 
 from utils import distributed as dist
-from utils.ds_config import eval_ds_config
-from utils.models import TORCH_DTYPES, load_causal_lm, load_reward_model, load_trainable_lm, zero3_init_context
-from utils.trainer import ds_config_for, init_engine
+from utils.models import (TORCH_DTYPES, load_causal_lm, load_reward_model, load_tokenizer, load_trainable_lm,
+                          zero3_init_context)
+from utils.trainer import ds_config_for, frozen_engine, init_engine
 
 
 class DeepSpeedRLHFEngine:
     def __init__(self, cfg, tokenizer, total_steps: int):
-        import deepspeed
-
         self.cfg = cfg
-        world = dist.world_size()
         mbs = cfg.per_device_training_batch_size
-
-        def frozen(model, stage, offload):
-            model.requires_grad_(False)
-            ds = eval_ds_config(micro_batch_size=mbs, world_size=world, zero_stage=stage, offload=offload,
-                                dtype=cfg.dtype)
-            engine, *_ = deepspeed.initialize(model=model, config=ds)
-            engine.eval()
-            return engine
-
         actor_ds = ds_config_for(cfg, micro_batch_size=mbs, zero_stage=cfg.actor_zero_stage, what="actor")
         if cfg.enable_mixed_precision_lora and dist.on_gpu():
             # ZeRO++: frozen base weights quantized, the LoRA adapters train in full precision
@@ -54,13 +42,12 @@ class DeepSpeedRLHFEngine:
 
         self.ref = None
         if not cfg.remove_kl_penalty:
-            ref_ds = eval_ds_config(micro_batch_size=mbs, world_size=world, zero_stage=cfg.actor_zero_stage,
-                                    offload=cfg.offload_reference_model, dtype=cfg.dtype)
-            zero3_init_context(ref_ds)
-            ref = load_causal_lm(cfg.actor_model_name_or_path, tokenizer, trust_remote_code=cfg.trust_remote_code,
-                                 disable_dropout_=True, resize_embeddings=cfg.add_eot_token,
-                                 dtype=TORCH_DTYPES[cfg.dtype])
-            self.ref = frozen(ref, cfg.actor_zero_stage, cfg.offload_reference_model)
+            self.ref = frozen_engine(
+                lambda: load_causal_lm(cfg.actor_model_name_or_path, tokenizer, trust_remote_code=cfg.trust_remote_code,
+                                       disable_dropout_=True, resize_embeddings=cfg.add_eot_token,
+                                       dtype=TORCH_DTYPES[cfg.dtype]),
+                micro_batch_size=mbs, zero_stage=cfg.actor_zero_stage, offload=cfg.offload_reference_model,
+                dtype=cfg.dtype)
 
         self.critic = None
         if not cfg.remove_critic_model:
@@ -73,18 +60,15 @@ class DeepSpeedRLHFEngine:
         self.reward_tokenizer = tokenizer
         if cfg.use_reward_model:
             if cfg.reward_tokenizer_name_or_path:
-                from utils.models import load_tokenizer
-
                 self.reward_tokenizer = load_tokenizer(cfg.reward_tokenizer_name_or_path,
                                                        trust_remote_code=cfg.trust_remote_code,
                                                        eot_token=cfg.eot_token if cfg.add_eot_token else None)
-            rw_ds = eval_ds_config(micro_batch_size=mbs, world_size=world, zero_stage=cfg.critic_zero_stage,
-                                   offload=cfg.offload_reward_model, dtype=cfg.dtype)
-            zero3_init_context(rw_ds)
-            rm = load_reward_model(cfg.reward_model_name_or_path, self.reward_tokenizer,
-                                   trust_remote_code=cfg.trust_remote_code, disable_dropout_=True,
-                                   resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype])
-            self.reward = frozen(rm, cfg.critic_zero_stage, cfg.offload_reward_model)
+            self.reward = frozen_engine(
+                lambda: load_reward_model(cfg.reward_model_name_or_path, self.reward_tokenizer,
+                                          trust_remote_code=cfg.trust_remote_code, disable_dropout_=True,
+                                          resize_embeddings=cfg.add_eot_token, dtype=TORCH_DTYPES[cfg.dtype]),
+                micro_batch_size=mbs, zero_stage=cfg.critic_zero_stage, offload=cfg.offload_reward_model,
+                dtype=cfg.dtype)
         zero3_init_context({"zero_optimization": {"stage": 0}})
 
         self.ema = ema_copy(self.actor.module) if cfg.enable_ema else None

@@ -87,7 +87,7 @@ class ExperienceMaker:
         self.normalizer = RewardNormalizer(cfg.reward_normalization, cfg.reward_queue_size)
         # per process: sequences and answer tokens sampled (and rewarded), sequences through the reference
         # and critic passes and the update
-        self.counters = {"sampled_sequences": 0, "sampled_tokens": 0, "scored_sequences": 0}
+        self.counters = {"sampled_sequences": 0, "sampled_tokens": 0, "trained_sequences": 0}
         self.clock = PhaseClock()
         self.sampler = make_sampler(cfg, engine, tokenizer, sources, weights, self.counters, self.clock, list(pool))
         self.estimator = make_estimator(cfg)
@@ -103,6 +103,8 @@ class ExperienceMaker:
         self.kl.value, self.estimator.baseline = s["kl_ctl"], s["baseline"]
         self.counters.clear()
         self.counters.update(s["counters"])
+        if "scored_sequences" in self.counters:   # its name in checkpoints before it was renamed
+            self.counters["trained_sequences"] = self.counters.pop("scored_sequences")
         self.normalizer.load_state_dict(s["normalizer"])
         self.sampler.load_state_dict(s["esrl"])
         for name, st in s["sources"].items():
@@ -122,7 +124,7 @@ class ExperienceMaker:
         trains = self.loss_rows(clipped, s.prompt_index, draw.skip, stats)
         stats.update(self.reward_stats(s, end))
         keep = self.sampler.keep(s, trains, stats)
-        self.counters["scored_sequences"] += len(keep)
+        self.counters["trained_sequences"] += len(keep)
         inputs = self.sampler.reward_inputs(s.prompts, s.answers)
         self.last_sample = (inputs.prompts[0], inputs.answers[0])
         sft_examples = sft_targets(self, s.prompts, s.answers, inputs) if self.cfg.add_sft_loss else [None] * len(end)

@@ -28,10 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import DataError
+from ..losses import IGNORE_INDEX
 from .cache import cacheable
 from .readers import Record
-
-IGNORE_INDEX = -100
 
 
 @cacheable
