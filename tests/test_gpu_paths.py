@@ -22,7 +22,7 @@ def test_hybrid_engine_stays_off_for_cache_contract_layers():
 
 
 def test_engine_stats_reports_fp16_skips_and_scale_only_for_fp16_engines():
-    from utils.trainer import engine_stats
+    from utils.engines import engine_stats
 
     def engine(fp16, skipped=0, scale=None):
         opt = types.SimpleNamespace(cur_scale=scale) if scale is not None else object()

@@ -8,7 +8,7 @@ from tests.conftest import write_jsonl
 from utils.config import DPOConfig, SFTConfig, parse_config
 from utils.data import DataError, SplitNames, load_step_records, read_dataset
 from utils.handbook import TABLE
-from utils.trainer import warmup_steps
+from utils.engines import warmup_steps
 
 SFT = {"instruction": "User: Repeat after me: fox red owl\nAssistant: ", "input": "", "output": "fox red owl"}
 RECIPE = {"model_name_or_path": "m", "dataset_mixer": {"d": 1.0}, "output_dir": "o"}

@@ -65,7 +65,7 @@ def test_fork_rlhf_batch_names_and_per_model_flags():
     assert (cfg.per_device_generation_batch_size, cfg.per_device_training_batch_size) == (4, 4)
     assert (cfg.generation_batches, cfg.ppo_epochs, cfg.ppo_mini_epochs) == (2, 1, 4)
     assert cfg.gradient_accumulation_steps == 4 and cfg.reward_type == "lex" and not cfg.remove_critic_model
-    actor, critic = cfg.side("actor"), cfg.side("critic")
+    actor, critic = cfg.model_part("actor"), cfg.model_part("critic")
     assert actor.disable_dropout and critic.disable_dropout   # the critic: step 3's default
     assert actor.gradient_checkpointing and critic.gradient_checkpointing
     assert (actor.weight_decay, critic.weight_decay) == (0.1, 0.1)
@@ -80,7 +80,8 @@ def test_fork_comet_example_is_critic_free_with_sft_loss():
     assert cfg.use_comet_model and cfg.comet_model_path == ["comet.ckpt"] and cfg.devices_comet_model == [0]
     assert cfg.comet_model_batch_size == 1 and cfg.weights_comet_model == [1.0]
     assert cfg.remove_critic_model and cfg.add_sft_loss and not cfg.use_reward_model
-    assert "--devices_comet_model: no GPU here: the COMET models run on the CPU" in cfg.notes
+    assert "--devices_comet_model: no GPU here: the COMET models run on the CPU" in cfg.machine_notes(gpu=False)
+    assert cfg.machine_notes(gpu=True) == []
 
 
 def test_fork_extra_losses_example():
@@ -97,24 +98,27 @@ def test_fork_reward_scores_example():
 
 def test_step3_dropout_is_off_unless_asked_for():
     default = parse_config(RLHFConfig, BASE3)
-    assert default.side("actor").disable_dropout and default.side("critic").disable_dropout
+    assert default.model_part("actor").disable_dropout and default.model_part("critic").disable_dropout
     kept = parse_config(RLHFConfig, BASE3 + ["--actor_dropout", "0.1", "--disable_critic_dropout", "false"])
-    actor, critic = kept.side("actor"), kept.side("critic")
+    actor, critic = kept.model_part("actor"), kept.model_part("critic")
     assert (actor.disable_dropout, actor.dropout) == (False, 0.1)
     assert (critic.disable_dropout, critic.dropout) == (False, None)   # the model's own dropout
     both = parse_config(RLHFConfig, BASE3 + ["--dropout", "0.05"])
-    assert not both.side("actor").disable_dropout and both.side("critic").dropout == 0.05
+    assert not both.model_part("actor").disable_dropout and both.model_part("critic").dropout == 0.05
 
 
 def test_dschat_step3_names_and_gpu_flags_on_cpu():
     cfg = parse(find("step3_rlhf_finetuning/training_scripts/opt/multi_node/run_66b.sh"))
-    assert cfg.side("actor").dropout == 0.0 and cfg.side("critic").dropout is None
-    assert cfg.side("actor").lora_dim == 128 and cfg.side("actor").lora_module_name == "decoder.layers."
-    assert cfg.side("critic").lora_dim == 0
+    assert cfg.model_part("actor").dropout == 0.0 and cfg.model_part("critic").dropout is None
+    assert cfg.model_part("actor").lora_dim == 128 and cfg.model_part("actor").lora_module_name == "decoder.layers."
+    assert cfg.model_part("critic").lora_dim == 0
     assert (cfg.inference_tp_size, cfg.tp_gather_partition_size) == (8, 4)
-    notes = "\n".join(cfg.notes)
-    assert "--enable_hybrid_engine: needs a GPU" in notes
-    assert "--inference_tp_size: tunes the hybrid engine, which is off in this run" in notes
+    # what a GPU would change is decided when the run builds, not when the flags parse
+    cpu = "\n".join(cfg.machine_notes(gpu=False))
+    assert "--enable_hybrid_engine: needs a GPU" in cpu
+    assert "--inference_tp_size: tunes the hybrid engine, which is off in this run" in cpu
+    assert not any("hybrid" in n for n in cfg.notes)
+    assert cfg.machine_notes(gpu=True) == []
 
 
 def test_dschat_defaults_when_a_script_gives_no_data_path():

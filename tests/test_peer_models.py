@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from utils.models import load_causal_lm, load_reward_model, load_tokenizer
-from utils.trainer import optimizer_groups
+from utils.engines import optimizer_groups
 
 
 def test_dropout_value_reaches_modules_and_config(tiny_dir, tokenizer):

@@ -41,7 +41,7 @@ HYBRID_ALIGNMENT_FLAGS = ("iterative_alignment", "previous_rlhf_model", "previou
                           "apply_original_ewc")
 
 
-class Notes:
+class FlagNotes:
     """Accepted flags that do nothing in this run, each with the reason; printed once at start-up."""
 
     def note(self, flag: str, why: str) -> None:
@@ -49,7 +49,7 @@ class Notes:
 
 
 @dataclass
-class ModelOptions(Notes):
+class ModelOptions(FlagNotes):
     """How models are loaded and trained (every step; step 3 applies them to actor and critic)."""
     trust_remote_code: bool = _f(False, "Allow model code from the hub (only when you trust it).")
     dtype: str = _f("fp32", "Training precision: fp32, bf16 or fp16 (mixed precision through DeepSpeed).",
@@ -97,7 +97,7 @@ class ModelOptions(Notes):
 
 
 @dataclass
-class PeerArgs(Notes):
+class PeerArgs(FlagNotes):
     """Flags that DeepSpeed-Chat and its fork pass on every call and that need no setting here."""
     deepspeed: bool = _f(False, "Accepted as in deepspeed.add_config_arguments; DeepSpeed is always the engine "
                                 "here.", aliases=("deepscale",))
@@ -157,7 +157,7 @@ def read_deepspeed_config(path: str) -> dict:
 
 
 @dataclass
-class PredictOptions(PredictArgs, Notes):
+class PredictOptions(PredictArgs, FlagNotes):
     """The fork's predictions during training (utils/predict.py), checked with the other flags."""
 
     def check_predictions(self) -> None:
@@ -189,7 +189,7 @@ DSCHAT_DEFAULT_DATA = "Dahoas/rm-static"
 
 
 @dataclass
-class DataArgs(Notes):
+class DataArgs(FlagNotes):
     data_path: list[str] = _f([], "One or more files, folders (train.* / test.*) or dataset names; several blend. "
                                   f"Unset: {DSCHAT_DEFAULT_DATA} with --data_split 2,4,4, as in DeepSpeed-Chat.")
     data_split: Optional[str] = _f(None, "Weights a,b,c splitting every dataset between steps 1, 2 and 3 "
@@ -208,6 +208,8 @@ class DataArgs(Notes):
                                      f"as in DeepSpeed-Chat")
         if self.max_seq_len < 2:
             raise ConfigError(f"--max_seq_len must be >= 2, got {self.max_seq_len}")
+        if self.data_seed is None:   # every composed config has --seed (ScheduleArgs)
+            self.data_seed = self.seed
         if self.data_split is not None:
             from .data.split import parse_split
 
@@ -218,7 +220,7 @@ class DataArgs(Notes):
 
 
 @dataclass
-class DataMixArgs(Notes):
+class DataMixArgs(FlagNotes):
     """Which rows of each --data_path entry a step reads (the alignment handbook's dataset_mixer and
     dataset_splits)."""
     data_fractions: list[float] = _f([], "Fraction in (0, 1] of each --data_path entry's training rows to use, one "
@@ -247,7 +249,7 @@ class DataMixArgs(Notes):
 
 
 @dataclass
-class ScheduleArgs(Notes):
+class ScheduleArgs(FlagNotes):
     """Optimizer and schedule settings every step shares."""
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norm weights).")
     adam_beta1: float = _f(0.9, "AdamW beta1.")
@@ -307,7 +309,7 @@ class LauncherArgs:
 
 
 @dataclass
-class DeepSpeedArgs(LauncherArgs, Notes):
+class DeepSpeedArgs(LauncherArgs, FlagNotes):
     zero_stage: int = _f(0, "ZeRO stage 0-3 for the trained model.", choices=[0, 1, 2, 3])
     offload: bool = _f(False, "Offload optimizer state (and ZeRO-3 parameters) to CPU memory (ZeRO 1-3).")
 
@@ -318,7 +320,7 @@ class DeepSpeedArgs(LauncherArgs, Notes):
 
 
 @dataclass
-class LoggingArgs(Notes):
+class LoggingArgs(FlagNotes):
     enable_tensorboard: bool = _f(False, "Write TensorBoard scalars.")
     tensorboard_path: Optional[str] = _f(None, "TensorBoard folder; defaults to <output_dir>/tensorboard.")
     logging_steps: int = _f(10, "Log training metrics every N optimizer steps.")
@@ -364,8 +366,6 @@ class TrainConfig(ModelArgs, DataArgs, DataMixArgs, OptimArgs, DeepSpeedArgs, Lo
         self.check_logging()
         self.check_checkpoint()
         self.check_peer()
-        if self.data_seed is None:
-            self.data_seed = self.seed
         if self.lora_learning_rate is not None and self.lora_dim == 0:
             self.note("--lora_learning_rate", "no LoRA adapters (--lora_dim 0)")
 
@@ -600,7 +600,7 @@ class DPOConfig(TrainConfig, PredictOptions):
 
 
 @dataclass
-class ModelSide:
+class ModelPart:
     """One trained model's options in step 3 (actor or critic): the per-model flags, falling back
     to the shared ones. Read by the model loader and the optimizer like a step's config."""
     model_name_or_path: str
@@ -831,8 +831,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                                                "DeepSpeed-Chat.")
     eval_steps: int = _f(0, "Every N rounds and at the end, score greedy answers to the held-out prompts with "
                             "every reward source (eval/reward/<name>); 0: off.")
-    eval_data_path: Optional[str] = _f(None, "Held-out prompts (SFT format); default: the test split of "
-                                             "--data_path folders.")
+    eval_data_path: Optional[str] = _f(None, "Held-out prompts (any format --data_path takes); default: the test "
+                                             "split of --data_path folders.")
     print_answers: bool = _f(False, "Print a prompt and its sampled answer every --print_answers_interval rounds.")
     print_answers_interval: int = _f(1, "Rounds between --print_answers prints.")
     save_critic_model: bool = _f(False, "Accepted for the fork's scripts: the critic is always saved here.")
@@ -924,8 +924,6 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if self.dynamic_sampling and self.temperature != 1.0:
             self.note("--temperature", "ESRL sets each prompt's temperature (--esrl_temperature_min/max)")
         self.check_esrl()
-        if self.eval_steps < 0:
-            self.eval_steps = 0
         if self.enable_ema and self.actor_zero_stage == 3:
             raise ConfigError("--enable_ema needs --actor_zero_stage 0-2 (the EMA copy is a full model)")
         self.check_model_options()
@@ -943,8 +941,6 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             dim = getattr(self, f"{side}_lora_dim")
             if dim is not None and dim < 0:
                 raise ConfigError(f"--{side}_lora_dim must be >= 0")
-        if self.data_seed is None:
-            self.data_seed = self.seed
 
     def check_estimator(self) -> None:
         """The advantage estimator (OpenRLHF's and verl's names accepted), the critic it needs, the
@@ -1031,10 +1027,8 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.factor_rl_loss = 0.7 if (self.add_sft_loss or self.add_pretrained_loss) else 1.0
 
     def check_machinery(self) -> None:
-        """GPU-only and inert flags: refuse the impossible, name what does nothing in this run."""
-        from .distributed import on_gpu
-
-        gpu = on_gpu()
+        """Inert flags: refuse the impossible, name what does nothing in this run (what a GPU would
+        change: `machine_notes`)."""
         if self.offload_reference_model and self.actor_zero_stage != 3:
             self.note("--offload_reference_model", "weights are offloaded at --actor_zero_stage 3 only")
             self.offload_reference_model = False
@@ -1045,25 +1039,11 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.note("--offload", "ZeRO stage 0 keeps everything on the device; use --actor_zero_stage and "
                                    "--critic_zero_stage 1-3 to offload")
             self.offload = False
-        hybrid = self.enable_hybrid_engine and gpu
-        if self.enable_hybrid_engine and not gpu:
-            self.note("--enable_hybrid_engine", "needs a GPU (DeepSpeed's inference kernels have no CPU "
-                                                "implementation); generating with the training engine")
-        defaults = {"inference_tp_size": 1, "tp_gather_partition_size": 8, "unpin_actor_parameters": False,
-                    "release_inference_cache": False}
-        for flag, default in defaults.items():
-            if getattr(self, flag) != default and not hybrid:
-                self.note(f"--{flag}", "tunes the hybrid engine, which is off in this run")
         if not self.ds3_gather_for_generation and self.actor_zero_stage != 3:
             self.note("--ds3_gather_for_generation", "only ZeRO-3 partitions the actor's weights")
-        if self.cache_implementation and hybrid:
-            self.note("--cache_implementation", "the hybrid engine keeps its own inference cache")
-        if self.enable_mixed_precision_lora:
-            if not (self.actor_lora_dim or self.lora_dim) or self.actor_zero_stage != 3:
-                raise ConfigError("--enable_mixed_precision_lora needs --actor_lora_dim > 0 and "
-                                  "--actor_zero_stage 3")
-            if not gpu:
-                self.note("--enable_mixed_precision_lora", "ZeRO++ quantized weights need a GPU")
+        if self.enable_mixed_precision_lora and (not (self.actor_lora_dim or self.lora_dim) or
+                                                 self.actor_zero_stage != 3):
+            raise ConfigError("--enable_mixed_precision_lora needs --actor_lora_dim > 0 and --actor_zero_stage 3")
         if self.align_overflow and self.dtype != "fp16":
             self.note("--align_overflow", f"only fp16 can overflow (--dtype is {self.dtype})")
         if self.print_answers_interval != 1 and not self.print_answers:
@@ -1077,7 +1057,29 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                                         self.critic_lora_dim):
             self.note("--lora_learning_rate", "no LoRA adapters")
 
-    def side(self, which: str) -> ModelSide:
+    def machine_notes(self, gpu: bool) -> list[str]:
+        """The flags that do nothing on this machine (`gpu`: it has one), named when the run builds:
+        the parsed config is the same on every machine."""
+        notes = []
+        hybrid = self.enable_hybrid_engine and gpu
+        if self.enable_hybrid_engine and not gpu:
+            notes.append("--enable_hybrid_engine: needs a GPU (DeepSpeed's inference kernels have no CPU "
+                         "implementation); generating with the training engine")
+        defaults = {"inference_tp_size": 1, "tp_gather_partition_size": 8, "unpin_actor_parameters": False,
+                    "release_inference_cache": False}
+        notes += [f"--{flag}: tunes the hybrid engine, which is off in this run" for flag, default in defaults.items()
+                  if getattr(self, flag) != default and not hybrid]
+        if self.cache_implementation and hybrid:
+            notes.append("--cache_implementation: the hybrid engine keeps its own inference cache")
+        if not gpu:
+            for flag, why in (("enable_mixed_precision_lora", "ZeRO++ quantized weights need a GPU"),
+                              ("devices_reward_classifier", "no GPU here: the classifiers run on the CPU"),
+                              ("devices_comet_model", "no GPU here: the COMET models run on the CPU")):
+                if getattr(self, flag):
+                    notes.append(f"--{flag}: {why}")
+        return notes
+
+    def model_part(self, which: str) -> ModelPart:
         """The actor's or critic's resolved options."""
         def pick(name):
             own = getattr(self, f"{which}_{name}" if name != "disable_dropout" else f"disable_{which}_dropout")
@@ -1089,7 +1091,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         off = getattr(self, f"disable_{which}_dropout")
         if off is None:
             off = self.disable_dropout or pick("dropout") is None
-        return ModelSide(
+        return ModelPart(
             model_name_or_path=getattr(self, f"{which}_model_name_or_path"),
             trust_remote_code=self.trust_remote_code, gradient_checkpointing=pick("gradient_checkpointing"),
             disable_dropout=off, dropout=pick("dropout"), lora_dim=pick("lora_dim"),
@@ -1099,8 +1101,6 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             learning_rate=getattr(self, f"{which}_learning_rate"), dtype=self.dtype)
 
     def check_classifiers(self) -> None:
-        from .distributed import on_gpu
-
         n = len(self.reward_classifier)
         for flag in ("reward_classifier_label", "devices_reward_classifier"):
             values = getattr(self, flag)
@@ -1114,13 +1114,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                               f"--reward_classifier")
         if self.reward_classifier_batch_size < 1:
             raise ConfigError("--reward_classifier_batch_size must be >= 1")
-        if self.devices_reward_classifier and not on_gpu():
-            self.note("--devices_reward_classifier", "no GPU here: the classifiers run on the CPU")
         self.reward_classifier_weights = self.reward_classifier_weights or [1.0] * n
 
     def check_comet(self) -> None:
-        from .distributed import on_gpu
-
         n = len(self.comet_model_path)
         if self.use_comet_model and not n:
             raise ConfigError("--use_comet_model needs --comet_model_path")
@@ -1132,8 +1128,6 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if self.devices_comet_model and len(self.devices_comet_model) not in (1, n):
             raise ConfigError(f"--devices_comet_model has {len(self.devices_comet_model)} values for {n} "
                               f"--comet_model_path (give one for all, or one each)")
-        if self.devices_comet_model and not on_gpu():
-            self.note("--devices_comet_model", "no GPU here: the COMET models run on the CPU")
         if self.comet_model_batch_size < 1:
             raise ConfigError("--comet_model_batch_size must be >= 1")
         if n and not self.weights_comet_model:

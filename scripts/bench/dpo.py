@@ -28,7 +28,8 @@ def main() -> None:
     from utils import distributed as dist
     from utils.config import DPOConfig
     from utils.data.preference import PreferenceExample, collate_preferences
-    from utils.trainer import Trainer, ds_config_for, init_engine
+    from utils.engines import ds_config_for, init_engine
+    from utils.trainer import Trainer
 
     tok = AutoTokenizer.from_pretrained(folder)
     g = torch.Generator().manual_seed(0)

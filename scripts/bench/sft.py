@@ -27,7 +27,8 @@ def main() -> None:
     from utils.data import Example, collate_lm
     from utils.losses import causal_lm_loss
     from utils.models import labelled_logits
-    from utils.trainer import Trainer, ds_config_for, init_engine
+    from utils.engines import ds_config_for, init_engine
+    from utils.trainer import Trainer
 
     vocab = len(AutoTokenizer.from_pretrained(folder))
     g = torch.Generator().manual_seed(0)

@@ -16,12 +16,13 @@ from functools import partial
 from utils.checkpoint import save_hf_model
 from utils import distributed as dist
 from utils.config import ConfigError, SFTConfig, parse_config
-from utils.data import IGNORE_INDEX, collate_lm, collate_packed, step_examples, tokenize_records
+from utils.data import IGNORE_INDEX, Phase, collate_lm, collate_packed, step_examples, tokenize_records
+from utils.engines import ds_config_for, start_engine
 from utils.losses import causal_lm_loss
 from utils.models import labelled_logits, load_tokenizer_for, load_trainable_lm, separates_packed_sequences
 from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, ds_config_for, perplexity, start_engine
+from utils.trainer import LossOutput, Trainer, perplexity
 
 
 def sft_loss(model, batch) -> LossOutput:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     start(cfg)
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
-        train, test = step_examples(cfg, 0, partial(tokenize_records, tokenizer=tokenizer,
+        train, test = step_examples(cfg, Phase.SFT, partial(tokenize_records, tokenizer=tokenizer,
                                                     max_len=cfg.max_seq_len, fmt=cfg.data_format))
         predict = make_predict_hook(cfg, tokenizer, cfg.max_seq_len)
         ds_config = ds_config_for(cfg)

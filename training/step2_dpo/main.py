@@ -19,12 +19,13 @@ from functools import partial
 from utils import distributed as dist
 from utils.checkpoint import save_hf_model
 from utils.config import DPOConfig, parse_config
-from utils.data import step_examples
+from utils.data import Phase, step_examples
 from utils.data.feedback import pair_for_kl
+from utils.engines import ds_config_for, start_engine
 from utils.models import load_tokenizer_for, load_trainable_lm
 from utils.predict import make_predict_hook
 from utils.run import finish, start, user_errors
-from utils.trainer import Trainer, ds_config_for, start_engine
+from utils.trainer import Trainer
 
 from .objectives import method_for
 from .reference import build_reference, covers_every_example, precompute_reference
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     method = method_for(cfg.loss_type)
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
-        train, test = step_examples(cfg, 1, partial(method.tokenize, tokenizer=tokenizer, max_len=cfg.max_seq_len),
-                                    method.unit)
+        tokenize = partial(method.tokenize, tokenizer=tokenizer, max_len=cfg.max_seq_len)
+        train, test = step_examples(cfg, Phase.REWARD, tokenize, method.unit)
         if cfg.loss_type == "kto":
             prepare_kto(cfg, train, test)
         predict = make_predict_hook(cfg, tokenizer, cfg.max_seq_len)

@@ -7,8 +7,8 @@ import torch
 
 from utils import distributed as dist
 from utils.config import DPOConfig
+from utils.engines import frozen_engine, total_steps
 from utils.models import TORCH_DTYPES, load_causal_lm
-from utils.trainer import frozen_engine, total_steps
 
 from .objectives import response_logps
 

@@ -18,14 +18,15 @@ from transformers import AutoModelForSequenceClassification
 
 from utils.checkpoint import save_hf_model
 from utils.config import RewardConfig, parse_config
-from utils.data import step_examples
+from utils.data import Phase, step_examples
 from utils.data.preference import collate_preferences, tokenize_preferences
+from utils.engines import ds_config_for, start_engine
 from utils.losses import centering_penalty, divergence_pairwise_loss, pairwise_loss, score_mse
 from utils import distributed as dist
 from utils.models import (add_distinct_pad, end_scores, load_tokenizer_for, load_trainable_lm,
                           reward_tokenizer_for_export, token_values)
 from utils.run import finish, start, user_errors
-from utils.trainer import LossOutput, Trainer, ds_config_for, start_engine
+from utils.trainer import LossOutput, Trainer
 
 
 def reward_loss(cfg: RewardConfig):
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
             dist.print_rank0(f"[models] pad token {tokenizer.pad_token!r} added (id {tokenizer.pad_token_id}): the "
                              f"tokenizer's pad was none or its EOS, where stock transformers reads the score")
         need_scores = cfg.rm_loss != "pairwise"
-        train, test = step_examples(cfg, 1, partial(tokenize_preferences, tokenizer=tokenizer,
+        train, test = step_examples(cfg, Phase.REWARD, partial(tokenize_preferences, tokenizer=tokenizer,
                                                     max_len=cfg.max_seq_len, need_scores=need_scores, joint=True),
                                     "examples" + (" with scores" if need_scores else ""))
         if cfg.rm_loss == "pairwise" and not all(e.is_pair for e in train):

@@ -12,7 +12,7 @@ from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
 from training.step3_rlhf.update import optimizer_steps_per_round
 from utils import distributed as dist
 from utils.config import ConfigError
-from utils.data import epoch_batches, load_step_records, tokenize_records
+from utils.data import Phase, epoch_batches, load_step_records, tokenize_records
 from utils.data.collate import BatchStream
 from utils.data.readers import read_dataset
 from utils.data.rlhf import PromptExample, tokenize_prompts
@@ -24,7 +24,7 @@ from utils.rewards.comet import build_comet_sources
 
 
 @dataclass
-class Parts:
+class RLHFSetup:
     tokenizer: object
     prompts: list[PromptExample]        # training prompts
     eval_prompts: list[PromptExample]   # held-out prompts (--eval_data_path, else the test split)
@@ -36,9 +36,11 @@ class Parts:
     rounds_per_epoch: int
 
 
-def build(cfg) -> Parts:
+def build(cfg) -> RLHFSetup:
+    for note in cfg.machine_notes(dist.on_gpu()):
+        dist.print_rank0(f"[flags] {note}")
     tokenizer = load_tokenizer_for(cfg, cfg.actor_model_name_or_path, padding_side="left")
-    data = load_step_records(cfg.data_path, cfg.data_split, step=2, seed=cfg.data_seed)
+    data = load_step_records(cfg.data_path, cfg.data_split, step=Phase.RLHF, seed=cfg.data_seed)
     prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss,
                                cfg.data_output_path, cfg.data_format)
     predict = make_predict_hook(cfg, tokenizer, cfg.max_prompt_seq_len)
@@ -79,7 +81,7 @@ def build(cfg) -> Parts:
     for src in comet:
         dist.print_rank0(f"[comet] {src.name} = {src.spec} on {src.device}, "
                          f"{'src+mt+ref' if src.use_reference else 'src+mt'}")
-    return Parts(tokenizer, prompts, eval_prompts, rlhf, sources, weights, ptx, predict, rounds_per_epoch)
+    return RLHFSetup(tokenizer, prompts, eval_prompts, rlhf, sources, weights, ptx, predict, rounds_per_epoch)
 
 
 def load_pretraining_batches(cfg, tokenizer) -> BatchStream:

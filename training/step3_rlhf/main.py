@@ -6,7 +6,9 @@
         --enable_hybrid_engine ...
     ... --reward_functions examples.demo.task:reward --use_reward_model false   # rule reward only
 
-Prompts use the SFT format (`output` = reference answer, used by --add_sft_loss). Saves
+Prompts: SFT records (`output` is the reference answer, used by --add_sft_loss), preference
+pairs (`chosen` is the reference) or TRL's prompt(-completion) rows, text or conversational
+(utils/data/rlhf.py). Saves
 `actor/` (and `critic/`, `actor_ema/`) as HF folders; `--save_steps` + `--resume` continue
 a run exactly. build.py loads, rollout.py makes experience, update.py trains on it, recipe.py
 owns the loop and its state.

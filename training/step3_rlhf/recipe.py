@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass
 
 from transformers import AutoModelForSequenceClassification
 
-from training.step3_rlhf.build import Parts
+from training.step3_rlhf.build import RLHFSetup
 from training.step3_rlhf.rollout import ExperienceMaker
 from training.step3_rlhf.update import PPOUpdater
 from utils import distributed as dist
 from utils.checkpoint import latest_tag, load_checkpoint, save_checkpoint, save_hf_model
 from utils.config import ConfigError
 from utils.data import epoch_batches
+from utils.engines import engine_stats
 from utils.logging import MetricsLogger, progress
 from utils.run import Preemption, user_errors
 from utils.seeding import rng_state, set_rng_state
-from utils.trainer import engine_stats
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Position:
 
 
 class PPORecipe:
-    def __init__(self, cfg, parts: Parts):
+    def __init__(self, cfg, parts: RLHFSetup):
         self.cfg, self.parts, self.rlhf = cfg, parts, parts.rlhf
         self.maker = ExperienceMaker(cfg, parts.rlhf, parts.tokenizer, parts.sources, parts.weights, parts.prompts)
         self.updater = PPOUpdater(cfg, parts.rlhf, parts.tokenizer, parts.ptx)

@@ -17,7 +17,7 @@ import torch
 from utils import distributed as dist
 from utils.models import (TORCH_DTYPES, load_causal_lm, load_reward_model, load_tokenizer, load_trainable_lm,
                           zero3_init_context)
-from utils.trainer import ds_config_for, frozen_engine, init_engine
+from utils.engines import ds_config_for, frozen_engine, init_engine
 
 
 class DeepSpeedRLHFEngine:
@@ -28,8 +28,8 @@ class DeepSpeedRLHFEngine:
         if cfg.enable_mixed_precision_lora and dist.on_gpu():
             # ZeRO++: frozen base weights quantized, the LoRA adapters train in full precision
             actor_ds["zero_optimization"]["zero_quantized_nontrainable_weights"] = True
-        actor_side = cfg.side("actor")
-        actor = load_trainable_lm(actor_side, tokenizer, actor_ds)
+        actor_part = cfg.model_part("actor")
+        actor = load_trainable_lm(actor_part, tokenizer, actor_ds)
         self.hybrid = cfg.enable_hybrid_engine and dist.on_gpu()
         if self.hybrid:
             why_not = hybrid_engine_unsupported(actor)
@@ -38,7 +38,7 @@ class DeepSpeedRLHFEngine:
                 self.hybrid = False
             else:
                 actor_ds["hybrid_engine"] = hybrid_engine_config(cfg)
-        self.actor = init_engine(actor, cfg, total_steps, ds_config=actor_ds, side=actor_side)
+        self.actor = init_engine(actor, cfg, total_steps, ds_config=actor_ds, part=actor_part)
 
         self.ref = None
         if not cfg.remove_kl_penalty:
@@ -52,9 +52,9 @@ class DeepSpeedRLHFEngine:
         self.critic = None
         if not cfg.remove_critic_model:
             critic_ds = ds_config_for(cfg, micro_batch_size=mbs, zero_stage=cfg.critic_zero_stage, what="critic")
-            critic_side = cfg.side("critic")
-            critic = load_trainable_lm(critic_side, tokenizer, critic_ds, reward=True)
-            self.critic = init_engine(critic, cfg, total_steps, ds_config=critic_ds, side=critic_side)
+            critic_part = cfg.model_part("critic")
+            critic = load_trainable_lm(critic_part, tokenizer, critic_ds, reward=True)
+            self.critic = init_engine(critic, cfg, total_steps, ds_config=critic_ds, part=critic_part)
 
         self.reward = None
         self.reward_tokenizer = tokenizer

@@ -11,7 +11,7 @@ from .collate import LMBatch, collate_lm, collate_packed, epoch_batches, pad_rig
 from .encoding import IGNORE_INDEX, Example, LengthStats, by_source, encode_prompts
 from .readers import RawDataset, Record, SplitNames, read_dataset
 from .sft import sft_prompt, tokenize_records
-from .split import take_fraction, take_step_share
+from .split import Phase, take_fraction, take_step_share
 
 
 @dataclass
@@ -21,7 +21,7 @@ class StepData:
     test: list[Record]
 
 
-def load_step_records(paths: list[str], split: str | None, step: int, seed: int,
+def load_step_records(paths: list[str], split: str | None, step: Phase, seed: int,
                       fractions: list[float] | None = None, splits: SplitNames = SplitNames()) -> StepData:
     """Read every dataset (its `splits`), keep this step's share of each train split, then its
     `fractions` entry of that share (--data_fractions), and blend them.
@@ -63,7 +63,7 @@ def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple
     return out[0], out[1], stats
 
 
-def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
+def step_examples(cfg, step: Phase, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
                   unit: str = "sequences") -> tuple[list, list]:
     """This step's share of every --data_path entry, tokenized and reported; (train, test).
 
@@ -83,7 +83,7 @@ def step_examples(cfg, step: int, tokenize: Callable[[list[Record]], tuple[list,
 
 
 __all__ = [
-    "DataError", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "RawDataset", "Record", "SplitNames", "StepData",
-    "collate_lm", "collate_packed", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
+    "DataError", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "Phase", "RawDataset", "Record", "SplitNames",
+    "StepData", "collate_lm", "collate_packed", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
     "read_dataset", "sft_prompt", "step_examples", "tokenize_per_source", "tokenize_records",
 ]

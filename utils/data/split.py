@@ -1,9 +1,19 @@
 """`--data_split a,b,c`: give each training step its own, reproducible share of a dataset."""
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
 
 from ..errors import DataError
+
+
+class Phase(IntEnum):
+    """The share of a --data_split that a step reads: DeepSpeed-Chat's phases 1-3, counted from 0."""
+    SFT = 0
+    REWARD = 1   # the reward model, DPO and its relatives
+    RLHF = 2
+
 
 STEP_NAMES = ("step 1 (SFT)", "step 2 (reward/DPO)", "step 3 (RLHF)")
 
@@ -20,8 +30,8 @@ def parse_split(spec: str) -> list[float]:
     return [p / total for p in parts]
 
 
-def split_indices(n: int, fractions: list[float], step: int, seed: int) -> list[int]:
-    """Row indices of `n` rows that belong to `step` (0, 1 or 2).
+def split_indices(n: int, fractions: list[float], step: Phase, seed: int) -> list[int]:
+    """Row indices of `n` rows that belong to `step`.
 
     One seeded permutation is cut at the rounded cumulative fractions, so the three shares
     are disjoint, cover every row, and are the same in every step that uses the same seed.
@@ -43,7 +53,7 @@ def take_fraction(records: list, fraction: float, seed: int, name: str) -> list:
     return [records[i] for i in sorted(np.random.default_rng(seed).permutation(len(records))[:n].tolist())]
 
 
-def take_step_share(records: list, spec: str | None, step: int, seed: int, name: str) -> list:
+def take_step_share(records: list, spec: str | None, step: Phase, seed: int, name: str) -> list:
     if spec is None:
         return records
     idx = split_indices(len(records), parse_split(spec), step, seed)
