@@ -23,7 +23,8 @@ OUT_OF_LOSS = (3, 10)
 def build(argv):
     from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
     from training.step3_rlhf.update import PPOUpdater
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
     from utils.models import load_tokenizer_for
     from utils.run import start
 

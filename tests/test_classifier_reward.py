@@ -97,7 +97,8 @@ def test_ppo_with_a_classifier_and_a_rule_sums_the_weighted_sources(sft_dir, pro
 
 
 def test_classifier_flag_checks(tmp_path, capsys):
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
 
     base = ["--actor_model_name_or_path", "a", "--output_dir", str(tmp_path), "--data_path", "d",
             "--advantage_estimator", "grpo", "--num_samples_per_prompt", "2"]

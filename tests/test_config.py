@@ -1,6 +1,7 @@
 import pytest
 
-from utils.config import SFTConfig, parse_config
+from utils.cli import parse_config
+from utils.config import SFTConfig
 from utils.ds_config import eval_ds_config, train_ds_config
 
 BASE = ["--model_name_or_path", "m", "--data_path", "d", "--output_dir", "o"]

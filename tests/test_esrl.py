@@ -155,7 +155,8 @@ def test_capability_rises_and_temperature_with_it():
 
 
 def test_sample_counts_resolve_to_a_budget():
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
 
     base = ["--actor_model_name_or_path", "a", "--critic_model_name_or_path", "c", "--data_path", "d",
             "--output_dir", "o", "--dynamic_sampling"]
@@ -191,7 +192,8 @@ def one_round(argv, rounds: int = 1):
     from training.step3_rlhf.rollout import ExperienceMaker
     from training.step3_rlhf.update import PPOUpdater
     from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
     from utils.data import load_step_records
     from utils.data.rlhf import tokenize_prompts
     from utils.losses import token_logprobs

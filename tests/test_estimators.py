@@ -165,7 +165,8 @@ BASE = ["--actor_model_name_or_path", "a", "--critic_model_name_or_path", "c", "
 
 
 def test_estimator_flags_resolve():
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
 
     cfg = parse_config(RLHFConfig, BASE)
     assert cfg.advantage_estimator == "gae" and not cfg.remove_critic_model and cfg.use_kl_in_reward
@@ -194,7 +195,8 @@ def test_estimator_flags_resolve():
 
 
 def test_dr_grpo_with_another_aggregation_is_refused_in_one_line(capsys):
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
 
     assert parse_config(RLHFConfig, BASE + ["--advantage_estimator", "dr_grpo", "--loss_agg_mode",
                                             "seq-mean-token-sum-norm"]).loss_agg_mode == "seq-mean-token-sum-norm"
@@ -222,7 +224,8 @@ def grpo_round(argv):
     """One round of experience and updates; what the passes and the update saw."""
     from training.step3_rlhf.build import build
     from training.step3_rlhf.recipe import PPORecipe
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
     from utils.run import start
 
     cfg = parse_config(RLHFConfig, argv)
@@ -269,7 +272,8 @@ def shaping_rounds(argv):
     from training.step3_rlhf.advantages import make_estimator
     from training.step3_rlhf.build import build
     from training.step3_rlhf.recipe import PPORecipe
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
     from utils.run import start
 
     cfg = parse_config(RLHFConfig, argv)
@@ -389,7 +393,8 @@ def odd_prompts_vary(prompts, answers):
 def refill_round(argv):
     from training.step3_rlhf.build import build
     from training.step3_rlhf.recipe import PPORecipe
-    from utils.config import RLHFConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RLHFConfig
     from utils.run import start
 
     cfg = parse_config(RLHFConfig, argv)

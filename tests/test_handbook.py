@@ -5,9 +5,10 @@ import pytest
 import yaml
 
 from tests.conftest import write_jsonl
-from utils.config import DPOConfig, SFTConfig, parse_config
+from utils.cli import parse_config
+from utils.config import DPOConfig, SFTConfig
 from utils.data import DataError, SplitNames, load_step_records, read_dataset
-from utils.handbook import TABLE
+from utils.cli.handbook import TABLE
 from utils.engines import warmup_steps
 
 SFT = {"instruction": "User: Repeat after me: fox red owl\nAssistant: ", "input": "", "output": "fox red owl"}

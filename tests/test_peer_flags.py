@@ -4,7 +4,8 @@ import json
 import pytest
 
 from tests.peer_scripts import COMMANDS, FLAGS, substitute
-from utils.config import DPOConfig, RLHFConfig, RewardConfig, SFTConfig, parse_config
+from utils.cli import parse_config
+from utils.config import DPOConfig, RLHFConfig, RewardConfig, SFTConfig
 from utils.ds_config import merge_user_config
 
 CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig, "rlhf": RLHFConfig}
@@ -29,9 +30,10 @@ PLAIN = [c for c in COMMANDS if c not in HYBRID]
 
 @pytest.mark.parametrize("step", sorted(FLAGS))
 def test_every_peer_flag_is_accepted_or_refused_by_name(step):
-    from utils.config import HYBRID_ALIGNMENT_FLAGS, _option_names, make_parser
+    from utils.cli import accepted_flags
+    from utils.cli.peers import HYBRID_ALIGNMENT_FLAGS
 
-    names = _option_names(make_parser(CONFIGS[step]))
+    names = accepted_flags(CONFIGS[step])
     refused = {f for f in FLAGS[step] if f[2:].replace("-", "_") in HYBRID_ALIGNMENT_FLAGS}
     assert [f for f in FLAGS[step] if f[2:] not in names and f not in refused] == []
     assert len(FLAGS[step]) > 40
@@ -135,7 +137,8 @@ def test_dschat_test_mode_stops_at_test_stop_step():
 
 def test_dschat_step2_dropout_and_padding():
     cfg = parse(find("step2_reward_model_finetuning/training_scripts/opt/single_node/run_350m.sh"))
-    assert cfg.dropout == 0.0 and cfg.num_padding_at_beginning == 1
+    assert cfg.dropout == 0.0 and not hasattr(cfg, "num_padding_at_beginning")
+    assert "--num_padding_at_beginning: not needed: scores are read at each answer's EOS, found by length" in cfg.notes
     assert cfg.data_path[:2] == ["Dahoas/rm-static", "Dahoas/full-hh-rlhf"]
 
 

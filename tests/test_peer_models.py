@@ -66,7 +66,8 @@ def test_lora_learning_rate_gets_its_own_groups(tiny_dir, tokenizer):
 
 
 def test_models_load_directly_in_the_training_dtype(tiny_dir, tokenizer):
-    from utils.config import RewardConfig, SFTConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import RewardConfig, SFTConfig
     from utils.models import load_trainable_lm
 
     for cls, reward in ((SFTConfig, False), (RewardConfig, True)):

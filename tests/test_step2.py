@@ -297,7 +297,8 @@ def test_precomputed_reference_equals_live_reference(sft_dir, pref_data, tmp_pat
 
 def test_reference_precomputed_by_default_only_when_every_example_is_trained_on():
     from training.step2_dpo.reference import covers_every_example
-    from utils.config import DPOConfig, parse_config
+    from utils.cli import parse_config
+    from utils.config import DPOConfig
 
     def cfg(*extra):
         return parse_config(DPOConfig, ["--model_name_or_path", "m", "--data_path", "d", "--output_dir", "o",

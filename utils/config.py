@@ -1,44 +1,32 @@
 """Config dataclasses: shared parts written once, one composed dataclass per step.
 
-Parsed with `transformers.HfArgumentParser` from flags, or from a `.yaml`/`.json` file given
-as the first argument (flags after it override the file). Cross-field checks live in
-`__post_init__` and name the flags at fault.
+Parsed by the command-line edge (`utils.cli.parse_config`: flags, config files and the peers'
+dialects). Cross-field checks live in `__post_init__` and name the flags at fault.
 """
 from __future__ import annotations
 
 import json
 import math
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Optional
 
-from . import handbook
 from .errors import ConfigError
 from .predict import PredictArgs
 
 
-def _f(default, help: str, *, aliases: tuple[str, ...] = (), **kw):
-    """A dataclass field with help text (the help is what `--help` prints). `aliases` are other
-    spellings of the flag (DeepSpeed-Chat's or its fork's names); `--help` lists them too."""
+def _f(default, help: str, **kw):
+    """A dataclass field with help text (the help is what `--help` prints). Other tools' names for a
+    flag are read by the command-line edge (utils/cli/peers.py)."""
     meta = {"help": help, **kw}
-    if aliases:
-        meta["aliases"] = [f"--{a}" for a in aliases]
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def _opt_bool(help: str, *, aliases: tuple[str, ...] = ()):
+def _opt_bool(help: str):
     """A bool flag whose absence means "not given" (None): `--flag` alone is true, like store_true."""
-    return _f(None, help, aliases=aliases, nargs="?", const=True)
-
-
-# The fork's hybrid alignment training (iterative SFT/RLHF with EWC): refused by name, never ignored.
-HYBRID_ALIGNMENT_FLAGS = ("iterative_alignment", "previous_rlhf_model", "previous_round_before_sft_model",
-                          "previous_sft_model", "previous_round_after_sft_model",
-                          "previous_round_after_rlhf_model", "lamda_factor", "ewc_max_weight", "ewc_mse_factor",
-                          "apply_original_ewc")
+    return _f(None, help, nargs="?", const=True)
 
 
 class FlagNotes:
@@ -68,10 +56,7 @@ class ModelOptions(FlagNotes):
                                                    "learning rate).")
     add_eot_token: bool = _f(False, "Add --eot_token to the tokenizer as a special token and make it the "
                                     "end of every answer (the tokenizer's EOS), resizing the embeddings.")
-    eot_token: str = _f("<|endoftext|>", "The end-of-conversation token of --add_eot_token.",
-                        aliases=("end_of_conversation_token",))
-    compute_fp32_loss: bool = _f(False, "Accepted for DeepSpeed-Chat scripts: every loss is computed in fp32 "
-                                        "here anyway.")
+    eot_token: str = _f("<|endoftext|>", "The end-of-conversation token of --add_eot_token.")
 
     # reward model and DPO compare two forwards (chosen vs rejected, policy vs reference): dropout
     # adds noise to the difference they learn from, so these steps switch it off unless asked
@@ -92,33 +77,20 @@ class ModelOptions(FlagNotes):
             raise ConfigError("--eot_token must not be empty")
         if not self.add_eot_token and self.eot_token != "<|endoftext|>":
             self.note("--eot_token", "used with --add_eot_token only")
-        if self.compute_fp32_loss:
-            self.note("--compute_fp32_loss", "losses are always computed in fp32 here")
 
 
 @dataclass
-class PeerArgs(FlagNotes):
-    """Flags that DeepSpeed-Chat and its fork pass on every call and that need no setting here."""
-    deepspeed: bool = _f(False, "Accepted as in deepspeed.add_config_arguments; DeepSpeed is always the engine "
-                                "here.", aliases=("deepscale",))
+class CommonArgs(FlagNotes):
+    """Every step's: a user's DeepSpeed JSON, the tokenized-data cache, tokenization workers."""
     deepspeed_config: Optional[str] = _f(None, "A DeepSpeed JSON config merged over the one built from the flags "
-                                               "(its keys win; \"auto\" keeps ours); printed once at start-up.",
-                                         aliases=("deepscale_config",))
-    num_padding_at_beginning: Optional[int] = _f(None, "Accepted for DeepSpeed-Chat scripts and unnecessary here: "
-                                                       "scores are read at each answer's EOS, found by length, "
-                                                       "not by counting pad tokens.")
+                                               "(its keys win; \"auto\" keeps ours); printed once at start-up.")
     data_output_path: Optional[str] = _f(None, "Cache tokenized datasets in this folder; later runs reuse them "
                                                "until a file, the tokenizer, the split, the format or a length "
                                                "limit changes.")
     preprocessing_num_workers: Optional[int] = _f(None, "Accepted for DeepSpeed-Chat scripts; tokenization runs "
                                                         "in each process here.")
 
-    def check_peer(self) -> None:
-        if self.deepspeed:
-            self.note("--deepspeed", "DeepSpeed is always the engine here")
-        if self.num_padding_at_beginning is not None:
-            self.note("--num_padding_at_beginning",
-                      "not needed: scores are read at each answer's EOS, found by length")
+    def check_common(self) -> None:
         if self.preprocessing_num_workers is not None:
             self.note("--preprocessing_num_workers", "tokenization runs in each process here")
         if self.deepspeed_config is not None:
@@ -325,8 +297,7 @@ class LoggingArgs(FlagNotes):
     tensorboard_path: Optional[str] = _f(None, "TensorBoard folder; defaults to <output_dir>/tensorboard.")
     logging_steps: int = _f(10, "Log training metrics every N optimizer steps.")
     print_loss: bool = _f(False, "Print the training loss of every optimizer step (rank 0).")
-    eval_steps: int = _f(0, "Evaluate every N optimizer steps (0 or -1: at the end of each epoch only).",
-                         aliases=("eval_interval",))
+    eval_steps: int = _f(0, "Evaluate every N optimizer steps (0 or -1: at the end of each epoch only).")
     eval_iters: int = _f(0, "Evaluate on at most this many batches per process (0: the whole test set).")
     disable_tqdm: bool = _f(False, "Hide the progress bar.")
 
@@ -354,7 +325,7 @@ class CheckpointArgs:
 
 
 @dataclass
-class TrainConfig(ModelArgs, DataArgs, DataMixArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, CheckpointArgs, PeerArgs):
+class TrainConfig(ModelArgs, DataArgs, DataMixArgs, OptimArgs, DeepSpeedArgs, LoggingArgs, CheckpointArgs, CommonArgs):
     """Everything a supervised-style step (SFT, reward model, DPO) shares."""
 
     def __post_init__(self) -> None:
@@ -365,7 +336,7 @@ class TrainConfig(ModelArgs, DataArgs, DataMixArgs, OptimArgs, DeepSpeedArgs, Lo
         self.check_deepspeed()
         self.check_logging()
         self.check_checkpoint()
-        self.check_peer()
+        self.check_common()
         if self.lora_learning_rate is not None and self.lora_dim == 0:
             self.note("--lora_learning_rate", "no LoRA adapters (--lora_dim 0)")
 
@@ -382,112 +353,6 @@ class SFTConfig(TrainConfig, PredictOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_predictions()
-
-
-def _read_config_file(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as e:  # yaml and json raise different types; both are user mistakes
-        raise ConfigError(f"{path}: cannot parse config ({str(e).splitlines()[0]})")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: config must be a mapping of flag names to values")
-    return data
-
-
-def make_parser(cls):
-    """HfArgumentParser for `cls` whose mistakes raise ConfigError (one line, exit 2) instead of
-    argparse's usage text, with prefix abbreviations off (a typo must not match a longer flag)."""
-    from transformers import HfArgumentParser
-
-    class Parser(HfArgumentParser):
-        def error(self, message):
-            raise ConfigError(message)
-
-    return Parser(cls, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
-
-
-def _option_names(parser) -> dict[str, str]:
-    """Every accepted spelling (without dashes) -> its field name."""
-    out = {}
-    for action in parser._actions:
-        for opt in action.option_strings:
-            if opt.startswith("--"):
-                out[opt[2:]] = action.dest
-    return out
-
-
-def _refuse_hybrid_alignment(names) -> None:
-    for name in names:
-        key = name.replace("-", "_")
-        if key in HYBRID_ALIGNMENT_FLAGS:
-            what = "is" if key == "iterative_alignment" else "belongs to"
-            raise ConfigError(f"--{name} {what} the fork's hybrid alignment training (iterative SFT/RLHF with "
-                              f"EWC), which is not supported here")
-
-
-def _unknown_flag(token: str, names: dict[str, str]) -> ConfigError:
-    import difflib
-
-    flag = token.split("=", 1)[0]
-    if not flag.startswith("-"):
-        return ConfigError(f"unexpected argument {token!r} (flags take the form --name value)")
-    close = difflib.get_close_matches(flag.lstrip("-"), list(names), n=1, cutoff=0.75)
-    hint = f" (did you mean --{close[0]}?)" if close else ""
-    return ConfigError(f"unknown flag {flag}{hint}")
-
-
-def parse_config(cls, argv: list[str] | None = None):
-    """Flags (and an optional leading .yaml/.json file) -> a `cls` instance.
-
-    A user mistake (unknown or misspelt flag, bad value, refused feature) prints one line and
-    exits with code 2, before anything is written.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    recipe_notes: list[tuple[str, str]] = []  # keys of an alignment-handbook recipe that do nothing here
-    parser = make_parser(cls)
-    names = _option_names(parser)
-    try:
-        _refuse_hybrid_alignment(t[2:].split("=", 1)[0] for t in argv if t.startswith("--"))
-        # the deepspeed launcher puts --local_rank=N before the script's own arguments
-        lead = 1 if argv and argv[0].startswith("--local_rank=") else 0
-        if len(argv) > lead and argv[lead].endswith((".yaml", ".yml", ".json")):
-            data = _read_config_file(argv.pop(lead))
-            if handbook.is_recipe(data):
-                recipe = handbook.translate(data, set(names))
-                data, recipe_notes = recipe.flags, recipe.notes
-            _refuse_hybrid_alignment(data)
-            unknown = sorted(k for k in data if k not in names)
-            if unknown:
-                raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-            parser.set_defaults(**{names[k]: _as_list(cls, names[k], v) for k, v in data.items()})
-        # unknown flags first: a misspelt flag explains a "required" or cross-field error after it
-        _, rest = parser.parse_known_args(args=argv)
-        if rest:
-            raise _unknown_flag(rest[0], names)
-        (cfg,) = parser.parse_args_into_dataclasses(args=argv)
-        for key, why in recipe_notes:
-            cfg.note(key, why)
-        return cfg
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _as_list(cls, name: str, value):
-    """A YAML scalar given for a list flag (`data_path: d`) is a one-element list, not its characters."""
-    f = next(f for f in fields(cls) if f.name == name)
-    if isinstance(value, str) and "list" in str(f.type):
-        return [value]
-    return value
 
 
 @dataclass
@@ -509,10 +374,6 @@ class RewardConfig(TrainConfig):
     gpt_annotated_score: bool = _f(False, "Train from the score columns (chosen_gpt_score/rejected_gpt_score or "
                                           "chosen_score/rejected_score); same as --rm_loss score.")
     head_dropout: float = _f(0.0, "Dropout on the last hidden state before the scalar head, in training.")
-    reward_type: Optional[str] = _f(None, "Accepted for the fork's step-2 scripts, where it has no effect either "
-                                          "(rewards are sequence-level here).", choices=["seq", "lex"])
-    add_error_sample: Optional[bool] = _opt_bool("Accepted for the fork's step-2 scripts, where it has no effect "
-                                                "either.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -531,9 +392,6 @@ class RewardConfig(TrainConfig):
                                   "already fix the scale)")
         if not 0 <= self.head_dropout < 1:
             raise ConfigError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
-        for flag in ("reward_type", "add_error_sample"):
-            if getattr(self, flag) is not None:
-                self.note(f"--{flag}", "the fork's step 2 does not use it either")
 
 
 @dataclass
@@ -553,9 +411,8 @@ class DPOConfig(TrainConfig, PredictOptions):
                                "al. 2024): keeps DPO from lowering the chosen answers' likelihood.")
     desirable_weight: float = _f(1.0, "KTO: weight lambda_D of the desirable answers' losses. The KTO paper "
                                       "advises lambda_D * n_D / (lambda_U * n_U) in [1, 4/3] (a start-up note says "
-                                      "when the data is outside).", aliases=("desirable_loss_weight",))
-    undesirable_weight: float = _f(1.0, "KTO: weight lambda_U of the undesirable answers' losses.",
-                                   aliases=("undesirable_loss_weight",))
+                                      "when the data is outside).")
+    undesirable_weight: float = _f(1.0, "KTO: weight lambda_U of the undesirable answers' losses.")
     rrhf_weight: float = _f(1.0, "RRHF: weight of the ranking loss beside the SFT loss on the best-scored answer "
                                  "(the paper adds them unweighted; its code's scripts use up to 100).")
     reference_model_name_or_path: Optional[str] = _f(None, "Frozen reference; defaults to --model_name_or_path.")
@@ -621,7 +478,7 @@ class ModelPart:
 
 
 @dataclass
-class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs, CheckpointArgs, PeerArgs,
+class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs, CheckpointArgs, CommonArgs,
                  PredictOptions):
     """Step 3: PPO with actor, critic, frozen reference and reward sources."""
     micro_batch_flag = "per_device_training_batch_size"
@@ -668,14 +525,11 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     reward_classifier_batch_size: int = _f(16, "Texts per classifier forward.")
     devices_reward_classifier: list[int] = _f([], "CUDA device per classifier, or one for all (default: this "
                                                   "process's GPU); ignored on a machine without GPUs.")
-    batch_reward_weight: Optional[bool] = _opt_bool("Accepted for the fork's scripts, where it has no effect "
-                                                   "either; COMET sources combine with --weights_comet_model.")
     actor_zero_stage: int = _f(0, "ZeRO stage of actor and reference.", choices=[0, 1, 2, 3])
     critic_zero_stage: int = _f(0, "ZeRO stage of critic and reward model.", choices=[0, 1, 2, 3])
     offload: bool = _f(False, "Offload actor/critic optimizer state (and ZeRO-3 parameters) to CPU (ZeRO 1-3).")
     offload_reference_model: bool = _f(False, "Keep the reference's weights in CPU memory (ZeRO-3 only).")
-    offload_reward_model: bool = _f(False, "Keep the reward model's weights in CPU memory (ZeRO-3 only).",
-                                    aliases=("offload_critic_model",))
+    offload_reward_model: bool = _f(False, "Keep the reward model's weights in CPU memory (ZeRO-3 only).")
     enable_hybrid_engine: bool = _f(False, "Generate with DeepSpeed's hybrid engine (GPU only). Switched off with "
                                            "a note on CPU and for models whose decoder layers DeepSpeed's "
                                            "inference kernels do not match (with transformers 4.57, every family "
@@ -699,13 +553,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     align_overflow: bool = _f(False, "fp16: when actor or critic overflows, skip both steps.")
     enable_ema: bool = _f(False, "Keep an exponential moving average of the actor and save it too.")
     ema_decay: float = _f(0.992, "EMA decay per actor step.")
-    per_device_generation_batch_size: int = _f(16, "Prompts per generation batch per process.",
-                                               aliases=("per_device_train_batch_size",))
+    per_device_generation_batch_size: int = _f(16, "Prompts per generation batch per process.")
     per_device_training_batch_size: int = _f(16, "Most sequences per PPO minibatch per process (a round is "
-                                                 "split into enough minibatches that none holds more).",
-                                             aliases=("per_device_mini_train_batch_size",))
-    generation_batches: int = _f(1, "Generation batches collected before each round of PPO updates.",
-                                 aliases=("generation_batch_numbers",))
+                                                 "split into enough minibatches that none holds more).")
+    generation_batches: int = _f(1, "Generation batches collected before each round of PPO updates.")
     ppo_epochs: int = _f(1, "Passes of PPO updates over each round of experience.")
     ppo_mini_epochs: int = _f(1, "Consecutive PPO updates on each minibatch within a pass (the fork's inner "
                                  "loop).")
@@ -723,11 +574,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     critic_dropout: Optional[float] = _f(None, "Critic dropout probability (default: --dropout, else the "
                                                "model's).")
     disable_actor_dropout: Optional[bool] = _opt_bool("Actor dropout off (default: on unless --actor_dropout or "
-                                                      "--dropout sets a probability; `false` keeps the model's).",
-                                                      aliases=("actor_disable_dropout",))
+                                                      "--dropout sets a probability; `false` keeps the model's).")
     disable_critic_dropout: Optional[bool] = _opt_bool("Critic dropout off (default: on unless --critic_dropout or "
-                                                       "--dropout sets a probability; `false` keeps the model's).",
-                                                       aliases=("critic_disable_dropout",))
+                                                       "--dropout sets a probability; `false` keeps the model's).")
     actor_lora_dim: Optional[int] = _f(None, "Actor LoRA rank (default: --lora_dim).")
     critic_lora_dim: Optional[int] = _f(None, "Critic LoRA rank (default: --lora_dim).")
     actor_lora_module_name: Optional[str] = _f(None, "Actor LoRA module filter (default: --lora_module_name).")
@@ -755,11 +604,9 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     gamma: float = _f(1.0, "GAE discount.")
     lam: float = _f(0.95, "GAE lambda.")
     cliprange: float = _f(0.2, "PPO policy ratio clip epsilon.")
-    cliprange_low: Optional[float] = _f(None, "Lower clip epsilon of the ratio, 1 - this (default: --cliprange).",
-                                        aliases=("clip_ratio_low",))
+    cliprange_low: Optional[float] = _f(None, "Lower clip epsilon of the ratio, 1 - this (default: --cliprange).")
     cliprange_high: Optional[float] = _f(None, "Upper clip epsilon of the ratio, 1 + this (default: --cliprange; "
-                                               "DAPO's clip-higher uses 0.28 with 0.2 below).",
-                                         aliases=("clip_ratio_high",))
+                                               "DAPO's clip-higher uses 0.28 with 0.2 below).")
     advantage_estimator: Optional[str] = _f(None, "gae: PPO with the critic; grpo: reward minus its prompt group's "
                                                   "mean, divided by the group's std; rloo: reward minus the mean "
                                                   "of the prompt's other samples; reinforce_pp: REINFORCE++, "
@@ -772,8 +619,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     num_samples_per_prompt: int = _f(1, "Answers sampled per prompt in each generation batch (the group of GRPO "
                                         "and RLOO); with --dynamic_sampling ESRL's budget: its two passes "
                                         "sample at most this many per prompt on average (there 1 means "
-                                        "--esrl_max_samples when given, else 4).",
-                                     aliases=("n_samples_per_prompt", "num_generations"))
+                                        "--esrl_max_samples when given, else 4).")
     norm_adv_by_std_in_grpo: Optional[bool] = _opt_bool("grpo: divide by the group's reward std (default true; "
                                                         "false: Dr. GRPO's advantage, which dr_grpo implies).")
     use_kl_loss: bool = _f(False, "KL to the reference as a loss term (--kl_loss_coef x --kl_estimator), as GRPO; "
@@ -806,14 +652,12 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                  "trained (as in the fork).", choices=["seq", "lex"])
     reward_normalization: str = _f("none", "Whiten sequence rewards: none, batch, or queue (running over the last "
                                            "--reward_queue_size rewards).", choices=["none", "batch", "queue"])
-    whiten_rewards: Optional[bool] = _opt_bool("The fork's name: true = --reward_normalization queue, false = "
-                                              "none.")
     reward_queue_size: int = _f(1024, "FIFO size for --reward_normalization queue.")
     whiten_advantages: Optional[bool] = _opt_bool("Whiten advantages over the rows that train: per generation "
                                                   "batch (gae, rloo) or over the whole round on all ranks "
                                                   "(reinforce_pp); grpo's are normalised per group (default: on "
                                                   "for gae and reinforce_pp, off for rloo, as TRL's and verl's "
-                                                  "RLOO).", aliases=("whiten_critic_values",))
+                                                  "RLOO).")
     shuffle_reward_score_randomly: bool = _f(False, "Ablation: permute the sequence rewards within each "
                                                     "generation batch (seeded).")
     critic_go_first_steps: int = _f(0, "Train only the critic (one pass) on the first N rounds of the first "
@@ -835,9 +679,6 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
                                              "split of --data_path folders.")
     print_answers: bool = _f(False, "Print a prompt and its sampled answer every --print_answers_interval rounds.")
     print_answers_interval: int = _f(1, "Rounds between --print_answers prints.")
-    save_critic_model: bool = _f(False, "Accepted for the fork's scripts: the critic is always saved here.")
-    gpt_annotated_score: Optional[bool] = _opt_bool("Accepted for the fork's scripts; a step-2 option with no "
-                                                   "effect in step 3.")
     dynamic_sampling: bool = _f(False, "ESRL dynamic sampling: a first pass of --esrl_min_samples per prompt, "
                                        "then the rest of the --num_samples_per_prompt budget to the prompts whose "
                                        "samples disagree or score low, none to those answered alike and well; "
@@ -870,8 +711,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
     factor_sft_loss: float = _f(0.15, "Weight of the SFT loss.")
     factor_pretrained_loss: Optional[float] = _f(None, "Weight of the pretraining loss (default 0.15; 27.8 when "
                                                        "turned on DeepSpeed-Chat's way, by "
-                                                       "--unsupervised_dataset_config_name).",
-                                                 aliases=("unsup_coef",))
+                                                       "--unsupervised_dataset_config_name).")
 
     def __post_init__(self) -> None:
         if not self.actor_model_name_or_path:
@@ -915,8 +755,6 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if self.adaptive_kl and (self.remove_kl_penalty or not self.use_kl_in_reward):
             raise ConfigError("--adaptive_kl steers the KL penalty in the reward (drop --remove_kl_penalty, "
                               "keep --use_kl_in_reward)")
-        if self.whiten_rewards is not None:
-            self.reward_normalization = "queue" if self.whiten_rewards else "none"
         if not 0 < self.temperature:
             raise ConfigError("--temperature must be > 0")
         if self.rollout_is_cap is not None and not 1 <= self.rollout_is_cap < float("inf"):
@@ -930,7 +768,7 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         self.check_schedule()
         self.check_logging()
         self.check_checkpoint()
-        self.check_peer()
+        self.check_common()
         self.check_predictions()
         self.check_data()
         if self.data_format in ("chat", "text"):
@@ -1048,11 +886,6 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
             self.note("--align_overflow", f"only fp16 can overflow (--dtype is {self.dtype})")
         if self.print_answers_interval != 1 and not self.print_answers:
             self.note("--print_answers_interval", "used with --print_answers only")
-        if self.save_critic_model:
-            self.note("--save_critic_model", "the critic is always saved here (critic/)")
-        for flag in ("batch_reward_weight", "gpt_annotated_score"):
-            if getattr(self, flag) is not None:
-                self.note(f"--{flag}", "has no effect in step 3 (nor in the fork's)")
         if self.lora_learning_rate is not None and not (self.lora_dim or self.actor_lora_dim or
                                                         self.critic_lora_dim):
             self.note("--lora_learning_rate", "no LoRA adapters")

@@ -15,7 +15,8 @@ from functools import partial
 
 from utils.checkpoint import save_hf_model
 from utils import distributed as dist
-from utils.config import ConfigError, SFTConfig, parse_config
+from utils.cli import parse_config
+from utils.config import ConfigError, SFTConfig
 from utils.data import IGNORE_INDEX, Phase, collate_lm, collate_packed, step_examples, tokenize_records
 from utils.engines import ds_config_for, start_engine
 from utils.losses import causal_lm_loss

@@ -18,7 +18,8 @@ from functools import partial
 
 from utils import distributed as dist
 from utils.checkpoint import save_hf_model
-from utils.config import DPOConfig, parse_config
+from utils.cli import parse_config
+from utils.config import DPOConfig
 from utils.data import Phase, step_examples
 from utils.data.feedback import pair_for_kl
 from utils.engines import ds_config_for, start_engine

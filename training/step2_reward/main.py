@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from utils.checkpoint import save_hf_model
-from utils.config import RewardConfig, parse_config
+from utils.cli import parse_config
+from utils.config import RewardConfig
 from utils.data import Phase, step_examples
 from utils.data.preference import collate_preferences, tokenize_preferences
 from utils.engines import ds_config_for, start_engine

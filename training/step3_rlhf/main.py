@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from training.step3_rlhf.build import build
 from training.step3_rlhf.recipe import PPORecipe
-from utils.config import RLHFConfig, parse_config
+from utils.cli import parse_config
+from utils.config import RLHFConfig
 from utils.run import finish, start, user_errors
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MARKERS = ("dataset_mixer", "dataset_mixture")
 
