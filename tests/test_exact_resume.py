@@ -56,7 +56,7 @@ def rank_states(out: Path) -> list[dict]:
     """Every rank's step-3 recipe state from the latest checkpoint."""
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text() / "actor"
     client = torch.load(next(ckpt.glob("mp_rank_00_model_states.pt")), weights_only=False)
-    return client["recipe"]
+    return client["ranks"]
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -178,3 +178,14 @@ def test_two_process_kill_and_sigterm_resume_are_bit_exact(step, sft_dir, sft_da
     assert checkpoint_step(part) > resumed_from and not (part / "model.safetensors").exists()
     run_module(module, [*map(str, args(part)), "--resume"], nproc=2)
     assert_same_weights(full, part)
+
+
+def test_checkpoints_from_before_the_shared_run_loop_still_resume():
+    """The loops' client states as they were written before utils/loop.py read as each rank's
+    state and the shared one."""
+    from utils.loop import client_states
+
+    assert client_states({"recipe": [{"a": 1}, {"a": 2}], "ema": "E"}) == ([{"a": 1}, {"a": 2}], {"ema": "E"})
+    assert client_states({"train_state": {"epoch": 1}, "rng": ["r0", "r1"]}) == (
+        [{"train_state": {"epoch": 1}, "rng": "r0"}, {"train_state": {"epoch": 1}, "rng": "r1"}], {})
+    assert client_states({"ranks": [{"x": 0}], "shared": {}}) == ([{"x": 0}], {})

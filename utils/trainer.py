@@ -15,16 +15,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from . import distributed as dist
-from .checkpoint import latest_tag, load_checkpoint, save_checkpoint
 from .engines import engine_stats, total_steps
-from .logging import MetricsLogger, progress
-from .run import Preemption
+from .loop import RunLoop
 from .seeding import rng_state, set_rng_state
 
 
@@ -60,14 +57,13 @@ class Trainer:
         self.collate, self.loss_fn, self.count_fn = collate, loss_fn, count_fn
         self.rank, self.world = dist.rank(), dist.world_size()
         self.gas = cfg.gradient_accumulation_steps
-        self.ckpt_dir = Path(cfg.output_dir) / "checkpoints"
         self.state = TrainState()
-        self.logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
-                                    tensorboard_path=cfg.tensorboard_path, name=name, append=cfg.resume)
         self.device = dist.device()
-        self.history: list[dict] = []
+        self.loop = RunLoop(cfg, {"model": engine}, self, name=name)
 
-        self.preemption = Preemption()
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
 
     # -- batch order ---------------------------------------------------------------------
     def windows(self, epoch: int) -> list[list[list[int]]]:
@@ -83,25 +79,13 @@ class Trainer:
     def total_steps(self) -> int:
         return total_steps(len(self.train_data), self.cfg, self.world)
 
-    # -- resume --------------------------------------------------------------------------
-    def maybe_resume(self) -> None:
-        if not self.cfg.resume:
-            return
-        tag = latest_tag(self.ckpt_dir)
-        if tag is None:
-            dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
-            return
-        client = load_checkpoint({"model": self.engine}, self.ckpt_dir, tag)
-        self.state = TrainState(**client["train_state"])
-        set_rng_state(client["rng"][self.rank])
-        dist.print_rank0(f"[resume] {self.ckpt_dir / tag}: epoch {self.state.epoch}, "
-                         f"step {self.state.global_step}")
+    # -- state (checkpointed by the run loop) ---------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"train_state": vars(self.state).copy(), "rng": rng_state()}
 
-    def checkpoint(self) -> None:
-        # DeepSpeed keeps rank 0's client state only, so every rank's RNG travels in it.
-        client = {"train_state": vars(self.state).copy(), "rng": dist.all_gather_object(rng_state())}
-        save_checkpoint({"model": self.engine}, self.ckpt_dir, f"step{self.state.global_step}",
-                        client, self.cfg.save_total_limit)
+    def load_state_dict(self, s: dict) -> None:
+        self.state = TrainState(**s["train_state"])
+        set_rng_state(s["rng"])
 
     # -- one optimizer step ------------------------------------------------------------------
     def train_window(self, window: list[list[int]]) -> dict[str, float]:
@@ -152,8 +136,7 @@ class Trainer:
         if extra:
             m.update(extra(m))
         row = {f"eval/{k}": v for k, v in m.items()}
-        self.logger.log(self.state.global_step, row)
-        self.history.append({"step": self.state.global_step, **row})
+        self.loop.log(self.state.global_step, row)
         dist.print_rank0(f"[eval] step {self.state.global_step}: " +
                          ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
         return m
@@ -165,9 +148,12 @@ class Trainer:
         `after_step(epoch, step)` runs after every optimizer step (e.g. predictions)."""
         cfg = self.cfg
         total = self.total_steps()
-        self.maybe_resume()
+        where = self.loop.resume()
+        if where:
+            dist.print_rank0(f"[resume] {where}: epoch {self.state.epoch}, step {self.state.global_step}")
         self.engine.train()
-        bar = progress(total, self.state.global_step, disable=cfg.disable_tqdm)
+        self.loop.start(total, self.state.global_step)
+        bar = self.loop.bar
         last_eval: dict[str, float] = {}
         if self.state.global_step == 0:
             last_eval = self.log_eval(eval_extra)
@@ -192,14 +178,13 @@ class Trainer:
                     if gn is not None:
                         row["train/grad_norm"] = float(gn)
                     row.update(engine_stats({"train": self.engine}))
-                    self.logger.log(step, row)
-                    self.history.append({"step": step, **row})
+                    self.loop.log(step, row)
                     t0, tok0 = time.perf_counter(), 0.0
                 if cfg.eval_steps and step % cfg.eval_steps == 0:
                     last_eval = self.log_eval(eval_extra)
                 if after_step is not None:
                     after_step(epoch, step)
-                self.preemption.after_step(step, cfg.save_steps, self.checkpoint, str(self.ckpt_dir), self.logger.close)
+                self.loop.after_step(step)
                 if step >= total:
                     done = True
                     break
@@ -208,8 +193,7 @@ class Trainer:
             self.state = TrainState(epoch + 1, 0, self.state.global_step)
             if done:
                 break
-        bar.close()
-        self.logger.close()
+        self.loop.close()
         return last_eval
 
 

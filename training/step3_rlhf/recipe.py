@@ -1,4 +1,5 @@
-"""The PPO recipe: rounds of rollout -> update, with evaluation, logging, checkpoints and resume.
+"""The PPO recipe: rounds of rollout -> update, with evaluation; logging, checkpoints and resume
+through the run loop every step shares (utils/loop.py).
 
 A round takes --generation_batches generation batches of prompts per rank, turns each into an
 `Experience` (rollout.py) and trains on all of them (update.py). `state_dict()` holds every piece
@@ -18,12 +19,10 @@ from training.step3_rlhf.build import RLHFSetup
 from training.step3_rlhf.rollout import ExperienceMaker
 from training.step3_rlhf.update import PPOUpdater
 from utils import distributed as dist
-from utils.checkpoint import latest_tag, load_checkpoint, save_checkpoint, save_hf_model
-from utils.config import ConfigError
+from utils.checkpoint import save_hf_model
 from utils.data import epoch_batches
 from utils.engines import engine_stats
-from utils.logging import MetricsLogger, progress
-from utils.run import Preemption, user_errors
+from utils.loop import RunLoop
 from utils.seeding import rng_state, set_rng_state
 
 
@@ -43,12 +42,9 @@ class PPORecipe:
         self.total_rounds = parts.rounds_per_epoch * cfg.num_train_epochs
         if cfg.max_steps:
             self.total_rounds = min(self.total_rounds, cfg.max_steps)
-        self.ckpt_dir = f"{cfg.output_dir}/checkpoints"
         self.engines = {k: v for k, v in (("actor", self.rlhf.actor), ("critic", self.rlhf.critic)) if v is not None}
-        self.logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
-                                    tensorboard_path=cfg.tensorboard_path, name="rlhf", append=cfg.resume)
-        self.preemption = Preemption()
-        self.history: list[dict] = []
+        # the EMA weights are the same on every rank (the EMA needs ZeRO 0-2): checkpointed once
+        self.loop = RunLoop(cfg, self.engines, self, name="rlhf", shared=("ema",))
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -65,27 +61,6 @@ class PPORecipe:
             self.parts.ptx.load_state_dict(s["ptx"])
         if self.rlhf.ema is not None:
             self.rlhf.ema.load_state_dict(s["ema"])
-
-    def checkpoint(self) -> None:
-        """Every rank's state (DeepSpeed keeps rank 0's client state only, so it travels gathered);
-        the EMA weights once, since they are the same on every rank (the EMA needs ZeRO 0-2)."""
-        own = self.state_dict()
-        ema = own.pop("ema")
-        client = {"recipe": dist.all_gather_object(own), "ema": ema}
-        save_checkpoint(self.engines, self.ckpt_dir, f"step{self.position.step}", client, self.cfg.save_total_limit)
-
-    def resume(self) -> None:
-        tag = latest_tag(self.ckpt_dir)
-        if tag is None:
-            dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
-            return
-        with user_errors():
-            client = load_checkpoint(self.engines, self.ckpt_dir, tag)
-            if len(client["recipe"]) != dist.world_size():
-                raise ConfigError(f"--resume: {self.ckpt_dir}/{tag} was written by {len(client['recipe'])} "
-                                  f"processes; resume it with as many (this run has {dist.world_size()})")
-        self.load_state_dict({**client["recipe"][dist.rank()], "ema": client["ema"]})
-        dist.print_rank0(f"[resume] {self.ckpt_dir}/{tag}: epoch {self.position.epoch}, step {self.position.step}")
 
     # -- one round -------------------------------------------------------------------------------------
     def run_round(self, batches: list[list[int]]) -> dict[str, float]:
@@ -113,23 +88,23 @@ class PPORecipe:
         stats = {k: dist.all_reduce_sum(v) / dist.world_size() for k, v in sorted(stats.items())}
         stats.update(engine_stats({"actor": self.rlhf.actor, "critic": self.rlhf.critic}))
         stats.update({f"{name}/lr": engine.get_lr()[0] for name, engine in self.engines.items()})
-        self.logger.log(step, stats)
-        self.history.append({"step": step, **stats})
+        self.loop.log(step, stats)
         if self.parts.predict:
             self.parts.predict(self.rlhf.actor, epoch, step)
         if cfg.print_answers and step % cfg.print_answers_interval == 0:
             prompt, answer = self.maker.last_sample
             dist.print_rank0(f"[answer] step {step}\n--- prompt ---\n{prompt}\n--- answer ---\n{answer}")
-        self.bar.update(1)
-        self.bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")
+        self.loop.bar.update(1)
+        self.loop.bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")
 
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
         """Train to the end (resuming when asked); returns every round's statistics."""
         cfg = self.cfg
-        if cfg.resume:
-            self.resume()
-        self.bar = progress(self.total_rounds, self.position.step, desc="ppo", disable=cfg.disable_tqdm)
+        where = self.loop.resume()
+        if where:
+            dist.print_rank0(f"[resume] {where}: epoch {self.position.epoch}, step {self.position.step}")
+        self.loop.start(self.total_rounds, self.position.step, desc="ppo")
         per_round = cfg.generation_batches
         while self.position.step < self.total_rounds:
             batches = epoch_batches(len(self.parts.prompts), cfg.per_device_generation_batch_size,
@@ -141,11 +116,9 @@ class PPORecipe:
             self.position = (Position(p.epoch + 1, 0, p.step + 1) if r + 1 == self.parts.rounds_per_epoch
                              else Position(p.epoch, r + 1, p.step + 1))
             self.after_round(stats, p.epoch)
-            self.preemption.after_step(self.position.step, cfg.save_steps, self.checkpoint, self.ckpt_dir,
-                                       self.logger.close)
-        self.bar.close()
-        self.logger.close()
-        return self.history
+            self.loop.after_step(self.position.step)
+        self.loop.close()
+        return self.loop.history
 
     def save(self) -> None:
         """actor/, critic/ and actor_ema/ as folders stock transformers loads."""

@@ -1,0 +1,89 @@
+"""The run machinery every step's training loop shares, written once: resume from the latest
+checkpoint, checkpoints every --save_steps and on SIGTERM, metrics rows (metrics.jsonl,
+TensorBoard) and their history, and the progress bar. A step keeps its own loop body (the
+supervised `Trainer`'s optimizer steps, step 3's rounds) and its own state, through two methods:
+
+    state_dict() -> dict           this rank's state (position, RNG, running statistics)
+    load_state_dict(dict) -> None  the same, from a checkpoint
+
+Keys named in `shared` hold what is the same on every rank (step 3's EMA weights): saved once.
+Every other key is saved per rank (DeepSpeed keeps rank 0's client state only, so the ranks'
+states travel gathered in it), and a run resumes with as many processes as wrote it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import distributed as dist
+from .checkpoint import latest_tag, load_checkpoint, save_checkpoint
+from .errors import ConfigError
+from .logging import MetricsLogger, progress
+from .run import Preemption, user_errors
+
+
+class RunLoop:
+    """`engines`: name -> DeepSpeed engine (checkpointed with their optimizers); `state`: the step's
+    object with `state_dict` / `load_state_dict`; `name`: the metrics' name (TensorBoard run)."""
+
+    def __init__(self, cfg, engines: dict, state, *, name: str, shared: tuple[str, ...] = ()):
+        self.cfg, self.engines, self.state, self.shared = cfg, engines, state, shared
+        self.ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+        self.logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
+                                    tensorboard_path=cfg.tensorboard_path, name=name, append=cfg.resume)
+        self.preemption = Preemption()
+        self.history: list[dict] = []
+        self.bar = None
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def resume(self) -> str | None:
+        """With --resume, load the latest checkpoint into the engines and the step's state; returns
+        its folder (None: nothing to resume)."""
+        if not self.cfg.resume:
+            return None
+        tag = latest_tag(self.ckpt_dir)
+        if tag is None:
+            dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
+            return None
+        with user_errors():
+            ranks, shared = client_states(load_checkpoint(self.engines, self.ckpt_dir, tag))
+            if len(ranks) != dist.world_size():
+                raise ConfigError(f"--resume: {self.ckpt_dir}/{tag} was written by {len(ranks)} processes; resume "
+                                  f"it with as many (this run has {dist.world_size()})")
+        self.state.load_state_dict({**ranks[dist.rank()], **shared})
+        return f"{self.ckpt_dir}/{tag}"
+
+    def checkpoint(self, step: int) -> None:
+        own = self.state.state_dict()
+        shared = {k: own.pop(k) for k in self.shared}
+        save_checkpoint(self.engines, self.ckpt_dir, f"step{step}",
+                        {"ranks": dist.all_gather_object(own), "shared": shared}, self.cfg.save_total_limit)
+
+    # -- progress and metrics ------------------------------------------------------------------------
+    def start(self, total: int, done: int, desc: str = "train") -> None:
+        self.bar = progress(total, done, desc=desc, disable=self.cfg.disable_tqdm)
+
+    def log(self, step: int, row: dict) -> None:
+        self.logger.log(step, row)
+        self.history.append({"step": step, **row})
+
+    def after_step(self, step: int) -> None:
+        """After optimizer step (step 3: round) `step`: the --save_steps checkpoint, and on SIGTERM a
+        checkpoint and a clean stop."""
+        self.preemption.after_step(step, self.cfg.save_steps, lambda: self.checkpoint(step), str(self.ckpt_dir),
+                                   self.logger.close)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.logger.close()
+
+
+def client_states(client: dict) -> tuple[list[dict], dict]:
+    """(each rank's state, the shared state) of a checkpoint's client state, also as the loops wrote
+    them before they shared this module: step 3's {"recipe": [...], "ema": ...}, the supervised
+    trainer's {"train_state": ..., "rng": [...]}."""
+    if "ranks" in client:
+        return client["ranks"], client["shared"]
+    if "recipe" in client:
+        return client["recipe"], {"ema": client["ema"]}
+    return [{"train_state": client["train_state"], "rng": r} for r in client["rng"]], {}
