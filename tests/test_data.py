@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
-from utils.data import (IGNORE_INDEX, DataError, Example, LengthStats, collate_lm, epoch_batches,
+from utils.data import (IGNORE_INDEX, DataError, DataPart, Example, LengthStats, Phase, collate_lm, epoch_batches,
                         load_step_records, read_dataset, tokenize_records)
 from utils.data.readers import Record
 from utils.data.chat import chat_segments
@@ -59,7 +59,7 @@ def test_bad_input_names_file_line_and_field(tmp_path, tokenizer, name, content,
     p = tmp_path / f"{name}.jsonl"
     p.write_bytes(content)
     with pytest.raises(DataError) as e:
-        data = load_step_records([str(p)], None, 0, 0)
+        data = load_step_records(DataPart((str(p),), None, seed=0), Phase.SFT)
         tokenize_records(data.train, tokenizer, 64)
     msg = str(e.value)
     assert "\n" not in msg
@@ -101,13 +101,13 @@ def test_split_is_disjoint_covering_and_seeded():
 def test_blend_two_datasets_with_split(tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [{**SFT, "output": f"a{i}"} for i in range(10)])
     b = write_jsonl(tmp_path / "b.jsonl", [{**SFT, "output": f"b{i}"} for i in range(20)])
-    data = load_step_records([str(a), str(b)], "1,1,0", step=0, seed=0)
+    data = load_step_records(DataPart((str(a), str(b)), "1,1,0", seed=0), Phase.SFT)
     outs = [r.data["output"] for r in data.train]
     assert len(outs) == 15 and sum(o.startswith("a") for o in outs) == 5
-    other = load_step_records([str(a), str(b)], "1,1,0", step=1, seed=0)
+    other = load_step_records(DataPart((str(a), str(b)), "1,1,0", seed=0), Phase.REWARD)
     assert not set(outs) & {r.data["output"] for r in other.train}
     with pytest.raises(DataError, match="leaves no rows for step 3"):
-        load_step_records([str(a)], "1,1,0", step=2, seed=0)
+        load_step_records(DataPart((str(a),), "1,1,0", seed=0), Phase.RLHF)
 
 
 # -- tokenization ----------------------------------------------------------------------------

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 from functools import partial
-from types import SimpleNamespace
 
 from tests.conftest import DEMO_DATA, write_jsonl
-from utils.data import step_examples, tokenize_records
+from utils.data import DataPart, step_examples, tokenize_records
 from utils.data.preference import tokenize_preferences
 from utils.data.readers import read_dataset
 from utils.data.rlhf import tokenize_prompts
 
 
 def cfg(data, cache, split=None):
-    return SimpleNamespace(data_path=[str(data)], data_split=split, data_seed=3, data_output_path=str(cache),
-                           sft_only_data_path=[])
+    return DataPart((str(data),), split, seed=3, cache_dir=str(cache))
 
 
 def sft_examples(c, tokenizer, max_len=48, step=0):

@@ -194,7 +194,7 @@ def one_round(argv, rounds: int = 1):
     from training.step3_rlhf.rlhf_engine import DeepSpeedRLHFEngine
     from utils.cli import parse_config
     from utils.config import RLHFConfig
-    from utils.data import load_step_records
+    from utils.data import DataPart, Phase, load_step_records
     from utils.data.rlhf import tokenize_prompts
     from utils.losses import token_logprobs
     from utils.models import load_tokenizer_for
@@ -203,8 +203,8 @@ def one_round(argv, rounds: int = 1):
     cfg = parse_config(RLHFConfig, argv)
     start(cfg)
     tok = load_tokenizer_for(cfg, cfg.actor_model_name_or_path, padding_side="left")
-    data = tokenize_prompts(load_step_records(cfg.data_path, cfg.data_split, step=2, seed=1).train, tok,
-                            cfg.max_prompt_seq_len, cfg.max_seq_len, False)
+    records = load_step_records(DataPart(tuple(cfg.data_path), cfg.data_split, seed=1), Phase.RLHF).train
+    data = tokenize_prompts(records, tok, cfg.max_prompt_seq_len, cfg.max_seq_len, False)
     rlhf = DeepSpeedRLHFEngine(cfg, tok, 10)
     sources, weights = build_sources(cfg, rlhf, [])
     seen = {"ref": [], "critic": [], "reward": [], "grad_in_generate": []}

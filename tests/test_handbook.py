@@ -7,7 +7,7 @@ import yaml
 from tests.conftest import write_jsonl
 from utils.cli import parse_config
 from utils.config import DPOConfig, SFTConfig
-from utils.data import DataError, SplitNames, load_step_records, read_dataset
+from utils.data import DataError, DataPart, Phase, SplitNames, load_step_records, read_dataset
 from utils.cli.handbook import TABLE
 from utils.engines import warmup_steps
 
@@ -218,12 +218,12 @@ def outputs(records) -> list[str]:
 
 def test_fractions_take_int_of_fraction_times_rows(tmp_path):
     a, b = str(rows(tmp_path, "a", 10)), str(rows(tmp_path, "b", 7))
-    data = load_step_records([a, b], None, step=0, seed=1, fractions=[0.5, 0.3])
+    data = load_step_records(DataPart((a, b), None, seed=1, fractions=(0.5, 0.3)), Phase.SFT)
     taken = outputs(data.train)
     assert sum(x.startswith("a") for x in taken) == 5   # int(0.5 * 10)
     assert sum(x.startswith("b") for x in taken) == 2   # int(0.3 * 7) = int(2.1)
-    assert taken == outputs(load_step_records([a, b], None, step=0, seed=1, fractions=[0.5, 0.3]).train)
-    assert taken != outputs(load_step_records([a, b], None, step=0, seed=2, fractions=[0.5, 0.3]).train)
+    assert taken == outputs(load_step_records(DataPart((a, b), None, seed=1, fractions=(0.5, 0.3)), Phase.SFT).train)
+    assert taken != outputs(load_step_records(DataPart((a, b), None, seed=2, fractions=(0.5, 0.3)), Phase.SFT).train)
     # rows keep their file order
     assert taken == sorted(taken[:5], key=lambda x: int(x[1:])) + sorted(taken[5:], key=lambda x: int(x[1:]))
 
@@ -231,15 +231,15 @@ def test_fractions_take_int_of_fraction_times_rows(tmp_path):
 def test_fraction_applies_to_the_step_share_and_spares_the_test_split(tmp_path):
     write_jsonl(tmp_path / "d" / "train.jsonl", [{**SFT, "output": f"r{i}"} for i in range(20)])
     write_jsonl(tmp_path / "d" / "test.jsonl", [SFT] * 4)
-    data = load_step_records([str(tmp_path / "d")], "1,1,0", step=0, seed=3, fractions=[0.35])
-    share = load_step_records([str(tmp_path / "d")], "1,1,0", step=0, seed=3)
+    data = load_step_records(DataPart((str(tmp_path / "d"),), "1,1,0", seed=3, fractions=(0.35,)), Phase.SFT)
+    share = load_step_records(DataPart((str(tmp_path / "d"),), "1,1,0", seed=3), Phase.SFT)
     assert (len(share.train), len(data.train), len(data.test)) == (10, 3, 4)  # int(0.35 * 10) = 3
     assert set(outputs(data.train)) <= set(outputs(share.train))
 
 
 def test_fraction_that_keeps_no_row_is_an_error(tmp_path):
     with pytest.raises(DataError, match=r"a.jsonl: --data_fractions 0.1 keeps no row of 7"):
-        load_step_records([str(rows(tmp_path, "a", 7))], None, step=0, seed=1, fractions=[0.1])
+        load_step_records(DataPart((str(rows(tmp_path, "a", 7)),), None, seed=1, fractions=(0.1,)), Phase.SFT)
 
 
 def test_split_names_pick_folder_files(tmp_path):

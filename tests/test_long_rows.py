@@ -3,14 +3,14 @@ rows that cannot fit are dropped and counted per file (rule in utils/data/encodi
 from __future__ import annotations
 
 from functools import partial
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import FIXTURES, write_jsonl
-from utils.data import IGNORE_INDEX, DataError, LengthStats, read_dataset, step_examples, tokenize_records
+from utils.data import (IGNORE_INDEX, DataError, DataPart, LengthStats, Phase, read_dataset, step_examples,
+                        tokenize_records)
 from utils.data.preference import tokenize_preferences
 from utils.data.readers import Record
 from utils.data.rlhf import prompt_examples, tokenize_prompts
@@ -185,8 +185,8 @@ def test_count_line_printed_once_per_file(tmp_path, tokenizer, capsys):
             {"prompt": SHORT, "chosen": "fox " * 10 + "red", "rejected": "fox " * 10 + "owl"}]  # dropped
     folder = write_parquet(tmp_path / "pairs", rows)
     write_parquet(folder, rows[:2], "test")
-    cfg = SimpleNamespace(data_path=[str(folder)], data_split=None, data_seed=0)
-    train, test = step_examples(cfg, 1, partial(tokenize_preferences, tokenizer=tokenizer, max_len=18), "pairs")
+    part = DataPart((str(folder),), None, seed=0)
+    train, test = step_examples(part, Phase.REWARD, partial(tokenize_preferences, tokenizer=tokenizer, max_len=18), "pairs")
     assert (len(train), len(test)) == (4, 2)
     assert capsys.readouterr().out.splitlines() == [
         "[data] 4 training and 2 held-out pairs",

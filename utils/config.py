@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Optional
 
+from .data import DataPart, SplitNames
 from .errors import ConfigError
 from .predict import PredictArgs
 
@@ -340,6 +341,11 @@ class TrainConfig(ModelArgs, DataArgs, DataMixArgs, OptimArgs, DeepSpeedArgs, Lo
         if self.lora_learning_rate is not None and self.lora_dim == 0:
             self.note("--lora_learning_rate", "no LoRA adapters (--lora_dim 0)")
 
+    def data_part(self) -> DataPart:
+        return DataPart(tuple(self.data_path), self.data_split, self.data_seed, tuple(self.data_fractions),
+                        SplitNames(*(None if s is None else tuple(s) for s in (self.train_splits, self.test_splits))),
+                        cache_dir=self.data_output_path)
+
 
 @dataclass
 class SFTConfig(TrainConfig, PredictOptions):
@@ -353,6 +359,9 @@ class SFTConfig(TrainConfig, PredictOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_predictions()
+
+    def data_part(self) -> DataPart:
+        return replace(super().data_part(), whole_paths=tuple(self.sft_only_data_path))
 
 
 @dataclass
@@ -889,6 +898,10 @@ class RLHFConfig(ModelOptions, DataArgs, ScheduleArgs, LauncherArgs, LoggingArgs
         if self.lora_learning_rate is not None and not (self.lora_dim or self.actor_lora_dim or
                                                         self.critic_lora_dim):
             self.note("--lora_learning_rate", "no LoRA adapters")
+
+    def data_part(self) -> DataPart:
+        """Step 3's prompts: --data_path's step-3 share (no fractions or split names here)."""
+        return DataPart(tuple(self.data_path), self.data_split, self.data_seed, cache_dir=self.data_output_path)
 
     def machine_notes(self, gpu: bool) -> list[str]:
         """The flags that do nothing on this machine (`gpu`: it has one), named when the run builds:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     start(cfg)
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
-        train, test = step_examples(cfg, Phase.SFT, partial(tokenize_records, tokenizer=tokenizer,
+        train, test = step_examples(cfg.data_part(), Phase.SFT, partial(tokenize_records, tokenizer=tokenizer,
                                                     max_len=cfg.max_seq_len, fmt=cfg.data_format))
         predict = make_predict_hook(cfg, tokenizer, cfg.max_seq_len)
         ds_config = ds_config_for(cfg)

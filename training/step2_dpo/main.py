@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     with user_errors():
         tokenizer = load_tokenizer_for(cfg)
         tokenize = partial(method.tokenize, tokenizer=tokenizer, max_len=cfg.max_seq_len)
-        train, test = step_examples(cfg, Phase.REWARD, tokenize, method.unit)
+        train, test = step_examples(cfg.data_part(), Phase.REWARD, tokenize, method.unit)
         if cfg.loss_type == "kto":
             prepare_kto(cfg, train, test)
         predict = make_predict_hook(cfg, tokenizer, cfg.max_seq_len)

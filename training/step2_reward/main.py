@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
             dist.print_rank0(f"[models] pad token {tokenizer.pad_token!r} added (id {tokenizer.pad_token_id}): the "
                              f"tokenizer's pad was none or its EOS, where stock transformers reads the score")
         need_scores = cfg.rm_loss != "pairwise"
-        train, test = step_examples(cfg, Phase.REWARD, partial(tokenize_preferences, tokenizer=tokenizer,
+        train, test = step_examples(cfg.data_part(), Phase.REWARD, partial(tokenize_preferences, tokenizer=tokenizer,
                                                     max_len=cfg.max_seq_len, need_scores=need_scores, joint=True),
                                     "examples" + (" with scores" if need_scores else ""))
         if cfg.rm_loss == "pairwise" and not all(e.is_pair for e in train):

@@ -40,7 +40,7 @@ def build(cfg) -> RLHFSetup:
     for note in cfg.machine_notes(dist.on_gpu()):
         dist.print_rank0(f"[flags] {note}")
     tokenizer = load_tokenizer_for(cfg, cfg.actor_model_name_or_path, padding_side="left")
-    data = load_step_records(cfg.data_path, cfg.data_split, step=Phase.RLHF, seed=cfg.data_seed)
+    data = load_step_records(cfg.data_part(), Phase.RLHF)
     prompts = tokenize_prompts(data.train, tokenizer, cfg.max_prompt_seq_len, cfg.max_seq_len, cfg.add_sft_loss,
                                cfg.data_output_path, cfg.data_format)
     predict = make_predict_hook(cfg, tokenizer, cfg.max_prompt_seq_len)

@@ -14,6 +14,18 @@ from .sft import sft_prompt, tokenize_records
 from .split import Phase, take_fraction, take_step_share
 
 
+@dataclass(frozen=True)
+class DataPart:
+    """What a step's data loading reads, resolved once from the flags (`data_part()` of a config)."""
+    paths: tuple[str, ...]                # --data_path entries, blended
+    split: str | None = None              # --data_split a,b,c (None: this step reads every row)
+    seed: int = 1234                      # --data_seed: the split's and the fractions' permutations
+    fractions: tuple[float, ...] = ()     # --data_fractions, one per path (empty: every row)
+    splits: SplitNames = SplitNames()     # --train_splits / --test_splits
+    whole_paths: tuple[str, ...] = ()     # --sft_only_data_path: read whole, never split
+    cache_dir: str | None = None          # --data_output_path: the tokenized rows' cache
+
+
 @dataclass
 class StepData:
     """Records of every --data_path entry, blended, for one step."""
@@ -21,26 +33,22 @@ class StepData:
     test: list[Record]
 
 
-def load_step_records(paths: list[str], split: str | None, step: Phase, seed: int,
-                      fractions: list[float] | None = None, splits: SplitNames = SplitNames()) -> StepData:
+def load_step_records(part: DataPart, step: Phase) -> StepData:
     """Read every dataset (its `splits`), keep this step's share of each train split, then its
-    `fractions` entry of that share (--data_fractions), and blend them.
+    `fractions` entry of that share (--data_fractions), and blend them; then the whole paths.
 
     Each dataset's test split is kept whole (it is evaluation data, never trained on).
     """
     train, test = [], []
-    for i, path in enumerate(paths):
-        raw = read_dataset(path, splits=splits)
-        rows = take_step_share(raw.train, split, step, seed, path)
-        train += take_fraction(rows, fractions[i], seed, path) if fractions else rows
+    for i, path in enumerate(part.paths):
+        raw = read_dataset(path, splits=part.splits)
+        rows = take_step_share(raw.train, part.split, step, part.seed, path)
+        train += take_fraction(rows, part.fractions[i], part.seed, path) if part.fractions else rows
         test += raw.test
+    for path in part.whole_paths:
+        raw = read_dataset(path, splits=part.splits)
+        train, test = train + raw.train, test + raw.test
     return StepData(train, test)
-
-
-def split_names(cfg) -> SplitNames:
-    """--train_splits / --test_splits as the readers take them (unset on a config without them)."""
-    train, test = getattr(cfg, "train_splits", None), getattr(cfg, "test_splits", None)
-    return SplitNames(None if train is None else tuple(train), None if test is None else tuple(test))
 
 
 def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
@@ -63,19 +71,13 @@ def tokenize_per_source(data: StepData, tokenize: Callable[[list[Record]], tuple
     return out[0], out[1], stats
 
 
-def step_examples(cfg, step: Phase, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
+def step_examples(part: DataPart, step: Phase, tokenize: Callable[[list[Record]], tuple[list, LengthStats]],
                   unit: str = "sequences") -> tuple[list, list]:
     """This step's share of every --data_path entry, tokenized and reported; (train, test).
 
     The totals line comes first, then one line per file with what the length rule did.
     """
-    splits = split_names(cfg)
-    data = load_step_records(cfg.data_path, cfg.data_split, step=step, seed=cfg.data_seed,
-                             fractions=getattr(cfg, "data_fractions", None), splits=splits)
-    only = load_step_records(getattr(cfg, "sft_only_data_path", []), None, step=step, seed=cfg.data_seed,
-                             splits=splits)
-    data = StepData(data.train + only.train, data.test + only.test)
-    train, test, stats = tokenize_per_source(data, tokenize, getattr(cfg, "data_output_path", None))
+    train, test, stats = tokenize_per_source(load_step_records(part, step), tokenize, part.cache_dir)
     print_rank0(f"[data] {len(train)} training and {len(test)} held-out {unit}")
     for source, s in stats.items():
         print_rank0(s.line(source))
@@ -83,7 +85,7 @@ def step_examples(cfg, step: Phase, tokenize: Callable[[list[Record]], tuple[lis
 
 
 __all__ = [
-    "DataError", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "Phase", "RawDataset", "Record", "SplitNames",
-    "StepData", "collate_lm", "collate_packed", "encode_prompts", "epoch_batches", "load_step_records", "pad_right",
-    "read_dataset", "sft_prompt", "step_examples", "tokenize_per_source", "tokenize_records",
+    "DataError", "DataPart", "Example", "IGNORE_INDEX", "LMBatch", "LengthStats", "Phase", "RawDataset", "Record",
+    "SplitNames", "StepData", "collate_lm", "collate_packed", "encode_prompts", "epoch_batches", "load_step_records",
+    "pad_right", "read_dataset", "sft_prompt", "step_examples", "tokenize_per_source", "tokenize_records",
 ]
