@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .distributed import barrier, is_main, print_rank0
+from .distributed import all_reduce_max, barrier, is_main, print_rank0
+from .errors import TrainingHalted
 from .models import is_lora, lora_scaling, merge_lora_state_dict, zero3_disabled
 
 LATEST = "latest"
@@ -71,6 +72,10 @@ def save_hf_model(module: nn.Module, tokenizer, output_dir: str | Path, model_cl
 
     model_cls = model_cls or AutoModelForCausalLM
     sd = plain_state_dict(module)
+    bad = [n for n, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if all_reduce_max(float(bool(bad))):   # sd is rank 0's: every rank halts with it
+        raise TrainingHalted(f"export to {output_dir}: {len(bad)} weight tensor(s) not finite (first: "
+                             f"{bad[0] if bad else 'on rank 0'}); nothing written")
     if is_main():
         with zero3_disabled():
             _export(sd, module, tokenizer, Path(output_dir), model_cls)

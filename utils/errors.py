@@ -8,3 +8,9 @@ class ConfigError(ValueError):
 
 class DataError(Exception):
     """Bad user input: the message names the file, line/row and field, and what is wrong."""
+
+
+class TrainingHalted(Exception):
+    """Training cannot go on without writing something wrong: a non-finite loss or weights, a
+    reward source's non-finite or non-numeric score. Printed as one line; the run exits 3 and
+    writes nothing after its last checkpoint."""

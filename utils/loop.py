@@ -58,6 +58,11 @@ class RunLoop:
         save_checkpoint(self.engines, self.ckpt_dir, f"step{step}",
                         {"ranks": dist.all_gather_object(own), "shared": shared}, self.cfg.save_total_limit)
 
+    def last_checkpoint(self) -> str:
+        """Where a halted run can resume from, in words."""
+        tag = latest_tag(self.ckpt_dir)
+        return f"the last checkpoint, {self.ckpt_dir}/{tag}, is untouched" if tag else "no checkpoint was written"
+
     # -- progress and metrics ------------------------------------------------------------------------
     def start(self, total: int, done: int, desc: str = "train") -> None:
         self.bar = progress(total, done, desc=desc, disable=self.cfg.disable_tqdm)

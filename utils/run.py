@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from . import distributed as dist
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingHalted
 from .logging import quiet_library_bars
 from .seeding import seed_everything
 
@@ -37,6 +37,18 @@ def user_errors():
         if dist.rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+
+
+@contextmanager
+def halts():
+    """Around training and the final export: a `TrainingHalted` (the same on every rank) becomes one
+    line on stderr and exit code 3, with the model left unsaved."""
+    try:
+        yield
+    except TrainingHalted as e:
+        if dist.rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
 
 
 def finish(run_dir: str | None = None) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from . import distributed as dist
 from .engines import engine_stats, total_steps
+from .errors import TrainingHalted
 from .loop import RunLoop
 from .seeding import rng_state, set_rng_state
 
@@ -164,6 +165,9 @@ class Trainer:
                 m = self.train_window(windows[w])
                 self.state = TrainState(epoch, w + 1, self.state.global_step + 1)
                 step = self.state.global_step
+                if not math.isfinite(m["loss"]):   # the same on every rank: it is reduced over them
+                    raise TrainingHalted(f"step {step}: the training loss is {m['loss']}; stopped before saving "
+                                         f"anything of it ({self.loop.last_checkpoint()})")
                 tok0 += m.pop("tokens")
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.4f}")

@@ -22,7 +22,7 @@ from utils.engines import ds_config_for, start_engine
 from utils.losses import causal_lm_loss
 from utils.models import labelled_logits, load_tokenizer_for, load_trainable_lm, separates_packed_sequences
 from utils.predict import make_predict_hook
-from utils.run import finish, start, user_errors
+from utils.run import finish, halts, start, user_errors
 from utils.trainer import LossOutput, Trainer, perplexity
 
 
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     collate = collate_packed if cfg.padding_free else collate_lm
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate, pad_id=tokenizer.pad_token_id),
                       loss_fn=sft_loss, count_fn=label_count)
-    result = trainer.fit(eval_extra=perplexity, after_step=predict and partial(predict, engine))
-
-    save_hf_model(engine.module, tokenizer, cfg.output_dir)
+    with halts():
+        result = trainer.fit(eval_extra=perplexity, after_step=predict and partial(predict, engine))
+        save_hf_model(engine.module, tokenizer, cfg.output_dir)
     finish(cfg.output_dir)
     return {"eval": result, "history": trainer.history}
 

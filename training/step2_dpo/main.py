@@ -25,7 +25,7 @@ from utils.data.feedback import pair_for_kl
 from utils.engines import ds_config_for, start_engine
 from utils.models import load_tokenizer_for, load_trainable_lm
 from utils.predict import make_predict_hook
-from utils.run import finish, start, user_errors
+from utils.run import finish, halts, start, user_errors
 from utils.trainer import Trainer
 
 from .objectives import method_for
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"reference freed{why}")
     trainer = Trainer(cfg, engine, train, test, collate=collate, loss_fn=method.objective(cfg, reference),
                       count_fn=method.count, name="dpo")
-    result = trainer.fit(after_step=predict and partial(predict, engine))
-
-    save_hf_model(engine.module, tokenizer, cfg.output_dir)
+    with halts():
+        result = trainer.fit(after_step=predict and partial(predict, engine))
+        save_hf_model(engine.module, tokenizer, cfg.output_dir)
     finish(cfg.output_dir)
     return {"eval": result, "history": trainer.history}
 

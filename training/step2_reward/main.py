@@ -26,7 +26,7 @@ from utils.losses import centering_penalty, divergence_pairwise_loss, pairwise_l
 from utils import distributed as dist
 from utils.models import (add_distinct_pad, end_scores, load_tokenizer_for, load_trainable_lm,
                           reward_tokenizer_for_export, token_values)
-from utils.run import finish, start, user_errors
+from utils.run import finish, halts, start, user_errors
 from utils.trainer import LossOutput, Trainer
 
 
@@ -96,13 +96,13 @@ def main(argv: list[str] | None = None) -> dict:
     engine = start_engine(model, cfg, len(train), ds_config, "reward model")
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
                       loss_fn=reward_loss(cfg), count_fn=example_count, name="reward")
-    result = trainer.fit(eval_extra=score_std)
-
-    export = reward_tokenizer_for_export(tokenizer)
-    if export is None:
-        dist.print_rank0("[save] this tokenizer cannot be saved to append EOS: stock users must append it to "
-                         "prompt + answer themselves")
-    save_hf_model(engine.module, export or tokenizer, cfg.output_dir, model_cls=AutoModelForSequenceClassification)
+    with halts():
+        result = trainer.fit(eval_extra=score_std)
+        export = reward_tokenizer_for_export(tokenizer)
+        if export is None:
+            dist.print_rank0("[save] this tokenizer cannot be saved to append EOS: stock users must append it to "
+                             "prompt + answer themselves")
+        save_hf_model(engine.module, export or tokenizer, cfg.output_dir, model_cls=AutoModelForSequenceClassification)
     finish(cfg.output_dir)
     return {"eval": result, "history": trainer.history}
 

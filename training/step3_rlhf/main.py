@@ -19,7 +19,7 @@ from training.step3_rlhf.build import build
 from training.step3_rlhf.recipe import PPORecipe
 from utils.cli import parse_config
 from utils.config import RLHFConfig
-from utils.run import finish, start, user_errors
+from utils.run import finish, halts, start, user_errors
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> dict:
     with user_errors():
         parts = build(cfg)
     recipe = PPORecipe(cfg, parts)
-    history = recipe.fit()
-
-    recipe.save()
+    with halts():
+        history = recipe.fit()
+        recipe.save()
     finish(cfg.output_dir)
     return {"history": history}
 

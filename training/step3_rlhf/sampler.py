@@ -29,7 +29,8 @@ from utils.data.rlhf import PromptExample
 from utils.generation import SamplingSpec, generation_model, ignored_generation_settings, sample
 from utils.losses import token_logprobs, uniform_groups
 from utils.models import lm_logits, stop_ids
-from utils.rewards import RewardInputs, combine
+from utils.errors import TrainingHalted
+from utils.rewards import RewardInputs, RuleSource, combine
 
 
 def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 0,
@@ -113,11 +114,34 @@ class Sampler:
         self.clock.count("generated_tokens", float(action_mask.sum()))
         inputs = self.reward_inputs(chosen, d.answers)
         with self.clock("scoring"):
-            scores = {name: src(inputs) for name, src in self.sources.items()}
+            scores = self.score(inputs)
         raws = {name: src.raw for name, src in self.sources.items() if src.raw is not None}
         return Samples(chosen, [prompt_index[r] for r in rows], list(rows), d.answers, seq, attn, action_mask,
                        temps.to(self.device), F.pad(d.logprobs, (P - 1, 0)), conf, scores, raws,
                        combine(scores, self.weights) + self.cfg.reward_bias, P)
+
+    def score(self, inputs: RewardInputs) -> dict[str, torch.Tensor]:
+        """Every source's [B] scores. A score that is not a finite number halts the run on every rank
+        at once (one rank alone would leave the others waiting in their next collective), naming the
+        source and the answer; every source is still called first, since a reward model's forward is
+        collective under ZeRO-3."""
+        scores, problem = {}, None
+        for name, src in self.sources.items():
+            try:
+                scores[name] = src(inputs)
+            except TrainingHalted as e:
+                problem = problem or str(e)
+                continue
+            bad = (~torch.isfinite(scores[name].float())).nonzero()
+            if len(bad) and problem is None:
+                i = int(bad[0])
+                what = f"reward function {src.spec}" if isinstance(src, RuleSource) else f"reward source {name}"
+                problem = (f"{what} scored answer {i} ({inputs.answers[i][:60]!r}) {float(scores[name][i])}: not "
+                           f"finite")
+        problems = [p for p in dist.all_gather_object(problem) if p]
+        if problems:
+            raise TrainingHalted(problems[0])
+        return scores
 
     def reward_inputs(self, prompts: list[PromptExample], answers: list[list[int]]) -> RewardInputs:
         texts = [self.tok.decode([t for t in a if t not in self.stops], skip_special_tokens=True) for a in answers]

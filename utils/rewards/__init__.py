@@ -13,7 +13,7 @@ import torch
 
 from .. import distributed as dist
 from ..data.collate import pad_right
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingHalted
 from ..data.preference import reward_model_chat_ids, reward_model_ids
 from ..models import end_scores, token_values
 
@@ -132,8 +132,16 @@ class RuleSource(RewardSource):
         values = rule_arguments(batch)
         scores = self.fn(**(values if self.takes_all else {k: v for k, v in values.items() if k in self.names}))
         if len(scores) != len(batch.answers):
-            raise ValueError(f"reward function {self.name} returned {len(scores)} scores for {len(batch.answers)} answers")
-        return torch.tensor([float(s) for s in scores], dtype=torch.float32)
+            raise TrainingHalted(f"reward function {self.spec} returned {len(scores)} scores for "
+                                 f"{len(batch.answers)} answers")
+        out = []
+        for i, s in enumerate(scores):
+            try:
+                out.append(float(s))
+            except (TypeError, ValueError):
+                raise TrainingHalted(f"reward function {self.spec} returned {s!r} for answer {i} "
+                                     f"({batch.answers[i][:60]!r}): not a number")
+        return torch.tensor(out, dtype=torch.float32)
 
 
 BUILT_IN_ARGUMENTS = ["prompts", "answers", "references", "sources", "completions", "completion_ids"]
