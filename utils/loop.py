@@ -12,11 +12,12 @@ states travel gathered in it), and a run resumes with as many processes as wrote
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import distributed as dist
 from .checkpoint import latest_tag, load_checkpoint, save_checkpoint
-from .errors import ConfigError
+from .errors import ConfigError, TrainingHalted
 from .logging import MetricsLogger, progress
 from .run import Preemption, user_errors
 
@@ -58,10 +59,16 @@ class RunLoop:
         save_checkpoint(self.engines, self.ckpt_dir, f"step{step}",
                         {"ranks": dist.all_gather_object(own), "shared": shared}, self.cfg.save_total_limit)
 
-    def last_checkpoint(self) -> str:
-        """Where a halted run can resume from, in words."""
-        tag = latest_tag(self.ckpt_dir)
-        return f"the last checkpoint, {self.ckpt_dir}/{tag}, is untouched" if tag else "no checkpoint was written"
+    def halt_if_not_finite(self, where: str, losses: dict[str, float]) -> None:
+        """Stop the run (`TrainingHalted`) when a loss of the step or round `where` is not finite,
+        before anything of it is logged or saved. `losses` must be reduced over the ranks, so every
+        rank stops together."""
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if bad:
+            tag = latest_tag(self.ckpt_dir)
+            last = f"the last checkpoint, {self.ckpt_dir}/{tag}, is untouched" if tag else "no checkpoint was written"
+            raise TrainingHalted(f"{where}: {', '.join(f'{k} is {v}' for k, v in bad.items())}; stopped before saving "
+                                 f"anything of it ({last})")
 
     # -- progress and metrics ------------------------------------------------------------------------
     def start(self, total: int, done: int, desc: str = "train") -> None:

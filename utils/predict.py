@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from . import distributed as dist
 from .data.encoding import encode_prompts, fit_prompt, special_prefix
 from .data.readers import read_dataset, require_str
@@ -191,8 +193,6 @@ def _eval_mode(model):
 
 
 def _device(model, module):
-    import torch
-
     for obj in (model, module):
         d = getattr(obj, "device", None)
         if isinstance(d, torch.device):
@@ -203,8 +203,6 @@ def _device(model, module):
 def _generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, max_new_tokens: int,
               greedy: bool, temperature: float, top_p: float, top_k: int, repetition_penalty: float,
               device) -> list[str]:
-    import torch
-
     sampling = ({"temperature": None, "top_p": None, "top_k": None} if greedy else
                 {"temperature": temperature, "top_p": top_p, "top_k": top_k or None})
     # ZeRO-3 weights stay partitioned: steps 1-2 may use ZeRO-3 because the whole model does not fit

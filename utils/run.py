@@ -24,6 +24,17 @@ def start(cfg) -> None:
 
 
 @contextmanager
+def _one_line_exit(kinds: tuple[type, ...], code: int):
+    """An exception of `kinds` (raised alike on every rank) becomes one line on stderr, printed by
+    rank 0, and exit code `code`."""
+    try:
+        yield
+    except kinds as e:
+        if dist.rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(code)
+
+
 def user_errors():
     """A DataError or ConfigError becomes one line on stderr and exit code 2, the code argparse
     gives a bad flag: every user error exits 2.
@@ -31,24 +42,13 @@ def user_errors():
     Used around config checks, data loading and model loading, which all run before the
     output folder is created, so a bad input leaves nothing behind.
     """
-    try:
-        yield
-    except (DataError, ConfigError) as e:
-        if dist.rank() == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+    return _one_line_exit((DataError, ConfigError), 2)
 
 
-@contextmanager
 def halts():
     """Around training and the final export: a `TrainingHalted` (the same on every rank) becomes one
     line on stderr and exit code 3, with the model left unsaved."""
-    try:
-        yield
-    except TrainingHalted as e:
-        if dist.rank() == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(3)
+    return _one_line_exit((TrainingHalted,), 3)
 
 
 def finish(run_dir: str | None = None) -> None:

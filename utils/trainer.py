@@ -21,7 +21,6 @@ import torch
 
 from . import distributed as dist
 from .engines import engine_stats, total_steps
-from .errors import TrainingHalted
 from .loop import RunLoop
 from .seeding import rng_state, set_rng_state
 
@@ -165,9 +164,7 @@ class Trainer:
                 m = self.train_window(windows[w])
                 self.state = TrainState(epoch, w + 1, self.state.global_step + 1)
                 step = self.state.global_step
-                if not math.isfinite(m["loss"]):   # the same on every rank: it is reduced over them
-                    raise TrainingHalted(f"step {step}: the training loss is {m['loss']}; stopped before saving "
-                                         f"anything of it ({self.loop.last_checkpoint()})")
+                self.loop.halt_if_not_finite(f"step {step}", {"the training loss": m["loss"]})
                 tok0 += m.pop("tokens")
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.4f}")

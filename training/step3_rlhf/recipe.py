@@ -10,7 +10,6 @@ run continues exactly where every rank stopped.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -23,7 +22,6 @@ from utils import distributed as dist
 from utils.checkpoint import save_hf_model
 from utils.data import epoch_batches
 from utils.engines import engine_stats
-from utils.errors import TrainingHalted
 from utils.loop import RunLoop
 from utils.seeding import rng_state, set_rng_state
 
@@ -77,10 +75,8 @@ class PPORecipe:
         stats.update(self.maker.finish_round(exps))
         step = self.position.step
         stats.update(self.updater.train_on(exps, step, critic_only=step < cfg.critic_go_first_steps))
-        bad = [k for k in ("loss", "pg_loss", "vf_loss") if k in stats and not math.isfinite(stats[k])]
-        if bad:   # the same on every rank: the losses are reduced over them
-            raise TrainingHalted(f"round {step + 1}: {', '.join(f'{k} {stats[k]}' for k in bad)}; stopped before "
-                                 f"saving anything of it ({self.loop.last_checkpoint()})")
+        self.loop.halt_if_not_finite(f"round {step + 1}", {k: stats[k] for k in ("loss", "pg_loss", "vf_loss")
+                                                            if k in stats})
         stats.update({f"count/{k}": v for k, v in self.maker.counters.items()})
         return stats
 

@@ -30,7 +30,7 @@ from utils.generation import SamplingSpec, generation_model, ignored_generation_
 from utils.losses import token_logprobs, uniform_groups
 from utils.models import lm_logits, stop_ids
 from utils.errors import TrainingHalted
-from utils.rewards import RewardInputs, RuleSource, combine
+from utils.rewards import RewardInputs, combine
 
 
 def forward_logprobs(model, seq: torch.Tensor, attn: torch.Tensor, start: int = 0,
@@ -135,9 +135,8 @@ class Sampler:
             bad = (~torch.isfinite(scores[name].float())).nonzero()
             if len(bad) and problem is None:
                 i = int(bad[0])
-                what = f"reward function {src.spec}" if isinstance(src, RuleSource) else f"reward source {name}"
-                problem = (f"{what} scored answer {i} ({inputs.answers[i][:60]!r}) {float(scores[name][i])}: not "
-                           f"finite")
+                problem = (f"{src.describe()} scored answer {i} ({inputs.answers[i][:60]!r}) "
+                           f"{float(scores[name][i])}: not finite")
         problems = [p for p in dist.all_gather_object(problem) if p]
         if problems:
             raise TrainingHalted(problems[0])

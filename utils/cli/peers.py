@@ -22,9 +22,6 @@ HYBRID_ALIGNMENT_FLAGS = ("iterative_alignment", "previous_rlhf_model", "previou
                           "previous_round_after_rlhf_model", "lamda_factor", "ewc_max_weight", "ewc_mse_factor",
                           "apply_original_ewc")
 
-# kinds of an inert flag: "on" notes it when true (`--flag` alone is true), "given" whenever it is given
-NOT_NEEDED_PADDING = "not needed: scores are read at each answer's EOS, found by length"
-
 
 def spellings(cls) -> dict[str, str]:
     """Their flag name -> ours, for step config `cls`."""
@@ -46,11 +43,12 @@ def spellings(cls) -> dict[str, str]:
 
 
 def inert(cls) -> dict[str, tuple[type, str, str]]:
-    """Flags of theirs that do nothing here: name -> (value type, when it is named: "on" or "given",
-    why)."""
+    """Flags of theirs that do nothing here: name -> (value type, when it is named: "on" when true,
+    `--flag` alone being true, or "given" whenever it is given, why)."""
     out = {"deepspeed": (bool, "on", "DeepSpeed is always the engine here"),
            "deepscale": (bool, "on", "DeepSpeed is always the engine here"),
-           "num_padding_at_beginning": (int, "given", NOT_NEEDED_PADDING),
+           "num_padding_at_beginning": (int, "given", "not needed: scores are read at each answer's EOS, found "
+                                                      "by length"),
            "compute_fp32_loss": (bool, "on", "losses are always computed in fp32 here")}
     if issubclass(cls, RewardConfig):
         out.update({k: (t, "given", "the fork's step 2 does not use it either")
@@ -67,13 +65,19 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _dialect_parser(cls) -> argparse.ArgumentParser:
-    """The flags of theirs that are not one of ours under another name, with their value types."""
-    p = _Parser(add_help=False, allow_abbrev=False)
+def own_flags(cls) -> dict[str, type]:
+    """The flags of theirs that are not one of ours under another name (the inert ones and the
+    fork's --whiten_rewards), with their value types."""
     flags = {name: kind for name, (kind, _, _) in inert(cls).items()}
     if issubclass(cls, RLHFConfig):
         flags["whiten_rewards"] = bool
-    for name, kind in flags.items():
+    return flags
+
+
+def _dialect_parser(cls) -> argparse.ArgumentParser:
+    """`own_flags`, parsed as our parser would parse them."""
+    p = _Parser(add_help=False, allow_abbrev=False)
+    for name, kind in own_flags(cls).items():
         opts = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         if kind is bool:
             p.add_argument(*opts, dest=name, nargs="?", const=True, type=string_to_bool, default=None)
@@ -116,10 +120,7 @@ def translate_flags(cls, argv: list[str]) -> tuple[list[str], list[tuple[str, st
 
 def translate_keys(cls, data: dict) -> tuple[dict, list[tuple[str, str]]]:
     """A config file's keys in any dialect -> ours, and a note for each translation."""
-    spell, out, notes, given = spellings(cls), {}, [], {}
-    kinds = {name: kind for name, (kind, _, _) in inert(cls).items()}
-    if issubclass(cls, RLHFConfig):
-        kinds["whiten_rewards"] = bool
+    spell, kinds, out, notes, given = spellings(cls), own_flags(cls), {}, [], {}
     for key, value in data.items():
         if key in kinds:
             given[key] = string_to_bool(value) if kinds[key] is bool and isinstance(value, str) else value
@@ -145,7 +146,7 @@ def refuse_hybrid_alignment(names) -> None:
 
 def accepted(cls) -> set[str]:
     """Every name of theirs the edge reads for `cls` (without dashes)."""
-    return set(spellings(cls)) | set(inert(cls)) | ({"whiten_rewards"} if issubclass(cls, RLHFConfig) else set())
+    return set(spellings(cls)) | set(own_flags(cls))
 
 
 def help_text(cls) -> str:

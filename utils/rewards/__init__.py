@@ -41,6 +41,10 @@ class RewardSource:
     def __call__(self, batch: RewardInputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """How a message names the source."""
+        return f"reward source {self.name}"
+
     def raw_scores(self, batch: RewardInputs) -> torch.Tensor:
         return self(batch)
 
@@ -119,6 +123,9 @@ class RuleSource(RewardSource):
         self.required = [p.name for p in params
                          if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty]
 
+    def describe(self) -> str:
+        return f"reward function {self.spec}"
+
     def check(self, columns: set[str]) -> None:
         """ValueError when the function needs an argument that neither the step nor the prompt rows'
         `columns` provide (before training, rather than at the first reward)."""
@@ -132,15 +139,14 @@ class RuleSource(RewardSource):
         values = rule_arguments(batch)
         scores = self.fn(**(values if self.takes_all else {k: v for k, v in values.items() if k in self.names}))
         if len(scores) != len(batch.answers):
-            raise TrainingHalted(f"reward function {self.spec} returned {len(scores)} scores for "
-                                 f"{len(batch.answers)} answers")
+            raise TrainingHalted(f"{self.describe()} returned {len(scores)} scores for {len(batch.answers)} answers")
         out = []
         for i, s in enumerate(scores):
             try:
                 out.append(float(s))
             except (TypeError, ValueError):
-                raise TrainingHalted(f"reward function {self.spec} returned {s!r} for answer {i} "
-                                     f"({batch.answers[i][:60]!r}): not a number")
+                raise TrainingHalted(f"{self.describe()} returned {s!r} for answer {i} ({batch.answers[i][:60]!r}): "
+                                     f"not a number")
         return torch.tensor(out, dtype=torch.float32)
 
 
