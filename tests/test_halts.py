@@ -63,7 +63,7 @@ def test_a_reward_that_is_not_a_finite_number_stops_the_run_naming_it(sft_dir, p
 def test_an_export_of_non_finite_weights_writes_nothing(tiny_dir, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from utils.checkpoint import save_hf_model
+    from utils.export import save_hf_model
     from utils.errors import TrainingHalted
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)

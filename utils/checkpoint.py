@@ -1,155 +1,204 @@
-"""Saving: HF-format export (ZeRO-3 gathered, LoRA merged) and resumable DeepSpeed checkpoints.
+"""Resumable checkpoints: every DeepSpeed engine's weights, optimizer and scheduler, and the loop's
+client state, under <output_dir>/checkpoints/step<N>/<engine>/.
 
-Both are written atomically: into a temporary sibling first, renamed into place when
-complete, so a crash never leaves a half-written model or a `latest` pointing at one.
+A checkpoint is written into a hidden `.tmp-step<N>` and sealed by `manifest.json` (every file's
+name, size and sha256), written last and atomically; only then is it renamed into place. Resume
+trusts a checkpoint only when its files match its manifest, newest first, and loads them as plain
+data (`torch.load(weights_only=True)`): a file that would run code is refused. Older checkpoints
+are deleted only after a newer one has verified.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
 
-from .distributed import all_reduce_max, barrier, is_main, print_rank0
-from .errors import TrainingHalted
-from .models import is_lora, lora_scaling, merge_lora_state_dict, zero3_disabled
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:   # NumPy 1
+    from numpy.core.multiarray import _reconstruct
 
-LATEST = "latest"
+from . import distributed as dist
+from .errors import CheckpointError
+from .writing import fsync_dir, seal_files, umask, write_together
 
-
-def gather_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Full CPU state dict on rank 0 ({} elsewhere); gathers ZeRO-3 partitions one by one."""
-    import deepspeed
-
-    sd: dict[str, torch.Tensor] = {}
-    for name, p in module.named_parameters():
-        if hasattr(p, "ds_id"):
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if is_main():
-                    sd[name] = p.detach().cpu().clone()
-        elif is_main():
-            sd[name] = p.detach().cpu().clone()
-    if is_main():
-        # Persistent buffers (rarely any) are never partitioned.
-        persistent = set(module.state_dict().keys())
-        for name, b in module.named_buffers():
-            if name in persistent:
-                sd[name] = b.detach().cpu().clone()
-    return sd
+LATEST = "latest"          # DeepSpeed's pointer, kept for its tools (zero_to_fp32.py); resume does not need it
+MANIFEST = "manifest.json"
+SKIPPED = ".skipped-"      # prefix of a checkpoint resume could not trust, kept aside for a look
+_TAG = re.compile(r"step(\d+)")
+# What checkpoints written before the RNG state became plain lists hold: NumPy's RNG state array.
+# These rebuild arrays of plain numbers only; nothing else outside torch's own allow-list loads.
+_NUMPY_ARRAYS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, _reconstruct]
 
 
-def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Gathered weights with LoRA adapters merged in (rank 0; {} elsewhere)."""
-    sd = gather_state_dict(module)
-    if is_main() and is_lora(module):
-        sd = merge_lora_state_dict(sd, lora_scaling(module))
-    return sd
+def step_of(tag: str) -> int:
+    return int(_TAG.fullmatch(tag).group(1))
 
 
-def base_config(module: nn.Module):
-    return module.base_model.model.config if is_lora(module) else module.config
+def checkpoint_tags(ckpt_dir: Path) -> list[str]:
+    """The sealed-or-not checkpoints `step<N>` in `ckpt_dir`, newest (largest N) first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted((p.name for p in ckpt_dir.iterdir() if p.is_dir() and _TAG.fullmatch(p.name)),
+                  key=step_of, reverse=True)
 
 
-def _move_into(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        target = dst / item.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    src.rmdir()
+# -- the manifest ----------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def save_hf_model(module: nn.Module, tokenizer, output_dir: str | Path, model_cls=None) -> None:
-    """Write an HF folder stock transformers loads: config, safetensors weights, tokenizer.
-
-    `model_cls` (default AutoModelForCausalLM) is instantiated on the meta device from the
-    config and filled with the gathered weights, so nothing is allocated twice.
-    """
-    from transformers import AutoModelForCausalLM
-
-    model_cls = model_cls or AutoModelForCausalLM
-    sd = plain_state_dict(module)
-    bad = [n for n, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if all_reduce_max(float(bool(bad))):   # sd is rank 0's: every rank halts with it
-        raise TrainingHalted(f"export to {output_dir}: {len(bad)} weight tensor(s) not finite (first: "
-                             f"{bad[0] if bad else 'on rank 0'}); nothing written")
-    if is_main():
-        with zero3_disabled():
-            _export(sd, module, tokenizer, Path(output_dir), model_cls)
-    barrier()
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def _export(sd: dict, module: nn.Module, tokenizer, out: Path, model_cls) -> None:
-    tmp = out / ".tmp-export"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    config = base_config(module)
-    with torch.device("meta"):
-        model = model_cls.from_config(config)
-    dtype = next(iter(sd.values())).dtype
-    model.load_state_dict(sd, strict=False, assign=True)
-    model.tie_weights()
-    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if left:
-        raise RuntimeError(f"export: weights missing from the trained model: {left[:5]}")
-    model.config.dtype = dtype
-    gen = getattr(module, "generation_config", None)
-    if gen is not None and hasattr(model, "generation_config"):
-        model.generation_config = gen
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    _move_into(tmp, out)
-    print_rank0(f"[save] model and tokenizer written to {out}")
+def seal(folder: Path) -> None:
+    """Write `folder`/manifest.json, durably and last: the files' names, sizes and sha256."""
+    seal_files(folder)
+    manifest = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                for p in _files(folder)}
+    tmp = folder / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"files": manifest}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~umask())
+    os.replace(tmp, folder / MANIFEST)
+    fsync_dir(folder)
 
 
+def verify(folder: Path, *, hashes: bool = True) -> str | None:
+    """Why `folder` cannot be trusted, or None when every file its manifest names is there with
+    its size (and, with `hashes`, its sha256)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return "no manifest.json (cut off before it was sealed, or written before manifests)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"manifest.json unreadable ({type(e).__name__})"
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            return f"{name} is {size} bytes, its manifest says {want['bytes']}"
+        if hashes and _sha256(path) != want["sha256"]:
+            return f"{name} differs from its manifest's sha256"
+    return None
+
+
+# -- writing ---------------------------------------------------------------------------------------
 def save_checkpoint(engines: dict, ckpt_dir: str | Path, tag: str, client_state: dict, keep: int) -> None:
-    """Save each DeepSpeed engine under ckpt_dir/<tag>/<name>, then point `latest` at it.
+    """Save each DeepSpeed engine under ckpt_dir/<tag>/<name>, seal it, rename it into place, then
+    delete the checkpoints beyond the newest `keep`.
 
-    Every rank writes its shards into a hidden temporary tag; rank 0 renames it and rewrites
-    `latest` (write + rename) only once all ranks finished.
+    Every rank writes its shards into the hidden temporary tag; rank 0 seals and renames it once
+    all ranks finished. A write error (a full disk) on any rank removes the temporary folder and
+    raises `WriteFailed` on every rank; the checkpoints already there are untouched.
     """
     ckpt_dir = Path(ckpt_dir)
-    tmp = ckpt_dir / f".tmp-{tag}"
-    if is_main():
+    tmp, final = ckpt_dir / f".tmp-{tag}", ckpt_dir / tag
+    what = f"checkpoint {final}"
+
+    def prepare():
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-    barrier()
-    for name, engine in engines.items():
-        engine.save_checkpoint(str(tmp), tag=name, client_state=client_state, save_latest=False)
-    barrier()
-    if is_main():
-        final = ckpt_dir / tag
-        if final.exists():
+
+    def shards():
+        for name, engine in engines.items():
+            engine.save_checkpoint(str(tmp), tag=name, client_state=client_state, save_latest=False)
+
+    def commit():
+        seal(tmp)
+        if final.exists():   # the same step, written again after a resume from an older checkpoint
             shutil.rmtree(final)
         os.replace(tmp, final)
         pointer = ckpt_dir / f".{LATEST}.tmp"
         pointer.write_text(tag)
         os.replace(pointer, ckpt_dir / LATEST)
-        tags = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                      key=lambda p: p.stat().st_mtime)
-        for old in tags[:-keep]:
-            shutil.rmtree(old)
-        print_rank0(f"[checkpoint] saved {final}")
-    barrier()
+        fsync_dir(ckpt_dir)
+        reason = verify(final, hashes=False)
+        if reason:
+            raise OSError(0, f"did not verify after writing: {reason}")
+        for old in checkpoint_tags(ckpt_dir)[keep:]:
+            shutil.rmtree(ckpt_dir / old)
+
+    write_together(what, tmp, prepare, every_rank=False)
+    write_together(what, tmp, shards, every_rank=True)
+    write_together(what, tmp, commit, every_rank=False)
+    dist.print_rank0(f"[checkpoint] saved {final}")
 
 
-def latest_tag(ckpt_dir: str | Path) -> str | None:
-    p = Path(ckpt_dir) / LATEST
-    if not p.is_file():
-        return None
-    tag = p.read_text().strip()
-    return tag if (Path(ckpt_dir) / tag).is_dir() else None
+# -- resuming --------------------------------------------------------------------------------------
+def resume_point(ckpt_dir: str | Path) -> str | None:
+    """The newest checkpoint in `ckpt_dir` that verifies (None: there is none at all). Rank 0 checks
+    and every rank gets its answer. Checkpoints that do not verify are named with the reason and
+    moved aside (`.skipped-step<N>`), so a later rotation cannot count them; leftover temporary
+    folders of an interrupted write are removed. Raises `CheckpointError` when checkpoints exist
+    but none verifies: a run must never silently start again from scratch."""
+    ckpt_dir = Path(ckpt_dir)
+    tag, error = dist.all_gather_object(_choose(ckpt_dir) if dist.is_main() else None)[0]
+    if error:
+        raise CheckpointError(error)
+    return tag
+
+
+def _choose(ckpt_dir: Path) -> tuple[str | None, str | None]:
+    """(the tag to resume from, or an error line), on rank 0."""
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    skipped = []
+    for tag in checkpoint_tags(ckpt_dir):
+        reason = verify(ckpt_dir / tag)
+        if reason is None:
+            for bad, why in skipped:
+                aside = ckpt_dir / f"{SKIPPED}{bad}"
+                if aside.exists():
+                    shutil.rmtree(aside)
+                os.replace(ckpt_dir / bad, aside)
+                dist.print_rank0(f"[resume] skipped {ckpt_dir / bad}: {why}; moved to {aside}")
+            return tag, None
+        skipped.append((tag, reason))
+    if skipped:
+        return None, (f"--resume: no checkpoint in {ckpt_dir} verifies (" +
+                      "; ".join(f"{t}: {why}" for t, why in skipped) +
+                      "); nothing was loaded. Start afresh with --overwrite_output_dir, or restore a checkpoint")
+    return None, None
+
+
+def _plain_load(path: str, map_location=None):
+    """DeepSpeed's checkpoint read as plain data: tensors, numbers, strings and containers only."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"`{found.group(1)}`" if found else "an object that is not plain data"
+        raise CheckpointError(f"{path} holds {what}, which loading would run; refused, nothing of it was "
+                              f"run (a checkpoint holds plain data only)") from None
 
 
 def load_checkpoint(engines: dict, ckpt_dir: str | Path, tag: str) -> dict:
-    """Restore every engine (weights, optimizer, scheduler) and return the client state."""
+    """Restore every engine (weights, optimizer, scheduler) from ckpt_dir/<tag> as plain data and
+    return the client state."""
     client = {}
     for name, engine in engines.items():
+        engine.checkpoint_engine.load = _plain_load
         path, client = engine.load_checkpoint(str(Path(ckpt_dir) / tag), tag=name)
         if path is None:
-            raise RuntimeError(f"checkpoint {ckpt_dir}/{tag}/{name} could not be loaded")
+            raise CheckpointError(f"checkpoint {ckpt_dir}/{tag}/{name} could not be loaded")
     return client

@@ -315,7 +315,9 @@ class CheckpointArgs:
     output_dir: Optional[str] = _f(None, "Where the final model, metrics.jsonl and checkpoints/ go.")
     save_steps: int = _f(0, "Write a resumable DeepSpeed checkpoint every N optimizer steps (0 or -1: never).")
     save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest deleted first).")
-    resume: bool = _f(False, "Continue from the latest checkpoint in <output_dir>/checkpoints.")
+    resume: bool = _f(False, "Continue from the newest checkpoint in <output_dir>/checkpoints that verifies.")
+    overwrite_output_dir: bool = _f(False, "Replace another run in --output_dir (its model, metrics and "
+                                           "checkpoints go); without it such a folder is refused.")
 
     def check_checkpoint(self) -> None:
         if not self.output_dir:

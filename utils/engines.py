@@ -144,6 +144,17 @@ def engine_stats(engines: dict) -> dict[str, float]:
     return out
 
 
+def grad_norms(engines: dict) -> dict[str, float]:
+    """The global gradient norm of each engine's last optimizer step, by name. fp16 engines are left
+    out: their loss scaler skips an overflowing step (counted in `skipped_steps`) instead of taking it."""
+    out = {}
+    for name, engine in engines.items():
+        norm = engine.get_global_grad_norm() if engine is not None and not engine.fp16_enabled() else None
+        if norm is not None:
+            out[f"the {name} gradient norm"] = float(norm)
+    return out
+
+
 def warmup_steps(cfg, total: int) -> int:
     """--num_warmup_steps, else --warmup_ratio of the run's `total` optimizer steps rounded up, as
     transformers does (step 3's config has no --warmup_ratio)."""

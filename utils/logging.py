@@ -19,16 +19,41 @@ class MetricsLogger:
         self.enabled = is_main()
         self.writer = None
         self.file = None
+        self.rows = 0          # lines in metrics.jsonl: a checkpoint records it, resume cuts back to it
         if not self.enabled:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        # A resumed run continues the file; a fresh run in the same folder starts it anew.
-        self.file = open(out / "metrics.jsonl", "a" if append else "w", encoding="utf-8")
-        if tensorboard:
+        self.path = out / "metrics.jsonl"
+        self.tensorboard = (tensorboard_path or str(out / "tensorboard" / name)) if tensorboard else None
+        # A resumed run continues the file (see `rewind`); a fresh run starts it anew.
+        if append and self.path.exists():
+            self.rows = len(self.path.read_text(encoding="utf-8").splitlines())
+        self.file = open(self.path, "a" if append else "w", encoding="utf-8")
+        if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(tensorboard_path or str(out / "tensorboard" / name))
+            self.writer = SummaryWriter(self.tensorboard)
+
+    def rewind(self, rows: int | None, step: int) -> None:
+        """Back to where a checkpoint at `step` left the log: metrics.jsonl keeps its first `rows`
+        lines (a checkpoint from before row counts: the rows up to `step`), TensorBoard drops the
+        events after `step`. The resumed run logs the rest again, so no row appears twice."""
+        if not self.enabled:
+            return
+        self.file.close()
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = lines[:rows] if rows is not None else [ln for ln in lines if json.loads(ln)["step"] <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self.rows = len(keep)
+        self.file = open(self.path, "a", encoding="utf-8")
+        if self.writer is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer.close()
+            self.writer = SummaryWriter(self.tensorboard, purge_step=step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -37,6 +62,7 @@ class MetricsLogger:
         row = {"step": step, "time": round(time.time(), 6), **{k: float(v) for k, v in metrics.items()}}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        self.rows += 1
         if self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(k, float(v), step)

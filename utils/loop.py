@@ -9,6 +9,10 @@ supervised `Trainer`'s optimizer steps, step 3's rounds) and its own state, thro
 Keys named in `shared` hold what is the same on every rank (step 3's EMA weights): saved once.
 Every other key is saved per rank (DeepSpeed keeps rank 0's client state only, so the ranks'
 states travel gathered in it), and a run resumes with as many processes as wrote it.
+
+Resume takes the newest checkpoint that verifies against its manifest (utils/checkpoint.py) and
+cuts metrics.jsonl back to the rows logged before it, so the resumed run's rows follow on without
+repeats.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import math
 from pathlib import Path
 
 from . import distributed as dist
-from .checkpoint import latest_tag, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_tags, load_checkpoint, resume_point, save_checkpoint, step_of
+from .engines import grad_norms
 from .errors import ConfigError, TrainingHalted
 from .logging import MetricsLogger, progress
 from .run import Preemption, user_errors
@@ -37,36 +42,39 @@ class RunLoop:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def resume(self) -> str | None:
-        """With --resume, load the latest checkpoint into the engines and the step's state; returns
-        its folder (None: nothing to resume)."""
+        """With --resume, load the newest checkpoint that verifies into the engines and the step's
+        state; returns its folder (None: nothing to resume)."""
         if not self.cfg.resume:
             return None
-        tag = latest_tag(self.ckpt_dir)
-        if tag is None:
-            dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
-            return None
         with user_errors():
-            ranks, shared = client_states(load_checkpoint(self.engines, self.ckpt_dir, tag))
+            tag = resume_point(self.ckpt_dir)
+            if tag is None:
+                dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
+                return None
+            client = load_checkpoint(self.engines, self.ckpt_dir, tag)
+            ranks, shared = client_states(client)
             if len(ranks) != dist.world_size():
                 raise ConfigError(f"--resume: {self.ckpt_dir}/{tag} was written by {len(ranks)} processes; resume "
                                   f"it with as many (this run has {dist.world_size()})")
         self.state.load_state_dict({**ranks[dist.rank()], **shared})
+        self.logger.rewind(client.get("metrics_rows"), step_of(tag))
         return f"{self.ckpt_dir}/{tag}"
 
     def checkpoint(self, step: int) -> None:
         own = self.state.state_dict()
         shared = {k: own.pop(k) for k in self.shared}
-        save_checkpoint(self.engines, self.ckpt_dir, f"step{step}",
-                        {"ranks": dist.all_gather_object(own), "shared": shared}, self.cfg.save_total_limit)
+        state = {"ranks": dist.all_gather_object(own), "shared": shared, "metrics_rows": self.logger.rows}
+        save_checkpoint(self.engines, self.ckpt_dir, f"step{step}", state, self.cfg.save_total_limit)
 
     def halt_if_not_finite(self, where: str, losses: dict[str, float]) -> None:
-        """Stop the run (`TrainingHalted`) when a loss of the step or round `where` is not finite,
-        before anything of it is logged or saved. `losses` must be reduced over the ranks, so every
-        rank stops together."""
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        """Stop the run (`TrainingHalted`) when a loss of the step or round `where`, or an engine's
+        gradient norm, is not finite, before anything of it is logged or saved. `losses` must be
+        reduced over the ranks (the norms are global), so every rank stops together."""
+        bad = {k: v for k, v in {**losses, **grad_norms(self.engines)}.items() if not math.isfinite(v)}
         if bad:
-            tag = latest_tag(self.ckpt_dir)
-            last = f"the last checkpoint, {self.ckpt_dir}/{tag}, is untouched" if tag else "no checkpoint was written"
+            tags = checkpoint_tags(self.ckpt_dir)
+            last = (f"the last checkpoint, {self.ckpt_dir}/{tags[0]}, is untouched" if tags
+                    else "no checkpoint was written")
             raise TrainingHalted(f"{where}: {', '.join(f'{k} is {v}' for k, v in bad.items())}; stopped before saving "
                                  f"anything of it ({last})")
 

@@ -17,6 +17,42 @@ from .losses import IGNORE_INDEX
 masks.install()  # every forward of an sdpa model with padding builds its mask directly (utils/masks.py)
 
 
+@contextmanager
+def loading(what: str, path: str):
+    """A model or tokenizer that cannot be loaded is a one-line `ConfigError` naming it: a missing
+    or broken folder, or a folder with its own Python code (auto_map) when --trust_remote_code is
+    not given (transformers refuses before running any of it)."""
+    try:
+        yield
+    except OSError as e:
+        raise ConfigError(f"cannot load {what} {path!r}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ConfigError(f"cannot load {what} {path!r}: it ships its own Python code (auto_map in its config), "
+                          f"which was not run; pass --trust_remote_code only if you trust that code") from None
+
+
+def position_limit(config) -> tuple[str, int] | None:
+    """(the config field, the most positions the model was built for), when its config says."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return name, value
+    return None
+
+
+def check_positions(model: nn.Module, length: int, flags: str, path: str) -> None:
+    """Refuse (`ConfigError`) sequences of `length` tokens (set by `flags`) longer than the model's
+    positions: learned position tables index past their end (an IndexError on CPU, a device-side
+    assert on GPU), rotary models run on positions they never saw."""
+    config = unwrap(model).config
+    limit = position_limit(getattr(config, "text_config", None) or config)
+    if limit is not None and length > limit[1]:
+        raise ConfigError(f"{flags} {length} is longer than {path!r} can place ({limit[0]} {limit[1]} in its "
+                          f"config); lower it to at most {limit[1]}")
+
+
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, padding_side: str = "right",
                    eot_token: str | None = None):
     """AutoTokenizer with a pad token; with `eot_token`, that token is added as a special token and
@@ -137,9 +173,10 @@ def load_causal_lm(name_or_path: str, tokenizer, *, trust_remote_code: bool = Fa
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
-    )
+    with loading("model", name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
+        )
     return _prepare(model, tokenizer, disable_dropout_, gradient_checkpointing, dropout, resize_embeddings)
 
 
@@ -297,14 +334,10 @@ def load_trainable_lm(cfg, tokenizer, ds_config: dict, path: str | None = None, 
     zero3_init_context(ds_config)
     extra = {"head_dropout": getattr(cfg, "head_dropout", 0.0)} if reward else {}
     loader = load_reward_model if reward else load_causal_lm
-    try:
-        model = loader(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
-                       disable_dropout_=cfg.disable_dropout, gradient_checkpointing=cfg.gradient_checkpointing,
-                       dropout=cfg.dropout, resize_embeddings=cfg.add_eot_token or resize,
-                       dtype=TORCH_DTYPES[cfg.dtype],
-                       **extra)
-    except OSError as e:
-        raise ConfigError(f"cannot load model {path!r}: {str(e).splitlines()[0]}")
+    model = loader(path, tokenizer, trust_remote_code=cfg.trust_remote_code,
+                   disable_dropout_=cfg.disable_dropout, gradient_checkpointing=cfg.gradient_checkpointing,
+                   dropout=cfg.dropout, resize_embeddings=cfg.add_eot_token or resize,
+                   dtype=TORCH_DTYPES[cfg.dtype], **extra)
     if cfg.lora_dim > 0:
         try:
             model = apply_lora(model, rank=cfg.lora_dim, alpha=cfg.lora_alpha,
@@ -323,9 +356,10 @@ def load_tokenizer_for(cfg, path: str | None = None, padding_side: str = "right"
     --chat_template when given; a missing or broken one is a one-line ConfigError."""
     path = getattr(cfg, "tokenizer_name_or_path", None) or path or cfg.model_name_or_path
     try:
-        tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side,
-                                   eot_token=cfg.eot_token if cfg.add_eot_token else None)
-    except (OSError, ValueError) as e:
+        with loading("tokenizer", path):
+            tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code, padding_side=padding_side,
+                                       eot_token=cfg.eot_token if cfg.add_eot_token else None)
+    except ValueError as e:
         raise ConfigError(f"cannot load tokenizer {path!r}: {str(e).splitlines()[0]}")
     if getattr(cfg, "chat_template", None):
         tokenizer.chat_template = cfg.chat_template
@@ -343,12 +377,12 @@ def load_reward_model(name_or_path: str, tokenizer, *, trust_remote_code: bool =
     transformers and gives the same scores."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), loading("model", name_or_path):
         warnings.simplefilter("ignore")
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=1, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
-    archs = getattr(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
-                    "architectures", None) or []
+        archs = getattr(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
+                        "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         init_value_head(model)
     if head_dropout:

@@ -7,32 +7,35 @@ from contextlib import contextmanager
 from typing import Callable
 
 from . import distributed as dist
-from .errors import ConfigError, DataError, TrainingHalted
+from .errors import ConfigError, DataError, TrainingHalted, WriteFailed
 from .logging import quiet_library_bars
+from .outdir import claim
 from .seeding import seed_everything
 
 
 def start(cfg) -> None:
-    """Environment defaults, process group, seeds; names once each accepted flag that does
-    nothing in this run."""
+    """Environment defaults, process group, the output folder (utils/outdir.py), seeds; names once
+    each accepted flag that does nothing in this run."""
     dist.set_env_defaults()
     quiet_library_bars()
     dist.init_distributed()
     for note in getattr(cfg, "notes", []):
         dist.print_rank0(f"[flags] {note}")
+    with user_errors():
+        claim(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
     seed_everything(cfg.seed)
 
 
 @contextmanager
-def _one_line_exit(kinds: tuple[type, ...], code: int):
-    """An exception of `kinds` (raised alike on every rank) becomes one line on stderr, printed by
-    rank 0, and exit code `code`."""
+def _one_line_exit(codes: dict[type, int]):
+    """An exception of a kind in `codes` (raised alike on every rank) becomes one line on stderr,
+    printed by rank 0, and that kind's exit code."""
     try:
         yield
-    except kinds as e:
+    except tuple(codes) as e:
         if dist.rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(code)
+        raise SystemExit(next(code for kind, code in codes.items() if isinstance(e, kind)))
 
 
 def user_errors():
@@ -42,13 +45,14 @@ def user_errors():
     Used around config checks, data loading and model loading, which all run before the
     output folder is created, so a bad input leaves nothing behind.
     """
-    return _one_line_exit((DataError, ConfigError), 2)
+    return _one_line_exit({DataError: 2, ConfigError: 2})
 
 
 def halts():
     """Around training and the final export: a `TrainingHalted` (the same on every rank) becomes one
-    line on stderr and exit code 3, with the model left unsaved."""
-    return _one_line_exit((TrainingHalted,), 3)
+    line on stderr and exit code 3, with the model left unsaved; a `WriteFailed` (a full disk, no
+    permission) exit code 4."""
+    return _one_line_exit({TrainingHalted: 3, WriteFailed: 4})
 
 
 def finish(run_dir: str | None = None) -> None:
@@ -83,24 +87,30 @@ def typed_escapes(text: str) -> str:
 
 
 class Preemption:
-    """SIGTERM (a cluster pre-empting the job) is noted when it arrives and acted on between
-    optimizer steps: `due()` is true on every rank once any rank got the signal, so all ranks
-    write the same checkpoint and stop together."""
+    """SIGTERM (a cluster pre-empting the job) and Ctrl-C are noted when they arrive and acted on
+    between optimizer steps: `due()` is true on every rank once any rank got one, so all ranks write
+    the same checkpoint and stop together. A second Ctrl-C aborts at once."""
 
     def __init__(self):
-        self.requested = False
+        self.signal: int | None = None
         signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if dist.rank() == 0:
+                print("\n[interrupt] Ctrl-C: finishing this step, then a checkpoint; Ctrl-C again aborts without one",
+                      file=sys.stderr, flush=True)
+        self.signal = self.signal or signum
 
     def due(self) -> bool:
-        return dist.all_reduce_max(float(self.requested)) > 0
+        return dist.all_reduce_max(float(self.signal or 0)) > 0
 
     def after_step(self, step: int, save_steps: int, checkpoint: Callable[[], None], checkpoint_dir: str,
                    close: Callable[[], None]) -> None:
-        """After optimizer step `step` (step 3: round): the --save_steps checkpoint; on SIGTERM a
-        checkpoint too (unless just written), then `close()` the logs and stop."""
+        """After optimizer step `step` (step 3: round): the --save_steps checkpoint; on SIGTERM or
+        Ctrl-C a checkpoint too (unless just written), then `close()` the logs and stop."""
         saved = bool(save_steps and step % save_steps == 0)
         if saved:
             checkpoint()
@@ -111,8 +121,11 @@ class Preemption:
             self.stop(checkpoint_dir, step)
 
     def stop(self, checkpoint_dir: str, step: int) -> None:
-        """After the checkpoint is written: say how to continue, tear down, exit 0."""
-        dist.print_rank0(f"[preempted] SIGTERM: checkpoint at step {step} in {checkpoint_dir}; run the same "
+        """After the checkpoint is written: say how to continue, tear down, exit: 0 for SIGTERM (the
+        scheduler requeues the job), 130 for Ctrl-C (a shell pipeline of steps stops there)."""
+        interrupted = dist.all_reduce_max(float(self.signal == signal.SIGINT)) > 0
+        name = "Ctrl-C" if interrupted else "SIGTERM"
+        dist.print_rank0(f"[preempted] {name}: checkpoint at step {step} in {checkpoint_dir}; run the same "
                          f"command with --resume to continue")
         finish()
-        raise SystemExit(0)
+        raise SystemExit(130 if interrupted else 0)

@@ -157,10 +157,14 @@ class Trainer:
         last_eval: dict[str, float] = {}
         if self.state.global_step == 0:
             last_eval = self.log_eval(eval_extra)
-        t0, tok0, done = time.perf_counter(), 0.0, False
+        t0, tok0 = time.perf_counter(), 0.0
         for epoch in range(self.state.epoch, cfg.num_train_epochs):
+            if self.state.global_step >= total and self.state.window == 0:
+                break   # a finished run resumed from its last step, which ended an epoch: all was done
             windows = self.windows(epoch)
             for w in range(self.state.window, len(windows)):
+                if self.state.global_step >= total:
+                    break   # a finished run resumed from its last step: only its final evaluation follows
                 m = self.train_window(windows[w])
                 self.state = TrainState(epoch, w + 1, self.state.global_step + 1)
                 step = self.state.global_step
@@ -187,12 +191,11 @@ class Trainer:
                     after_step(epoch, step)
                 self.loop.after_step(step)
                 if step >= total:
-                    done = True
                     break
             if not cfg.eval_steps or (self.state.global_step % cfg.eval_steps):
                 last_eval = self.log_eval(eval_extra)
             self.state = TrainState(epoch + 1, 0, self.state.global_step)
-            if done:
+            if self.state.global_step >= total:
                 break
         self.loop.close()
         return last_eval

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from functools import partial
 
-from utils.checkpoint import save_hf_model
+from utils.export import save_hf_model
 from utils import distributed as dist
 from utils.cli import parse_config
 from utils.config import ConfigError, SFTConfig
 from utils.data import IGNORE_INDEX, Phase, collate_lm, collate_packed, step_examples, tokenize_records
 from utils.engines import ds_config_for, start_engine
 from utils.losses import causal_lm_loss
-from utils.models import labelled_logits, load_tokenizer_for, load_trainable_lm, separates_packed_sequences
+from utils.models import (check_positions, labelled_logits, load_tokenizer_for, load_trainable_lm,
+                          separates_packed_sequences)
 from utils.predict import make_predict_hook
 from utils.run import finish, halts, start, user_errors
 from utils.trainer import LossOutput, Trainer, perplexity
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
         predict = make_predict_hook(cfg, tokenizer, cfg.max_seq_len)
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
+        check_positions(model, cfg.max_seq_len, "--max_seq_len", cfg.model_name_or_path)
     engine = start_engine(model, cfg, len(train), ds_config)
     with user_errors():
         if cfg.padding_free and not separates_packed_sequences(engine, dist.device()):

@@ -17,13 +17,13 @@ from __future__ import annotations
 from functools import partial
 
 from utils import distributed as dist
-from utils.checkpoint import save_hf_model
+from utils.export import save_hf_model
 from utils.cli import parse_config
 from utils.config import DPOConfig
 from utils.data import Phase, step_examples
 from utils.data.feedback import pair_for_kl
 from utils.engines import ds_config_for, start_engine
-from utils.models import load_tokenizer_for, load_trainable_lm
+from utils.models import check_positions, load_tokenizer_for, load_trainable_lm
 from utils.predict import make_predict_hook
 from utils.run import finish, halts, start, user_errors
 from utils.trainer import Trainer
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         reference = build_reference(cfg, tokenizer) if cfg.uses_reference else None
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config)
+        check_positions(model, cfg.max_seq_len, "--max_seq_len", cfg.model_name_or_path)
     beta = "" if cfg.loss_type == "rrhf" else f", beta {cfg.beta}"
     engine = start_engine(model, cfg, len(train), ds_config, f"policy ({cfg.loss_type}{beta})")
     collate = partial(method.collate, pad_id=tokenizer.pad_token_id)

@@ -16,7 +16,7 @@ from functools import partial
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from utils.checkpoint import save_hf_model
+from utils.export import save_hf_model
 from utils.cli import parse_config
 from utils.config import RewardConfig
 from utils.data import Phase, step_examples
@@ -24,7 +24,7 @@ from utils.data.preference import collate_preferences, tokenize_preferences
 from utils.engines import ds_config_for, start_engine
 from utils.losses import centering_penalty, divergence_pairwise_loss, pairwise_loss, score_mse
 from utils import distributed as dist
-from utils.models import (add_distinct_pad, end_scores, load_tokenizer_for, load_trainable_lm,
+from utils.models import (add_distinct_pad, check_positions, end_scores, load_tokenizer_for, load_trainable_lm,
                           reward_tokenizer_for_export, token_values)
 from utils.run import finish, halts, start, user_errors
 from utils.trainer import LossOutput, Trainer
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ConfigError("pointwise rows (prompt, response, score) need --rm_loss score or mixed")
         ds_config = ds_config_for(cfg)
         model = load_trainable_lm(cfg, tokenizer, ds_config, reward=True, resize=grew)
+        check_positions(model, cfg.max_seq_len, "--max_seq_len", cfg.model_name_or_path)
     engine = start_engine(model, cfg, len(train), ds_config, "reward model")
     trainer = Trainer(cfg, engine, train, test, collate=partial(collate_preferences, pad_id=tokenizer.pad_token_id),
                       loss_fn=reward_loss(cfg), count_fn=example_count, name="reward")

@@ -19,7 +19,7 @@ from training.step3_rlhf.build import RLHFSetup
 from training.step3_rlhf.rollout import ExperienceMaker
 from training.step3_rlhf.update import PPOUpdater
 from utils import distributed as dist
-from utils.checkpoint import save_hf_model
+from utils.export import save_hf_model
 from utils.data import epoch_batches
 from utils.engines import engine_stats
 from utils.loop import RunLoop

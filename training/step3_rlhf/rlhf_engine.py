@@ -15,8 +15,8 @@ import copy
 import torch
 
 from utils import distributed as dist
-from utils.models import (TORCH_DTYPES, load_causal_lm, load_reward_model, load_tokenizer, load_trainable_lm,
-                          zero3_init_context)
+from utils.models import (TORCH_DTYPES, check_positions, load_causal_lm, load_reward_model, load_tokenizer,
+                          load_trainable_lm, zero3_init_context)
 from utils.engines import ds_config_for, frozen_engine, init_engine
 
 
@@ -70,6 +70,11 @@ class DeepSpeedRLHFEngine:
                 micro_batch_size=mbs, zero_stage=cfg.critic_zero_stage, offload=cfg.offload_reward_model,
                 dtype=cfg.dtype)
         zero3_init_context({"zero_optimization": {"stage": 0}})
+        length = cfg.max_prompt_seq_len + cfg.max_answer_seq_len
+        for model, path in ((self.actor, cfg.actor_model_name_or_path), (self.critic, cfg.critic_model_name_or_path),
+                            (self.reward, cfg.reward_model_name_or_path)):
+            if model is not None:
+                check_positions(model, length, "--max_prompt_seq_len + --max_answer_seq_len", path)
 
         self.ema = ema_copy(self.actor.module) if cfg.enable_ema else None
 

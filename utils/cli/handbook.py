@@ -262,7 +262,7 @@ TABLE: dict[str, Convert] = {
     "log_level": ignored("start-up and progress lines are always printed on rank 0"),
     "report_to": report_to,
     "output_dir": same("output_dir"),
-    "overwrite_output_dir": ignored("the output folder is always written to"),
+    "overwrite_output_dir": same("overwrite_output_dir"),
     "remove_unused_columns": ignored("only the columns of the record format are read"),
     "seed": same("seed"),
     "do_eval": ignored("evaluation follows eval_strategy and the held-out splits"),
