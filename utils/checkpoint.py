@@ -3,7 +3,8 @@ client state, under <output_dir>/checkpoints/step<N>/<engine>/.
 
 A checkpoint is written into a hidden `.tmp-step<N>` and sealed by `manifest.json` (every file's
 name, size and sha256), written last and atomically; only then is it renamed into place. Resume
-trusts a checkpoint only when its files match its manifest, newest first, and loads them as plain
+trusts a checkpoint only when its files match its manifest, newest first (a checkpoints folder
+written before manifests, with no `.sealed` mark, is taken as it is), and loads them as plain
 data (`torch.load(weights_only=True)`): a file that would run code is refused. Older checkpoints
 are deleted only after a newer one has verified.
 """
@@ -32,6 +33,7 @@ from .writing import fsync_dir, seal_files, umask, write_together
 LATEST = "latest"          # DeepSpeed's pointer, kept for its tools (zero_to_fp32.py); resume does not need it
 MANIFEST = "manifest.json"
 SKIPPED = ".skipped-"      # prefix of a checkpoint resume could not trust, kept aside for a look
+SEALED = ".sealed"         # in a checkpoints folder whose checkpoints all carry manifests
 _TAG = re.compile(r"step(\d+)")
 # What checkpoints written before the RNG state became plain lists hold: NumPy's RNG state array.
 # These rebuild arrays of plain numbers only; nothing else outside torch's own allow-list loads.
@@ -116,6 +118,7 @@ def save_checkpoint(engines: dict, ckpt_dir: str | Path, tag: str, client_state:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        (ckpt_dir / SEALED).touch()
 
     def shards():
         for name, engine in engines.items():
@@ -163,7 +166,11 @@ def _choose(ckpt_dir: Path) -> tuple[str | None, str | None]:
             shutil.rmtree(p, ignore_errors=True)
     skipped = []
     for tag in checkpoint_tags(ckpt_dir):
-        reason = verify(ckpt_dir / tag)
+        legacy = not (ckpt_dir / SEALED).exists()
+        reason = None if legacy else verify(ckpt_dir / tag)
+        if legacy:
+            dist.print_rank0(f"[resume] {ckpt_dir / tag} was written before checkpoints were sealed: its files "
+                             f"are taken as they are")
         if reason is None:
             for bad, why in skipped:
                 aside = ckpt_dir / f"{SKIPPED}{bad}"

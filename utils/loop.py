@@ -50,6 +50,7 @@ class RunLoop:
             tag = resume_point(self.ckpt_dir)
             if tag is None:
                 dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
+                self.logger.rewind(0, -1)
                 return None
             client = load_checkpoint(self.engines, self.ckpt_dir, tag)
             ranks, shared = client_states(client)

@@ -36,6 +36,8 @@ def loading(what: str, path: str):
 def position_limit(config) -> tuple[str, int] | None:
     """(the config field, the most positions the model was built for), when its config says."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if name in getattr(config, "attribute_map", {}):
+            continue   # an alias (GPT-2's max_position_embeddings): name the field its config.json has
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return name, value
