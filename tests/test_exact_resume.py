@@ -3,6 +3,7 @@ checkpoint and continued with --resume ends bit-identical to an uninterrupted ru
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -189,3 +190,53 @@ def test_checkpoints_from_before_the_shared_run_loop_still_resume():
     assert client_states({"train_state": {"epoch": 1}, "rng": ["r0", "r1"]}) == (
         [{"train_state": {"epoch": 1}, "rng": "r0"}, {"train_state": {"epoch": 1}, "rng": "r1"}], {})
     assert client_states({"ranks": [{"x": 0}], "shared": {}}) == ([{"x": 0}], {})
+
+
+def _rows(out: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_metrics(out) if "train/loss" in r}
+
+
+@pytest.mark.parametrize("step, zero, wrote, resumes", [("sft", 2, 2, 1), ("dpo", 0, 1, 2)])
+def test_steps_1_2_resume_on_another_process_count(step, zero, wrote, resumes, tiny_dir, sft_data, pairs, tmp_path):
+    """A checkpoint written by `wrote` processes, resumed on `resumes` with the same examples per
+    optimizer step (accumulation makes up the difference): the step, data position and learning rate
+    continue, and the losses match the uninterrupted run's to float tolerance (the sums run in
+    another order)."""
+    module = STEPS[step][0]
+    data = sft_data if step == "sft" else pairs
+    maker = {"sft": lambda out, *x: ["--model_name_or_path", tiny_dir, "--data_path", data, "--output_dir", out,
+                                     "--max_seq_len", 48, "--learning_rate", 1e-3, "--disable_tqdm", "--seed", 4, *x],
+             "dpo": lambda out, *x: dpo_args(tiny_dir, data, out, *x)}[step]
+
+    def args(out, nproc):
+        return [*map(str, maker(out, "--per_device_train_batch_size", 4, "--gradient_accumulation_steps",
+                                4 // nproc, "--max_steps", 6, "--save_steps", 3, "--logging_steps", 1,
+                                "--zero_stage", zero, "--num_warmup_steps", 2))]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_module(module, args(full, wrote), nproc=wrote)
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step6")
+    (part / "model.safetensors").unlink()
+    p = run_module(module, [*args(part, resumes), "--resume"], nproc=resumes)
+    noun = "processes" if wrote > 1 else "process"
+    assert f"[resume] {part}/checkpoints/step3 was written by {wrote} {noun}; continuing on {resumes}" in p.stdout
+    assert f"[resume] {part}/checkpoints/step3: epoch 0, step 3" in p.stdout
+    a, b = _rows(full), _rows(part)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for s in (4, 5, 6):
+        assert b[s]["train/lr"] == pytest.approx(a[s]["train/lr"], rel=1e-9)
+        assert b[s]["train/loss"] == pytest.approx(a[s]["train/loss"], rel=1e-5, abs=1e-6)
+    wa, wb = load_weights(full), load_weights(part)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    assert not (part / "checkpoints" / ".universal-step3").exists()
+
+
+def test_step3_refuses_another_process_count_in_one_line(sft_dir, rm_dir, prompts, tmp_path):
+    out = tmp_path / "rl"
+    args = step3_args(sft_dir, rm_dir, prompts, out, "--max_steps", 1, "--save_steps", 1)
+    run_module("training.step3_rlhf.main", args)
+    p = run_module("training.step3_rlhf.main", [*args, "--resume"], nproc=2, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"error: --resume: {out}/checkpoints/step1 was written by 1 process; this step resumes with as many (this run "
+        f"has 2): each process's state cannot be re-dealt")

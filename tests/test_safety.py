@@ -163,7 +163,7 @@ def test_an_output_folder_belongs_to_one_run(full, tiny_dir, data, tmp_path):
     # replaced: the old checkpoints go, the new run's are its own; its metrics start afresh
     (used / "checkpoints" / "step8").mkdir()
     p = run_module(SFT, [*sft_args(tiny_dir, data, used, "--seed", 5), "--overwrite_output_dir"])
-    assert f"[output] --overwrite_output_dir: removed the previous run's checkpoints" in p.stdout
+    assert "[output] --overwrite_output_dir: removed the previous run's checkpoints" in p.stdout
     assert sorted(x.name for x in (used / "checkpoints").iterdir() if x.name.startswith("step")) == [
         "step2", "step4", "step6"]
     assert steps_logged(used) == steps_logged(full)

@@ -11,11 +11,13 @@ are deleted only after a newer one has verified.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
 import re
 import shutil
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +37,19 @@ MANIFEST = "manifest.json"
 SKIPPED = ".skipped-"      # prefix of a checkpoint resume could not trust, kept aside for a look
 SEALED = ".sealed"         # in a checkpoints folder whose checkpoints all carry manifests
 _TAG = re.compile(r"step(\d+)")
-# What checkpoints written before the RNG state became plain lists hold: NumPy's RNG state array.
-# These rebuild arrays of plain numbers only; nothing else outside torch's own allow-list loads.
-_NUMPY_ARRAYS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, _reconstruct]
+
+
+def _plain_types() -> list:
+    """What a checkpoint may hold beyond torch's own plain-data allow-list: DeepSpeed's loss scaler
+    (also in fp32 ZeRO states), ZeRO stage enum and fragment addresses, and NumPy's RNG-state array
+    in checkpoints written before the RNG state became plain lists. Each is rebuilt from plain
+    fields; nothing of these runs code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address,
+            np.ndarray, np.dtype, np.dtypes.UInt32DType, _reconstruct]
 
 
 def step_of(tag: str) -> int:
@@ -66,13 +78,14 @@ def _files(folder: Path) -> list[Path]:
 
 
 def seal(folder: Path) -> None:
-    """Write `folder`/manifest.json, durably and last: the files' names, sizes and sha256."""
+    """Write `folder`/manifest.json, durably and last: the files' names, sizes and sha256, and how
+    many processes wrote them."""
     seal_files(folder)
     manifest = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                 for p in _files(folder)}
     tmp = folder / f".{MANIFEST}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"files": manifest}, f, indent=1)
+        json.dump({"processes": dist.world_size(), "files": manifest}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.chmod(tmp, 0o666 & ~umask())
@@ -99,6 +112,14 @@ def verify(folder: Path, *, hashes: bool = True) -> str | None:
         if hashes and _sha256(path) != want["sha256"]:
             return f"{name} differs from its manifest's sha256"
     return None
+
+
+def written_by(folder: Path) -> int | None:
+    """How many processes wrote the checkpoint `folder` (None: not recorded, an older checkpoint)."""
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("processes")
+    except (OSError, ValueError):
+        return None
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -190,7 +211,7 @@ def _choose(ckpt_dir: Path) -> tuple[str | None, str | None]:
 def _plain_load(path: str, map_location=None):
     """DeepSpeed's checkpoint read as plain data: tensors, numbers, strings and containers only."""
     try:
-        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+        with torch.serialization.safe_globals(_plain_types()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
@@ -201,11 +222,46 @@ def _plain_load(path: str, map_location=None):
 
 def load_checkpoint(engines: dict, ckpt_dir: str | Path, tag: str) -> dict:
     """Restore every engine (weights, optimizer, scheduler) from ckpt_dir/<tag> as plain data and
-    return the client state."""
+    return the client state. A checkpoint written by another number of processes is re-dealt: a
+    ZeRO 1-3 engine's partitioned optimizer state goes through DeepSpeed's universal checkpoint
+    (`ds_to_universal`, into a temporary folder beside it); ZeRO 0 keeps it whole already."""
+    ckpt_dir = Path(ckpt_dir)
+    others = written_by(ckpt_dir / tag) not in (None, dist.world_size())
     client = {}
     for name, engine in engines.items():
         engine.checkpoint_engine.load = _plain_load
-        path, client = engine.load_checkpoint(str(Path(ckpt_dir) / tag), tag=name)
+        folder = ckpt_dir / tag
+        if others and engine.zero_optimization_stage() > 0:
+            folder = _universal(ckpt_dir, tag, name)
+            engine._config.load_universal_checkpoint = True
+        try:
+            path, client = engine.load_checkpoint(str(folder), tag=name)
+        finally:
+            engine._config.load_universal_checkpoint = False
         if path is None:
             raise CheckpointError(f"checkpoint {ckpt_dir}/{tag}/{name} could not be loaded")
+    if others and dist.is_main():
+        shutil.rmtree(ckpt_dir / f".universal-{tag}", ignore_errors=True)
     return client
+
+
+def _universal(ckpt_dir: Path, tag: str, name: str) -> Path:
+    """ckpt_dir/<tag>/<name> converted to DeepSpeed's universal checkpoint on rank 0 (every file read
+    as plain data first: the converter itself unpickles); returns the folder to load `name` from."""
+    out = ckpt_dir / f".universal-{tag}"
+    if dist.is_main():
+        from argparse import Namespace
+
+        from deepspeed.checkpoint.ds_to_universal import main as to_universal
+
+        for path in sorted((ckpt_dir / tag / name).glob("*.pt")):
+            _plain_load(str(path), map_location="cpu")
+        shutil.rmtree(out / name, ignore_errors=True)
+        dist.print_rank0(f"[resume] {ckpt_dir / tag / name}: its ZeRO partitions re-dealt through DeepSpeed's "
+                         f"universal checkpoint (in {out}, removed after loading)")
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):   # the converter's prints and bars
+            to_universal(Namespace(input_folder=str(ckpt_dir / tag / name), output_folder=str(out / name),
+                                   num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                   inject_missing_state=True))
+    dist.barrier()
+    return out

@@ -8,7 +8,9 @@ supervised `Trainer`'s optimizer steps, step 3's rounds) and its own state, thro
 
 Keys named in `shared` hold what is the same on every rank (step 3's EMA weights): saved once.
 Every other key is saved per rank (DeepSpeed keeps rank 0's client state only, so the ranks'
-states travel gathered in it), and a run resumes with as many processes as wrote it.
+states travel gathered in it). A step that can continue on another number of processes passes
+`redeal` (the saved ranks' states -> this rank's); without it a run resumes with as many
+processes as wrote it.
 
 Resume takes the newest checkpoint that verifies against its manifest (utils/checkpoint.py) and
 cuts metrics.jsonl back to the rows logged before it, so the resumed run's rows follow on without
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 from . import distributed as dist
-from .checkpoint import checkpoint_tags, load_checkpoint, resume_point, save_checkpoint, step_of
+from .checkpoint import checkpoint_tags, load_checkpoint, resume_point, save_checkpoint, step_of, written_by
 from .engines import grad_norms
 from .errors import ConfigError, TrainingHalted
 from .logging import MetricsLogger, progress
@@ -31,8 +34,9 @@ class RunLoop:
     """`engines`: name -> DeepSpeed engine (checkpointed with their optimizers); `state`: the step's
     object with `state_dict` / `load_state_dict`; `name`: the metrics' name (TensorBoard run)."""
 
-    def __init__(self, cfg, engines: dict, state, *, name: str, shared: tuple[str, ...] = ()):
-        self.cfg, self.engines, self.state, self.shared = cfg, engines, state, shared
+    def __init__(self, cfg, engines: dict, state, *, name: str, shared: tuple[str, ...] = (),
+                 redeal: Callable[[list[dict]], dict] | None = None):
+        self.cfg, self.engines, self.state, self.shared, self.redeal = cfg, engines, state, shared, redeal
         self.ckpt_dir = Path(cfg.output_dir) / "checkpoints"
         self.logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.enable_tensorboard,
                                     tensorboard_path=cfg.tensorboard_path, name=name, append=cfg.resume)
@@ -52,14 +56,27 @@ class RunLoop:
                 dist.print_rank0(f"[resume] no checkpoint in {self.ckpt_dir}; starting from scratch")
                 self.logger.rewind(0, -1)
                 return None
+            by = written_by(self.ckpt_dir / tag)
+            if by not in (None, dist.world_size()) and self.redeal is None:
+                raise ConfigError(self._same_processes(tag, by))
             client = load_checkpoint(self.engines, self.ckpt_dir, tag)
             ranks, shared = client_states(client)
-            if len(ranks) != dist.world_size():
-                raise ConfigError(f"--resume: {self.ckpt_dir}/{tag} was written by {len(ranks)} processes; resume "
-                                  f"it with as many (this run has {dist.world_size()})")
-        self.state.load_state_dict({**ranks[dist.rank()], **shared})
+            if len(ranks) == dist.world_size():
+                own = ranks[dist.rank()]
+            elif self.redeal is not None:
+                own = self.redeal(ranks)
+                dist.print_rank0(f"[resume] {self.ckpt_dir}/{tag} was written by {len(ranks)} "
+                                 f"process{'es' if len(ranks) > 1 else ''}; continuing on {dist.world_size()}")
+            else:
+                raise ConfigError(self._same_processes(tag, len(ranks)))
+            self.state.load_state_dict({**own, **shared})
         self.logger.rewind(client.get("metrics_rows"), step_of(tag))
         return f"{self.ckpt_dir}/{tag}"
+
+    def _same_processes(self, tag: str, by: int) -> str:
+        return (f"--resume: {self.ckpt_dir}/{tag} was written by {by} process{'es' if by > 1 else ''}; this step "
+                f"resumes with as many "
+                f"(this run has {dist.world_size()}): each process's state cannot be re-dealt")
 
     def checkpoint(self, step: int) -> None:
         own = self.state.state_dict()

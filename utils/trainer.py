@@ -21,6 +21,7 @@ import torch
 
 from . import distributed as dist
 from .engines import engine_stats, total_steps
+from .errors import ConfigError
 from .loop import RunLoop
 from .seeding import rng_state, set_rng_state
 
@@ -59,7 +60,7 @@ class Trainer:
         self.gas = cfg.gradient_accumulation_steps
         self.state = TrainState()
         self.device = dist.device()
-        self.loop = RunLoop(cfg, {"model": engine}, self, name=name)
+        self.loop = RunLoop(cfg, {"model": engine}, self, name=name, redeal=self.redeal)
 
     @property
     def history(self) -> list[dict]:
@@ -80,12 +81,28 @@ class Trainer:
         return total_steps(len(self.train_data), self.cfg, self.world)
 
     # -- state (checkpointed by the run loop) ---------------------------------------------------
+    def global_batch(self) -> int:
+        """Examples per optimizer step over every rank: what fixes each step's examples (a window is
+        the next `global_batch` of the epoch's permutation, however the ranks split it)."""
+        return self.cfg.per_device_train_batch_size * self.world * self.gas
+
     def state_dict(self) -> dict:
-        return {"train_state": vars(self.state).copy(), "rng": rng_state()}
+        return {"train_state": vars(self.state).copy(), "rng": rng_state(), "global_batch": self.global_batch()}
 
     def load_state_dict(self, s: dict) -> None:
+        saved = s.get("global_batch", self.global_batch())
+        if saved != self.global_batch():
+            raise ConfigError(f"--resume: the checkpoint trained on {saved} examples per optimizer step "
+                              f"(--per_device_train_batch_size x processes x --gradient_accumulation_steps); this run "
+                              f"takes {self.global_batch()}: resume with the same product, or the data order and "
+                              f"learning-rate schedule would not continue")
         self.state = TrainState(**s["train_state"])
         set_rng_state(s["rng"])
+
+    def redeal(self, ranks: list[dict]) -> dict:
+        """This rank's state from a checkpoint written by another number of processes: the position is
+        every rank's; the RNG (dropout) is this rank's where it existed, else rank 0's."""
+        return {**ranks[0], "rng": ranks[self.rank if self.rank < len(ranks) else 0]["rng"]}
 
     # -- one optimizer step ------------------------------------------------------------------
     def train_window(self, window: list[list[int]]) -> dict[str, float]:
