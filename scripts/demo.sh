@@ -17,27 +17,27 @@ start=$SECONDS
 untrained="$(acc "$DEMO/tiny-llama")"
 
 t=$SECONDS
-bash scripts/sft.sh --model_name_or_path "$DEMO/tiny-llama" --output_dir "$DEMO/sft" --disable_tqdm
+bash scripts/sft.sh --model_name_or_path "$DEMO/tiny-llama" --output_dir "$DEMO/sft" --overwrite_output_dir --disable_tqdm
 sft_time=$(( SECONDS - t ))
 sft="$(acc "$DEMO/sft")"
 
 t=$SECONDS
-bash scripts/reward.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/reward" --disable_tqdm
+bash scripts/reward.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/reward" --overwrite_output_dir --disable_tqdm
 rm_time=$(( SECONDS - t ))
 rm_acc="$(python -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; print(f\"{[r for r in rows if 'eval/accuracy' in r][-1]['eval/accuracy']:.3f}\")" "$DEMO/reward/metrics.jsonl")"
 
 t=$SECONDS
-bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/dpo" --rpo_alpha 0.3 --disable_tqdm
+bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/dpo" --overwrite_output_dir --rpo_alpha 0.3 --disable_tqdm
 dpo_time=$(( SECONDS - t ))
 dpo="$(acc "$DEMO/dpo")"
 
 t=$SECONDS
-bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/kto" --loss_type kto --disable_tqdm
+bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/kto" --overwrite_output_dir --loss_type kto --disable_tqdm
 kto_time=$(( SECONDS - t ))
 kto="$(acc "$DEMO/kto")"
 
 t=$SECONDS
-bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/rrhf" --loss_type rrhf --disable_tqdm
+bash scripts/dpo.sh --model_name_or_path "$DEMO/sft" --output_dir "$DEMO/rrhf" --overwrite_output_dir --loss_type rrhf --disable_tqdm
 rrhf_time=$(( SECONDS - t ))
 rrhf="$(acc "$DEMO/rrhf")"
 
@@ -45,7 +45,7 @@ t=$SECONDS
 # --kl_ctl 0.3: at the default 0.1 the actor learns to exploit the small demo reward model
 # (e.g. repeating the last word) and held-out accuracy falls
 bash scripts/rlhf.sh --actor_model_name_or_path "$DEMO/sft" --critic_model_name_or_path "$DEMO/reward" \
-  --output_dir "$DEMO/rlhf" --kl_ctl 0.3 --disable_tqdm
+  --output_dir "$DEMO/rlhf" --overwrite_output_dir --kl_ctl 0.3 --disable_tqdm
 ppo_time=$(( SECONDS - t ))
 ppo="$(acc "$DEMO/rlhf/actor")"
 

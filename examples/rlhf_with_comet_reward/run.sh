@@ -16,12 +16,12 @@ declare -A took
 run() { local name="$1"; shift; local t=$SECONDS; "$@"; took[$name]=$(( SECONDS - t )); }
 
 run sft bash scripts/sft.sh --model_name_or_path "$OUT/tiny-llama" --data_path "$DATA/sft" \
-  --output_dir "$OUT/sft" --disable_tqdm
+  --output_dir "$OUT/sft" --overwrite_output_dir --disable_tqdm
 
 ppo() {
   local name="$1"; shift
   run "$name" bash scripts/rlhf.sh --actor_model_name_or_path "$OUT/sft" --critic_model_name_or_path "$OUT/sft" \
-    --data_path "$DATA/rlhf" --output_dir "$OUT/$name" --max_prompt_seq_len 48 --max_answer_seq_len 16 \
+    --data_path "$DATA/rlhf" --output_dir "$OUT/$name" --overwrite_output_dir --max_prompt_seq_len 48 --max_answer_seq_len 16 \
     --kl_ctl 0.05 --reward_normalization batch --num_train_epochs 1 --disable_tqdm "$@"
 }
 ppo ppo_comet --use_comet_model --comet_model_path "$OUT/comet-regression" --comet_model_batch_size 32

@@ -16,12 +16,12 @@ start=$SECONDS
 python -m examples.sentiment.build_models --output_dir "$OUT"
 
 t=$SECONDS
-bash scripts/sft.sh --model_name_or_path "$OUT/tiny-llama" --data_path "$DATA" --output_dir "$OUT/sft" \
+bash scripts/sft.sh --model_name_or_path "$OUT/tiny-llama" --data_path "$DATA" --output_dir "$OUT/sft" --overwrite_output_dir \
   --max_seq_len 48 --num_train_epochs 2 --disable_tqdm
 sft_time=$(( SECONDS - t ))
 
 t=$SECONDS
-bash scripts/rlhf.sh --actor_model_name_or_path "$OUT/sft" --data_path "$DATA" --output_dir "$OUT/ppo" \
+bash scripts/rlhf.sh --actor_model_name_or_path "$OUT/sft" --data_path "$DATA" --output_dir "$OUT/ppo" --overwrite_output_dir \
   --reward_classifier "$OUT/sentiment" --reward_classifier_label POSITIVE \
   --advantage_estimator grpo --num_samples_per_prompt 4 --per_device_generation_batch_size 16 \
   --max_prompt_seq_len 16 --max_answer_seq_len 20 --kl_ctl 0.05 --num_train_epochs 1 --max_steps 60 --disable_tqdm

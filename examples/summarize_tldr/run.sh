@@ -19,11 +19,11 @@ declare -A took
 run() { local name="$1"; shift; local t=$SECONDS; "$@"; took[$name]=$(( SECONDS - t )); }
 
 run sft bash scripts/sft.sh --model_name_or_path "$OUT/tiny-llama" --data_path "$DATA/openai_summarize_tldr" \
-  --output_dir "$OUT/sft" --max_seq_len 104 --num_train_epochs 2
+  --output_dir "$OUT/sft" --overwrite_output_dir --max_seq_len 104 --num_train_epochs 2
 run rm bash scripts/reward.sh --model_name_or_path "$OUT/sft" --data_path "$DATA/openai_summarize_comparisons" \
-  --output_dir "$OUT/reward" --max_seq_len 104 --num_train_epochs 2
+  --output_dir "$OUT/reward" --overwrite_output_dir --max_seq_len 104 --num_train_epochs 2
 run ppo bash scripts/rlhf.sh --actor_model_name_or_path "$OUT/sft" --critic_model_name_or_path "$OUT/reward" \
-  --data_path "$DATA/openai_summarize_tldr" --output_dir "$OUT/ppo" --max_prompt_seq_len 80 --max_answer_seq_len 24 \
+  --data_path "$DATA/openai_summarize_tldr" --output_dir "$OUT/ppo" --overwrite_output_dir --max_prompt_seq_len 80 --max_answer_seq_len 24 \
   --kl_ctl 0.1 --num_train_epochs 1 --max_steps 60
 
 row() {  # row NAME MODEL TIME
