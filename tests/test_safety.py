@@ -157,7 +157,7 @@ def test_an_output_folder_belongs_to_one_run(full, tiny_dir, data, tmp_path):
     p = run_module(SFT, sft_args(tiny_dir, data, used), check=False)
     assert p.returncode == 2
     assert last_line(p) == (f"error: --output_dir {used} holds another run (checkpoints, metrics.jsonl, "
-                            f"training_curves.png, .exported); continue it with --resume, or replace it with "
+                            f"training_curves.png, a model); continue it with --resume, or replace it with "
                             f"--overwrite_output_dir")
     assert {p: p.read_bytes() for p in used.rglob("*") if p.is_file()} == before
     # replaced: the old checkpoints go, the new run's are its own; its metrics start afresh

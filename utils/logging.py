@@ -43,7 +43,7 @@ class MetricsLogger:
             return
         self.file.close()
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        keep = lines[:rows] if rows is not None else [ln for ln in lines if json.loads(ln)["step"] <= step]
+        keep = lines[:rows] if rows is not None else [ln for ln in lines if _step(ln) <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text("".join(keep), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -72,6 +72,14 @@ class MetricsLogger:
             self.file.close()
         if self.writer:
             self.writer.close()
+
+
+def _step(line: str) -> float:
+    """A row's step; a line a killed run left half-written counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class LineProgress:

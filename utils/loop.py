@@ -114,6 +114,7 @@ class RunLoop:
         if self.bar is not None:
             self.bar.close()
         self.logger.close()
+        self.preemption.restore()
 
 
 def client_states(client: dict) -> tuple[list[dict], dict]:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from . import distributed as dist
 from .errors import ConfigError
-from .export import EXPORTED, previous_export
 from .writing import remove
 
 LOCK = ".lock"
-# What a run leaves at the top of its folder, besides its exports (listed in `.exported`)
+# What a run leaves at the top of its folder and --overwrite_output_dir removes. The exported model
+# stays until the new run's export replaces it whole: the new run may be loading from it.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "training_curves.png", "tensorboard")
 
 
@@ -43,21 +43,20 @@ def _claim(out: Path, *, resume: bool, overwrite: bool) -> None:
         _unlock(out, created)
         raise ConfigError(f"--output_dir {out} holds another run ({', '.join(held)}); continue it with --resume, "
                           f"or replace it with --overwrite_output_dir")
-    for name in held:
-        path = out / name
-        if name.endswith(EXPORTED):
-            for f in previous_export(path.parent):
-                remove(path.parent / f)
-        remove(path)
-    dist.print_rank0(f"[output] --overwrite_output_dir: removed the previous run's {', '.join(held)} from {out}")
+    gone = [name for name in RUN_FILES if (out / name).exists()]
+    for name in gone:
+        remove(out / name)
+    if gone:
+        dist.print_rank0(f"[output] --overwrite_output_dir: removed the previous run's {', '.join(gone)} from {out}")
 
 
 def another_run(out: Path) -> list[str]:
-    """What in `out` another run left: its checkpoints, metrics, picture, exports (relative names)."""
+    """What in `out` another run left: its checkpoints, metrics, picture, exported models."""
     held = [name for name in RUN_FILES if (out / name).exists()]
-    held += [p.relative_to(out).as_posix() for p in sorted([out / EXPORTED, *out.glob(f"*/{EXPORTED}")]) if p.is_file()]
     if "checkpoints" in held and not any((out / "checkpoints").iterdir()):
         held.remove("checkpoints")
+    models = [p.parent for p in sorted([out / "config.json", *out.glob("*/config.json")]) if p.is_file()]
+    held += ["a model" if m == out else f"a model in {m.name}/" for m in models]
     return held
 
 

@@ -93,8 +93,12 @@ class Preemption:
 
     def __init__(self):
         self.signal: int | None = None
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        """The handlers from before this run (a caller that runs steps in-process keeps its own)."""
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
