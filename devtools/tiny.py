@@ -66,8 +66,10 @@ def build_tokenizer(texts: list[str], output_dir: str | Path, vocab_size: int = 
 
 
 def build_model(tokenizer, output_dir: str | Path, *, hidden_size: int = 64, layers: int = 2,
-                heads: int = 4, max_position: int = 256, seed: int = 0):
-    """A randomly initialised Llama sized for CPU tests; saved with safetensors."""
+                heads: int = 4, max_position: int = 4096, seed: int = 0):
+    """A randomly initialised Llama sized for CPU tests; saved with safetensors. Rotary positions
+    cost no weights, so `max_position` is as long as the peers' scripts ask for (their
+    --max_seq_len 2048, prompt 768 + answer 256), which the steps check against it."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -73,12 +73,14 @@ def flip_byte(path: Path) -> None:
 STATES = "checkpoints/step6/model/mp_rank_00_model_states.pt"
 DAMAGE = {
     "truncated": lambda d: os.truncate(d / STATES, 1000),
+    "emptied": lambda d: os.truncate(d / STATES, 0),
     "bytes flipped": lambda d: flip_byte(d / STATES),
     "file deleted, latest emptied": lambda d: ((d / STATES).unlink(), (d / "checkpoints/latest").write_text("")),
     "folder deleted": lambda d: shutil.rmtree(d / "checkpoints/step6"),
 }
 SAYS = {
     "truncated": "model/mp_rank_00_model_states.pt is 1000 bytes, its manifest says",
+    "emptied": "model/mp_rank_00_model_states.pt is 0 bytes, its manifest says",
     "bytes flipped": "model/mp_rank_00_model_states.pt differs from its manifest's sha256",
     "file deleted, latest emptied": "model/mp_rank_00_model_states.pt is missing",
     "folder deleted": None,
