@@ -75,3 +75,45 @@ def test_an_export_of_non_finite_weights_writes_nothing(tiny_dir, tokenizer, tmp
     with pytest.raises(TrainingHalted, match=rf"1 weight tensor\(s\) not finite \(first: {name}\)"):
         save_hf_model(model, tokenizer, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+POISON = '''
+import sys
+import torch
+import utils.trainer as trainer
+from training.step1_sft.main import main
+
+real = trainer.Trainer.train_window
+
+def train_window(self, window):
+    metrics = real(self, window)
+    if self.state.global_step == 1:   # the second step's update: a weight goes NaN, the loss stays finite
+        with torch.no_grad():
+            next(self.engine.module.parameters()).view(-1)[0] = float("nan")
+    return metrics
+
+trainer.Trainer.train_window = train_window
+main(sys.argv[1:])
+'''
+
+
+def test_non_finite_weights_are_never_checkpointed(tiny_dir, tmp_path):
+    """A weight that went non-finite in an update whose loss was finite (no loss check can see it)
+    stops the run at the next checkpoint, which is not written."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, child_env
+
+    data = write_jsonl(tmp_path / "d" / "train.txt", (DEMO_DATA / "sft" / "train.txt").read_text().splitlines()[:200])
+    out = tmp_path / "poisoned"
+    p = subprocess.run([sys.executable, "-c", POISON, "--model_name_or_path", str(tiny_dir), "--data_path",
+                        str(data.parent), "--output_dir", str(out), "--max_seq_len", "48",
+                        "--per_device_train_batch_size", "16", "--max_steps", "4", "--save_steps", "2",
+                        "--disable_tqdm"],
+                       cwd=ROOT, env=child_env(1), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 3 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines()[-1] == (
+        "error: step 2: the model weights are not finite; stopped before saving anything of it (no checkpoint was "
+        "written)")
+    assert not (out / "checkpoints" / "step2").exists() and not (out / "model.safetensors").exists()

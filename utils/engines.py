@@ -155,6 +155,18 @@ def grad_norms(engines: dict) -> dict[str, float]:
     return out
 
 
+def non_finite_weights(engines: dict) -> list[str]:
+    """The names of the engines whose weights hold a NaN or an inf on any rank (each rank checks its
+    own ZeRO-3 partition). Collective: every rank gets the same list."""
+    bad = []
+    for name, engine in engines.items():
+        mine = any(t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+                   for t in (getattr(p, "ds_tensor", p.data) for p in engine.module.parameters()))
+        if dist.all_reduce_max(float(mine)) > 0:
+            bad.append(name)
+    return bad
+
+
 def warmup_steps(cfg, total: int) -> int:
     """--num_warmup_steps, else --warmup_ratio of the run's `total` optimizer steps rounded up, as
     transformers does (step 3's config has no --warmup_ratio)."""

@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import distributed as dist
 from .checkpoint import checkpoint_tags, load_checkpoint, resume_point, save_checkpoint, step_of, written_by
-from .engines import grad_norms
+from .engines import grad_norms, non_finite_weights
 from .errors import ConfigError, TrainingHalted
 from .logging import MetricsLogger, progress
 from .run import Preemption, user_errors
@@ -79,6 +79,13 @@ class RunLoop:
                 f"(this run has {dist.world_size()}): each process's state cannot be re-dealt")
 
     def checkpoint(self, step: int) -> None:
+        """Save the engines and every rank's state as checkpoints/step<step>, unless a weight is not
+        finite (a finite loss whose update overflowed, which no loss check sees): then the run stops
+        (`TrainingHalted`) with the last checkpoint untouched."""
+        bad = non_finite_weights(self.engines)
+        if bad:
+            raise TrainingHalted(f"step {step}: the {' and '.join(bad)} weights are not finite; stopped before saving "
+                                 f"anything of it ({self._last_checkpoint()})")
         own = self.state.state_dict()
         shared = {k: own.pop(k) for k in self.shared}
         state = {"ranks": dist.all_gather_object(own), "shared": shared, "metrics_rows": self.logger.rows}
@@ -90,11 +97,12 @@ class RunLoop:
         reduced over the ranks (the norms are global), so every rank stops together."""
         bad = {k: v for k, v in {**losses, **grad_norms(self.engines)}.items() if not math.isfinite(v)}
         if bad:
-            tags = checkpoint_tags(self.ckpt_dir)
-            last = (f"the last checkpoint, {self.ckpt_dir}/{tags[0]}, is untouched" if tags
-                    else "no checkpoint was written")
             raise TrainingHalted(f"{where}: {', '.join(f'{k} is {v}' for k, v in bad.items())}; stopped before saving "
-                                 f"anything of it ({last})")
+                                 f"anything of it ({self._last_checkpoint()})")
+
+    def _last_checkpoint(self) -> str:
+        tags = checkpoint_tags(self.ckpt_dir)
+        return f"the last checkpoint, {self.ckpt_dir}/{tags[0]}, is untouched" if tags else "no checkpoint was written"
 
     # -- progress and metrics ------------------------------------------------------------------------
     def start(self, total: int, done: int, desc: str = "train") -> None:
