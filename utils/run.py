@@ -35,6 +35,7 @@ def _one_line_exit(codes: dict[type, int]):
     except tuple(codes) as e:
         if dist.rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
+        dist.teardown()   # a process group left alive crashes some multi-process exits ("terminate called")
         raise SystemExit(next(code for kind, code in codes.items() if isinstance(e, kind)))
 
 
